@@ -1,0 +1,245 @@
+"""High-level, keyword-only entry points used by the CLI, the pipelines and notebooks.
+
+Each function imports its implementation lazily, so ``import medmtl.api`` is cheap.
+
+Example:
+    >>> from medmtl import api
+    >>> scans, skipped = api.load_scans(folder="sample_data/ct_site_a")  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # pragma: no cover
+    from medmtl.io.types import Scan, Skipped
+
+
+def load_scans(
+    *, folder: str | Path, resample_nonuniform: bool = False, progress: bool = False
+) -> tuple[list[Scan], list[Skipped]]:
+    """Discover and read every scan under a folder.
+
+    Args:
+        folder: a folder of NIfTI / MHA / MHD / NRRD files and/or DICOM series.
+        resample_nonuniform: resample series with non-uniform slice spacing or gantry tilt
+            onto a regular grid instead of refusing them.
+        progress: show a progress bar.
+
+    Returns:
+        ``(scans, skipped)``: loaded :class:`~medmtl.io.types.Scan` s (image ``(1, I, J, K)``,
+        RAS affine, HU for CT) and what was skipped, with reasons.
+
+    Example:
+        >>> scans, skipped = load_scans(folder="sample_data/ct_site_a")  # doctest: +SKIP
+        >>> scans[0].image.shape, scans[0].modality  # doctest: +SKIP
+    """
+    from medmtl.io.read import load_folder
+
+    return load_folder(Path(folder), resample_nonuniform=resample_nonuniform, progress=progress)
+
+
+def generate_sample_data(
+    *,
+    out: str | Path,
+    kind: str = "ct",
+    site: str = "a",
+    n: int = 4,
+    seed: int = 0,
+    shape: Sequence[int] | None = None,
+    dicom: bool = False,
+) -> Path:
+    """Write a set of synthetic phantoms with known ground truth (see :mod:`medmtl.data.phantom`).
+
+    Example:
+        >>> generate_sample_data(out="data/site_a", kind="ct", site="a", n=4)  # doctest: +SKIP
+    """
+    from medmtl.data.phantom import write_phantom_set
+
+    return write_phantom_set(Path(out), kind=kind, site=site, n=n, seed=seed, shape=shape, dicom=dicom)
+
+
+def inspect(*, folder: str | Path) -> dict[str, Any]:
+    """Describe every scan of a folder (geometry in LPS mm, modality, intensity percentiles).
+
+    Example:
+        >>> info = inspect(folder="sample_data/ct_site_a")  # doctest: +SKIP
+        >>> info["scans"][0]["origin_lps"]  # doctest: +SKIP
+    """
+    from medmtl.io.inspect import inspect_folder
+
+    return inspect_folder(Path(folder))
+
+
+def train(
+    *,
+    config: str | Path,
+    out_dir: str | Path,
+    overrides: Sequence[str] = (),
+    resume: bool = False,
+) -> Path:
+    """Train the multi-task model from a YAML config; returns the checkpoint folder.
+
+    Args:
+        config: YAML file (see ``configs/``).
+        out_dir: run folder (resolved config, metrics CSV, TensorBoard events, checkpoints).
+        overrides: ``key=value`` strings, e.g. ``("train.epochs=2", "data.root=...")``.
+        resume: continue from ``out_dir``'s last checkpoint.
+
+    Example:
+        >>> ckpt = train(config="configs/tiny.yaml", out_dir="runs/tiny")  # doctest: +SKIP
+    """
+    from medmtl.config import load_config
+    from medmtl.engine.trainer import run_training
+
+    cfg = load_config(Path(config), overrides=list(overrides))
+    return run_training(cfg, Path(out_dir), resume=resume)
+
+
+def predict_folder(
+    *,
+    checkpoint: str | Path,
+    input_dir: str | Path,
+    out_dir: str | Path,
+    device: str = "auto",
+    amp: str = "auto",
+    overlap: float = 0.5,
+    sw_batch_size: int = 4,
+    tta: bool = False,
+    save_maps: bool = False,
+    preview: bool = False,
+    adapt: str = "off",
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Detect lesions in every scan of a folder; writes ``predictions.csv`` / ``.json``.
+
+    Args:
+        checkpoint: checkpoint folder (``model.safetensors`` + ``model_card.json``).
+        input_dir: scan folder.
+        out_dir: output folder; scans already complete there are skipped.
+        device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
+        amp: ``auto`` (bf16 on CUDA, off on CPU), ``bf16``, ``fp16`` or ``off``.
+        overlap: sliding-window overlap in [0, 1).
+        sw_batch_size: windows per forward pass.
+        tta: average over flips.
+        save_maps: write heatmap/size/malignancy maps as NIfTI in the input's geometry.
+        preview: write PNG slices through each lesion.
+        adapt: ``off`` or ``auto`` (adapt BN statistics when the shift test flags the batch).
+        progress: show a progress bar.
+
+    Returns:
+        Summary dict: ``n_scans``, ``n_done``, ``n_skipped``, ``n_failed``, ``failures``,
+        ``outputs`` (paths), ``timings``.
+
+    Example:
+        >>> predict_folder(checkpoint="runs/tiny/checkpoint", input_dir="sample_data/ct_site_b",
+        ...                out_dir="preds")  # doctest: +SKIP
+    """
+    from medmtl.engine.predict import predict_folder as _predict
+
+    return _predict(
+        checkpoint=Path(checkpoint),
+        input_dir=Path(input_dir),
+        out_dir=Path(out_dir),
+        device=device,
+        amp=amp,
+        overlap=overlap,
+        sw_batch_size=sw_batch_size,
+        tta=tta,
+        save_maps=save_maps,
+        preview=preview,
+        adapt=adapt,
+        progress=progress,
+    )
+
+
+def evaluate(
+    *,
+    predictions: str | Path,
+    annotations: str | Path,
+    out_dir: str | Path,
+    n_bootstrap: int = 1000,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Score predictions against annotations (LUNA16 CPM/FROC, diameter MAE, malignancy AUC/ECE).
+
+    Writes ``metrics.json``, ``metrics.md`` and plots (FROC, Bland-Altman, reliability) to
+    ``out_dir``; returns the metrics dict.
+
+    Example:
+        >>> m = evaluate(predictions="preds/predictions.csv",
+        ...              annotations="sample_data/ct_site_b/annotations.csv", out_dir="eval")  # doctest: +SKIP
+        >>> m["cpm"]  # doctest: +SKIP
+    """
+    from medmtl.engine.evaluate import evaluate_files
+
+    return evaluate_files(
+        predictions=Path(predictions),
+        annotations=Path(annotations),
+        out_dir=Path(out_dir),
+        n_bootstrap=n_bootstrap,
+        seed=seed,
+    )
+
+
+def diagnose(
+    *,
+    source: str | Path,
+    target: str | Path,
+    out_dir: str | Path,
+    checkpoint: str | Path | None = None,
+    rank_encoders: bool = False,
+    n_permutations: int = 1000,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Measure domain shift between a source (scan folder or checkpoint) and a target folder.
+
+    Writes ``report.json`` and a self-contained ``report.html``; returns the report dict
+    (fingerprints, tests with p-values, BN shift, verdict).
+
+    Example:
+        >>> rep = diagnose(source="sample_data/ct_site_a", target="sample_data/ct_site_b",
+        ...                out_dir="shift")  # doctest: +SKIP
+        >>> rep["verdict"]  # doctest: +SKIP
+    """
+    from medmtl.shift.report import run_diagnose
+
+    return run_diagnose(
+        source=Path(source),
+        target=Path(target),
+        out_dir=Path(out_dir),
+        checkpoint=Path(checkpoint) if checkpoint is not None else None,
+        rank_encoders=rank_encoders,
+        n_permutations=n_permutations,
+        seed=seed,
+    )
+
+
+def adapt(
+    *,
+    checkpoint: str | Path,
+    target: str | Path,
+    method: str,
+    out: str | Path,
+    seed: int = 0,
+) -> Path:
+    """Adapt a checkpoint to an unlabelled target site; returns the new checkpoint folder.
+
+    Args:
+        checkpoint: the source checkpoint folder.
+        target: folder of unlabelled target scans.
+        method: ``adabn``, ``tent``, ``dann``, ``histmatch`` or ``n4``.
+        out: new checkpoint folder (must not exist or be empty).
+        seed: random seed.
+
+    Example:
+        >>> adapt(checkpoint="runs/tiny/checkpoint", target="sample_data/ct_site_b",
+        ...       method="adabn", out="runs/tiny/adabn")  # doctest: +SKIP
+    """
+    from medmtl.shift.adapt import run_adapt
+
+    return run_adapt(
+        checkpoint=Path(checkpoint), target=Path(target), method=method, out=Path(out), seed=seed
+    )

@@ -1,0 +1,1 @@
+"""Scan discovery and reading, annotation tables, atomic writers and coordinate conversions."""
