@@ -50,15 +50,37 @@ def generate_sample_data(
     seed: int = 0,
     shape: Sequence[int] | None = None,
     dicom: bool = False,
+    overwrite: bool = False,
+    progress: bool = False,
 ) -> Path:
     """Write a set of synthetic phantoms with known ground truth (see :mod:`medmtl.data.phantom`).
+
+    Args:
+        out: output folder; one that already holds ``annotations.csv`` is refused unless
+            ``overwrite``.
+        kind: ``"ct"`` (chest, lung nodules) or ``"mri"`` (brain, tumours).
+        site: ``"a"`` or ``"b"`` (simulated scanner).
+        n: number of scans (≥ 1).
+        seed: random seed of the set (same seed → identical files).
+        shape: ``(I, J, K)`` voxels (each 16..512); ``None`` for the site default.
+        dicom: write DICOM series (scan id = SeriesInstanceUID) and a NIfTI twin in
+            ``<out>_nifti/``.
+        overwrite: replace an existing generated set.
+        progress: show a progress bar over scans.
+
+    Returns:
+        ``out``, holding ``<scan_id>.nii.gz`` (or DICOM series folders), ``masks/`` and
+        ``annotations.csv`` (LPS mm).
 
     Example:
         >>> generate_sample_data(out="data/site_a", kind="ct", site="a", n=4)  # doctest: +SKIP
     """
     from medmtl.data.phantom import write_phantom_set
 
-    return write_phantom_set(Path(out), kind=kind, site=site, n=n, seed=seed, shape=shape, dicom=dicom)
+    return write_phantom_set(
+        Path(out), kind=kind, site=site, n=n, seed=seed, shape=shape, dicom=dicom,
+        overwrite=overwrite, progress=progress,
+    )
 
 
 def inspect(*, folder: str | Path) -> dict[str, Any]:
@@ -112,6 +134,8 @@ def predict_folder(
     preview: bool = False,
     adapt: str = "off",
     progress: bool = True,
+    scan_ids: Sequence[str] | None = None,
+    shard: tuple[int, int] | None = None,
 ) -> dict[str, Any]:
     """Detect lesions in every scan of a folder; writes ``predictions.csv`` / ``.json``.
 
@@ -128,6 +152,9 @@ def predict_folder(
         preview: write PNG slices through each lesion.
         adapt: ``off`` or ``auto`` (adapt BN statistics when the shift test flags the batch).
         progress: show a progress bar.
+        scan_ids: predict only these scan ids of the folder.
+        shard: ``(rank, world_size)``: predict only this rank's round-robin share of the
+            sorted scans and skip the merged tables (see :func:`merge_predictions`).
 
     Returns:
         Summary dict: ``n_scans``, ``n_done``, ``n_skipped``, ``n_failed``, ``failures``,
@@ -152,7 +179,23 @@ def predict_folder(
         preview=preview,
         adapt=adapt,
         progress=progress,
+        scan_ids=scan_ids,
+        shard=shard,
     )
+
+
+def merge_predictions(*, input_dir: str | Path, out_dir: str | Path) -> dict[str, Any]:
+    """Merge the per-scan results of a sharded :func:`predict_folder` run into the final tables.
+
+    Writes ``predictions.csv``, ``predictions.json`` and ``failures.json`` in ``out_dir``;
+    scans of ``input_dir`` without a result are listed as missing.
+
+    Example:
+        >>> merge_predictions(input_dir="sample_data/ct_site_b", out_dir="preds")  # doctest: +SKIP
+    """
+    from medmtl.engine.predict import merge_folder
+
+    return merge_folder(input_dir=Path(input_dir), out_dir=Path(out_dir))
 
 
 def evaluate(

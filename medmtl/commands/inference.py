@@ -1,7 +1,120 @@
-"""CLI commands (see medmtl.cli)."""
+"""CLI commands ``medmtl predict`` and ``medmtl evaluate`` (thin wrappers over :mod:`medmtl.api`).
+
+Each command validates its arguments with click and calls one ``api`` function with keyword
+arguments; torch and MONAI are imported inside the calls so ``medmtl --help`` stays instant.
+"""
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import click
 
-COMMANDS: list[click.Command] = []
+from medmtl.cli import handle_errors
+
+_DEVICE_HELP = "auto (CUDA if available, else CPU), cpu, cuda or cuda:N."
+
+
+def _check_device(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    v = value.strip().lower()
+    if v in ("auto", "cpu", "cuda") or (v.startswith("cuda:") and v[5:].isdigit()):
+        return v
+    raise click.BadParameter(f"'{value}' is not allowed; use auto, cpu, cuda or cuda:N")
+
+
+@click.command("predict")
+@click.option("--checkpoint", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="Checkpoint folder (model.safetensors + model_card.json).")
+@click.argument("input_dir", type=click.Path(exists=True, path_type=Path))
+@click.option("-o", "--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Output folder; scans already complete there are skipped.")
+@click.option("--device", default="auto", show_default=True, callback=_check_device, help=_DEVICE_HELP)
+@click.option("--amp", type=click.Choice(["auto", "bf16", "fp16", "off"]), default="auto", show_default=True,
+              help="Mixed precision: auto = bf16 on CUDA, off on CPU.")
+@click.option("--overlap", type=click.FloatRange(0.0, 1.0, max_open=True), default=0.5, show_default=True,
+              help="Sliding-window overlap.")
+@click.option("--sw-batch-size", type=click.IntRange(min=1), default=4, show_default=True,
+              help="Windows per forward pass.")
+@click.option("--tta", is_flag=True, help="Average over flips (4 forward passes per window).")
+@click.option("--save-maps", is_flag=True, help="Write heatmap/diameter/malignancy maps as NIfTI in each input's geometry.")
+@click.option("--preview", is_flag=True, help="Write PNG slices through each predicted lesion.")
+@click.option("--adapt", type=click.Choice(["off", "auto"]), default="off", show_default=True,
+              help="auto: adapt BatchNorm statistics when the shift test flags the batch.")
+@click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
+@handle_errors
+def predict_cmd(
+    checkpoint: Path, input_dir: Path, out_dir: Path, device: str, amp: str, overlap: float,
+    sw_batch_size: int, tta: bool, save_maps: bool, preview: bool, adapt: str, no_progress: bool,
+) -> None:
+    """Detect lesions in every scan of INPUT_DIR (lesions in LPS mm).
+
+    \b
+    Writes OUT/predictions.csv, OUT/predictions.json (provenance, timings), OUT/failures.json,
+    per-scan records under OUT/scans/ (a rerun skips complete scans) and, on request, maps and
+    previews. Exit code 1 when any scan failed.
+
+    \b
+    Example:
+      medmtl predict --checkpoint runs/tiny/checkpoint data/site_b -o preds --save-maps
+    """
+    from medmtl import api
+
+    summary = api.predict_folder(
+        checkpoint=checkpoint, input_dir=input_dir, out_dir=out_dir, device=device, amp=amp,
+        overlap=overlap, sw_batch_size=sw_batch_size, tta=tta, save_maps=save_maps, preview=preview,
+        adapt=adapt, progress=not no_progress,
+    )
+    t = summary["timings"]
+    click.echo(
+        f"{summary['n_done']} predicted, {summary['n_skipped']} already complete, {summary['n_failed']} failed"
+        f" ({t['scans_per_s']:.2f} scans/s on {summary['device']}, amp {summary['amp']}); "
+        f"tables in {out_dir}"
+    )
+    if summary["n_failed"]:
+        total = summary["n_scans"] + sum(1 for f in summary["failures"] if f.get("stage") == "discovery")
+        click.echo(
+            f"Error: {summary['n_failed']} of {total} scans failed; "
+            f"see {Path(out_dir) / 'failures.json'}",
+            err=True,
+        )
+        sys.exit(1)
+
+
+@click.command("evaluate")
+@click.option("--predictions", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="predictions.csv (seriesuid,coordX,coordY,coordZ,probability[,diameter_mm,malignancy_prob]).")
+@click.option("--annotations", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="annotations.csv (LUNA16 columns, LPS mm) or a MONAI datalist JSON.")
+@click.option("-o", "--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Output folder for metrics.json, metrics.md and the plots.")
+@click.option("--n-bootstrap", type=click.IntRange(min=0), default=1000, show_default=True,
+              help="Bootstrap replicates for the 95% intervals (scans resampled).")
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="Bootstrap seed.")
+@handle_errors
+def evaluate_cmd(predictions: Path, annotations: Path, out_dir: Path, n_bootstrap: int, seed: int) -> None:
+    """Score predictions: LUNA16 CPM/FROC, diameter MAE, malignancy AUC and calibration.
+
+    \b
+    Example:
+      medmtl evaluate --predictions preds/predictions.csv \\
+          --annotations data/site_b/annotations.csv -o eval
+    """
+    from medmtl import api
+
+    m = api.evaluate(predictions=predictions, annotations=annotations, out_dir=out_dir,
+                     n_bootstrap=n_bootstrap, seed=seed)
+    head = m["overall"]
+
+    def fmt(key: str) -> str:
+        v = head.get(key, {}).get("value")
+        return "n/a" if v is None else f"{v:.3f}"
+
+    click.echo(
+        f"CPM {fmt('cpm')}, diameter MAE {fmt('diameter_mae_mm')} mm, malignancy AUC {fmt('malignancy_auc')},"
+        f" ECE {fmt('malignancy_ece')} ({m['counts']['n_scans']} scans, {m['counts']['n_lesions']} lesions);"
+        f" report in {Path(out_dir) / 'metrics.md'}"
+    )
+
+
+COMMANDS: list[click.Command] = [predict_cmd, evaluate_cmd]

@@ -33,10 +33,19 @@ class ScanRef:
 
 @dataclass(frozen=True)
 class Skipped:
-    """A file or series that discovery did not turn into a scan, and why."""
+    """A file or series that discovery did not turn into a scan, and why.
+
+    Attributes:
+        path: the file (or a DICOM series' first file / folder).
+        reason: one line saying why.
+        failed: ``True`` when it was meant to be a scan but could not be read (corrupt file,
+            refused geometry): the CLI then exits 1. ``False`` for files skipped by design
+            (label masks, localizers).
+    """
 
     path: Path
     reason: str
+    failed: bool = False
 
 
 @dataclass

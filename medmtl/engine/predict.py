@@ -1,0 +1,300 @@
+"""``predict_folder``: a folder of scans in, lesions in LPS mm out, never losing work.
+
+The model is loaded once. While the current scan is on the accelerator, a background thread
+reads and preprocesses the next one. Each finished scan is written as its own record
+(``scans/<id>.json``, atomically, after its maps and previews); a rerun skips the scans whose
+record is complete for the same weights. A scan that fails is recorded with its reason and
+the batch goes on. At the end the records are merged into ``predictions.csv``,
+``predictions.json`` and ``failures.json`` (see :mod:`medmtl.engine.predict_io`).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from medmtl.engine import predict_io as pio
+from medmtl.engine.inference import Predictor, PreparedScan, ScanPrediction
+from medmtl.errors import ConfigError, MedmtlError
+from medmtl.io.types import ScanRef, Skipped
+
+log = logging.getLogger(__name__)
+
+ADAPT_CHOICES = ("off", "auto")
+STAGES = ("read", "preprocess", "infer", "decode", "write")
+#: Scans given to the shift gate for ``adapt="auto"`` (a sample of the batch).
+ADAPT_SAMPLE = 16
+
+
+def shard_refs(refs: Sequence[ScanRef], shard: tuple[int, int] | None) -> list[ScanRef]:
+    """Round-robin shard of the scans sorted by id: rank ``r`` of ``w`` gets ``sorted[r::w]``.
+
+    Raises:
+        ConfigError: an invalid ``(rank, world_size)``.
+    """
+    ordered = sorted(refs, key=lambda r: r.scan_id)
+    if shard is None:
+        return ordered
+    rank, world = shard
+    if world < 1 or not 0 <= rank < world:
+        raise ConfigError(f"shard must be (rank, world_size) with 0 <= rank < world_size, got {shard}")
+    return ordered[rank::world]
+
+
+def discover(input_dir: Path, scan_ids: Sequence[str] | None = None) -> tuple[list[ScanRef], list[Skipped]]:
+    """Scans of ``input_dir`` (optionally only ``scan_ids``) and the discovery notes.
+
+    Raises:
+        ScanReadError: the folder does not exist or holds no scan.
+        ConfigError: a requested scan id is not in the folder.
+    """
+    from medmtl.io.discover import discover_scans
+
+    refs, skipped = discover_scans(input_dir)
+    seen: set[str] = set()
+    unique: list[ScanRef] = []
+    for ref in refs:
+        if ref.scan_id in seen:
+            skipped.append(Skipped(ref.paths[0], f"duplicate scan id '{ref.scan_id}'; only the first is predicted",
+                                   failed=True))
+            continue
+        seen.add(ref.scan_id)
+        unique.append(ref)
+    if scan_ids is not None:
+        wanted = set(scan_ids)
+        unknown = sorted(wanted - seen)
+        if unknown:
+            raise ConfigError(f"scan_ids {unknown[:3]} are not in {input_dir}; allowed: ids found by discovery")
+        unique = [r for r in unique if r.scan_id in wanted]
+    return unique, skipped
+
+
+def _discovery_failures(skipped: Sequence[Skipped]) -> list[dict[str, Any]]:
+    return [{"seriesuid": Path(s.path).name, "path": str(s.path), "reason": s.reason, "stage": "discovery"}
+            for s in skipped if getattr(s, "failed", False)]
+
+
+def _maybe_adapt(predictor: Predictor, refs: Sequence[ScanRef], adapt: str) -> dict[str, Any] | None:
+    """Run the shift gate on a sample of the batch and adapt BN statistics if it flags a shift."""
+    if adapt not in ADAPT_CHOICES:
+        raise ConfigError(f"--adapt '{adapt}' is not allowed; use one of {', '.join(ADAPT_CHOICES)}")
+    if adapt == "off":
+        return None
+    try:
+        from medmtl.shift.gate import maybe_adapt
+    except ImportError:
+        raise MedmtlError(
+            "--adapt auto is not available: the shift gate (medmtl.shift.gate) is missing from this build;"
+            " use --adapt off, or run `medmtl adapt` first"
+        ) from None
+    from medmtl.io.read import read_scan
+
+    sample = [read_scan(r) for r in refs[:ADAPT_SAMPLE]]
+    model, info = maybe_adapt(predictor.model, predictor.card, sample)
+    predictor.model = model.to(predictor.device).eval()
+    return dict(info) if isinstance(info, dict) else {"info": info}
+
+
+def predict_folder(
+    *,
+    checkpoint: Path,
+    input_dir: Path,
+    out_dir: Path,
+    device: str = "auto",
+    amp: str = "auto",
+    overlap: float = 0.5,
+    sw_batch_size: int = 4,
+    tta: bool = False,
+    save_maps: bool = False,
+    preview: bool = False,
+    adapt: str = "off",
+    progress: bool = True,
+    scan_ids: Sequence[str] | None = None,
+    shard: tuple[int, int] | None = None,
+) -> dict[str, Any]:
+    """Detect lesions in every scan of a folder (see :func:`medmtl.api.predict_folder`).
+
+    Args:
+        checkpoint: checkpoint folder.
+        input_dir: scan folder.
+        out_dir: output folder (complete scans there are skipped).
+        device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
+        amp: ``auto``, ``bf16``, ``fp16`` or ``off``.
+        overlap: sliding-window overlap in [0, 1).
+        sw_batch_size: windows per forward pass.
+        tta: flip test-time augmentation.
+        save_maps: write the maps as NIfTI in each input's geometry.
+        preview: write PNG previews through each lesion.
+        adapt: ``off`` or ``auto``.
+        progress: tqdm progress bar (scans/s).
+        scan_ids: predict only these scans of the folder.
+        shard: ``(rank, world_size)``: predict only this rank's round-robin share and do not
+            write the merged tables (rank 0 merges with :func:`merge_folder` afterwards).
+
+    Returns:
+        Summary: ``n_scans``, ``n_done``, ``n_skipped`` (already complete), ``n_failed``,
+        ``failures``, ``outputs``, ``timings`` (seconds per stage summed over the scans done,
+        ``wall_s``, ``scans_per_s``), ``device``, ``amp``.
+
+    Raises:
+        MedmtlError: the checkpoint, the folder or an option is invalid (per-scan problems
+            are recorded instead).
+    """
+    from tqdm import tqdm
+
+    from medmtl import __version__
+    from medmtl.io.read import read_scan
+
+    t_start = time.perf_counter()
+    if adapt not in ADAPT_CHOICES:
+        raise ConfigError(f"--adapt '{adapt}' is not allowed; use one of {', '.join(ADAPT_CHOICES)}")
+    all_refs, skipped = discover(Path(input_dir), scan_ids)
+    refs = shard_refs(all_refs, shard)
+    predictor = Predictor.from_checkpoint(
+        checkpoint, device=device, amp=amp, overlap=overlap, sw_batch_size=sw_batch_size, tta=tta
+    )
+    out_dir = Path(out_dir)
+    (out_dir / "scans").mkdir(parents=True, exist_ok=True)
+    sha = predictor.weights_sha256
+    pending = [r for r in refs if not pio.is_complete(out_dir, r.scan_id, sha, need_maps=save_maps,
+                                                       need_previews=preview)]
+    n_skipped = len(refs) - len(pending)
+    shift_info = _maybe_adapt(predictor, pending, adapt) if pending else None
+    provenance = {
+        "medmtl_version": __version__,
+        "checkpoint": str(checkpoint),
+        "weights_sha256": sha,
+        "device": str(predictor.device),
+        "amp": predictor.amp,
+        "tta": predictor.tta,
+        "overlap": predictor.overlap,
+        "sw_batch_size": predictor.sw_batch_size,
+        "decode": dict(predictor.decode),
+        "adaptation_in_card": predictor.card.get("adaptation", []),
+        "shift": shift_info,
+    }
+    totals = dict.fromkeys(STAGES, 0.0)
+    failures: list[dict[str, Any]] = []
+    n_done = 0
+
+    def load(ref: ScanRef) -> PreparedScan:
+        t0 = time.perf_counter()
+        scan = read_scan(ref)
+        t_read = time.perf_counter() - t0
+        prepared = predictor.preprocess(scan)
+        prepared.timings["read"] = t_read
+        return prepared
+
+    bar = tqdm(total=len(pending), unit="scan", desc="predict", disable=not progress)
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="medmtl-prefetch") as pool:
+        future: Future[PreparedScan] | None = pool.submit(load, pending[0]) if pending else None
+        for n, ref in enumerate(pending):
+            assert future is not None  # one future per pending scan
+            current = future
+            future = pool.submit(load, pending[n + 1]) if n + 1 < len(pending) else None
+            try:
+                result = predictor.infer(current.result())
+                timings = _write_scan(out_dir, ref, result, predictor, provenance, save_maps, preview)
+                for k in STAGES:
+                    totals[k] += timings.get(k, 0.0)
+                n_done += 1
+            except Exception as exc:  # a failing scan is recorded; the batch goes on
+                reason = str(exc) if isinstance(exc, MedmtlError) else f"{type(exc).__name__}: {exc}"
+                log.warning("scan %s failed: %s", ref.scan_id, reason)
+                log.debug("scan %s failed", ref.scan_id, exc_info=True)
+                pio.write_failure(out_dir, ref.scan_id, str(ref.paths[0] if ref.format != "dicom" else ref.folder),
+                                  reason)
+                failures.append({"seriesuid": ref.scan_id, "path": str(ref.paths[0]), "reason": reason,
+                                 "stage": "predict"})
+            bar.update(1)
+    bar.close()
+    if shard is not None and shard[0] == 0:
+        failures.extend(_discovery_failures(skipped))
+    outputs: dict[str, Any] = {"scans_dir": str(out_dir / "scans")}
+    if shard is None:
+        merged = pio.merge_outputs(out_dir, [r.scan_id for r in refs],
+                                   extra_failures=_discovery_failures(skipped), run_info=provenance)
+        outputs.update(merged["outputs"])
+        failures = merged["failures"]
+    wall = time.perf_counter() - t_start
+    return {
+        "n_scans": len(refs),
+        "n_done": n_done,
+        "n_skipped": n_skipped,
+        "n_failed": len(failures),
+        "failures": failures,
+        "outputs": outputs,
+        "timings": {**totals, "wall_s": wall, "scans_per_s": n_done / wall if wall > 0 and n_done else 0.0},
+        "device": str(predictor.device),
+        "amp": predictor.amp,
+    }
+
+
+def _write_scan(
+    out_dir: Path,
+    ref: ScanRef,
+    result: ScanPrediction,
+    predictor: Predictor,
+    provenance: dict[str, Any],
+    save_maps: bool,
+    preview: bool,
+) -> dict[str, float]:
+    """Write a scan's maps, previews and (last) its record; returns its timings incl. ``write``."""
+    import numpy as np
+
+    t0 = time.perf_counter()
+    scan = result.prepared.scan
+    affine_in = np.asarray(scan.image.affine.detach().cpu().numpy(), dtype=np.float64)
+    shape_in = tuple(int(s) for s in scan.image.shape[-3:])
+    maps: list[str] = []
+    previews: list[str] | None = None
+    if save_maps:
+        maps = pio.save_maps(out_dir, ref.scan_id, result.maps, affine_pre=result.affine_ras,
+                             affine_input=affine_in, shape_input=shape_in,
+                             temperature=float(predictor.decode["temperature"]))
+    if preview:
+        from medmtl.engine.preview import save_lesion_previews
+
+        previews = save_lesion_previews(out_dir, ref.scan_id, result.prepared.image, result.affine_ras,
+                                        result.detections)
+    timings = dict(result.timings)
+    timings["write"] = time.perf_counter() - t0
+    record = {
+        "format": pio.RECORD_FORMAT,
+        "status": "complete",
+        "seriesuid": ref.scan_id,
+        "weights_sha256": predictor.weights_sha256,
+        "input": {"format": ref.format, "path": str(ref.paths[0] if ref.format != "dicom" else ref.folder),
+                  "n_files": len(ref.paths)},
+        "lesions": [pio.detection_to_dict(d) for d in result.detections],
+        "provenance": {**provenance, "scan_warnings": list(scan.warnings)},
+        "timings": timings,
+        "geometry": {
+            "input_shape": list(shape_in),
+            "input_affine_ras": affine_in.tolist(),
+            "preprocessed_shape": [int(s) for s in result.prepared.image.shape[-3:]],
+            "preprocessed_affine_ras": np.asarray(result.affine_ras).tolist(),
+        },
+        "outputs": {"maps": maps, "previews": previews},
+    }
+    pio.write_record(out_dir, record)
+    return timings
+
+
+def merge_folder(*, input_dir: Path, out_dir: Path) -> dict[str, Any]:
+    """Merge the per-scan records of a (sharded) run into the final tables.
+
+    Discovers ``input_dir`` again so that scans no rank finished show up as missing.
+
+    Returns:
+        ``{"n_scans", "n_complete", "n_failed", "n_missing", "failures", "outputs"}``.
+    """
+    refs, skipped = discover(Path(input_dir))
+    merged = pio.merge_outputs(Path(out_dir), [r.scan_id for r in refs],
+                               extra_failures=_discovery_failures(skipped),
+                               run_info={"merged_from": "per-scan records", "input_dir": str(input_dir)})
+    return {"n_scans": len(refs), **merged}

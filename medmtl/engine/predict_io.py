@@ -1,0 +1,226 @@
+"""Files of a prediction run: per-scan records (the resume unit), merged tables, NIfTI maps.
+
+Layout of ``out_dir``::
+
+    scans/<id>.json          one record per finished scan (written last, atomically)
+    scans/<id>.failed.json   one record per failed scan (removed when the scan later succeeds)
+    maps/<id>_{heatmap,diameter,malignancy}.nii.gz   optional, in the input's exact geometry
+    previews/<id>_lesion<k>.png                       optional
+    predictions.csv / predictions.json / failures.json   merged by :func:`merge_outputs`
+
+A scan is *complete* when its record exists with ``status == "complete"``, the same weights
+SHA-256 and every output file it lists; a rerun skips it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from medmtl.io import coords
+from medmtl.io.types import Detection
+from medmtl.io.writers import atomic_write_csv, atomic_write_json, save_nifti
+
+log = logging.getLogger(__name__)
+
+RECORD_FORMAT = 1
+PREDICTION_COLUMNS = (
+    "seriesuid", "coordX", "coordY", "coordZ", "probability", "diameter_mm", "malignancy_prob",
+)
+#: Map file suffixes and what each holds (after conversion from the network's outputs).
+MAP_FILES = {"heatmap": "detection probability", "diameter": "diameter (mm)", "malignancy": "malignancy probability"}
+
+
+def safe_name(scan_id: str) -> str:
+    """A file-name-safe version of a scan id (anything but ``[A-Za-z0-9._-]`` becomes ``_``)."""
+    name = re.sub(r"[^A-Za-z0-9._-]", "_", scan_id)
+    return name if name not in ("", ".", "..") else f"_{name}_"
+
+
+def record_path(out_dir: Path, scan_id: str) -> Path:
+    """``out_dir/scans/<id>.json``."""
+    return out_dir / "scans" / f"{safe_name(scan_id)}.json"
+
+
+def failure_path(out_dir: Path, scan_id: str) -> Path:
+    """``out_dir/scans/<id>.failed.json``."""
+    return out_dir / "scans" / f"{safe_name(scan_id)}.failed.json"
+
+
+def detection_to_dict(d: Detection) -> dict[str, Any]:
+    """A detection as a JSON object (LPS mm)."""
+    return {
+        "coordX": d.center_lps[0],
+        "coordY": d.center_lps[1],
+        "coordZ": d.center_lps[2],
+        "probability": d.probability,
+        "diameter_mm": d.diameter_mm,
+        "malignancy_prob": d.malignancy_prob,
+    }
+
+
+def load_record(path: Path) -> dict[str, Any] | None:
+    """Read a per-scan record; ``None`` when missing or unreadable (it is then redone)."""
+    if not path.is_file():
+        return None
+    try:
+        rec = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
+        log.warning("ignoring unreadable record %s (%s); the scan is predicted again", path, exc)
+        return None
+    return rec if isinstance(rec, dict) else None
+
+
+def is_complete(out_dir: Path, scan_id: str, weights_sha256: str, *, need_maps: bool, need_previews: bool) -> bool:
+    """Whether a scan's outputs in ``out_dir`` are complete for these weights and options."""
+    rec = load_record(record_path(out_dir, scan_id))
+    if rec is None or rec.get("status") != "complete" or rec.get("format") != RECORD_FORMAT:
+        return False
+    if rec.get("seriesuid") != scan_id or rec.get("weights_sha256") != weights_sha256:
+        return False
+    outputs = rec.get("outputs", {})
+    if need_maps and not outputs.get("maps"):
+        return False
+    if need_previews and outputs.get("previews") is None:
+        return False
+    files = list(outputs.get("maps") or []) + list(outputs.get("previews") or [])
+    return all((out_dir / f).is_file() for f in files)
+
+
+def write_record(out_dir: Path, record: Mapping[str, Any]) -> Path:
+    """Write a complete per-scan record (atomically) and drop a stale failure record."""
+    sid = str(record["seriesuid"])
+    path = atomic_write_json(record_path(out_dir, sid), dict(record))
+    stale = failure_path(out_dir, sid)
+    if stale.exists():
+        stale.unlink()
+    return path
+
+
+def write_failure(out_dir: Path, scan_id: str, path: str, reason: str) -> Path:
+    """Record a failed scan (``scans/<id>.failed.json``)."""
+    return atomic_write_json(failure_path(out_dir, scan_id), {"seriesuid": scan_id, "path": path, "reason": reason, "stage": "predict"})
+
+
+def world_maps(maps: Mapping[str, torch.Tensor], temperature: float) -> dict[str, np.ndarray]:
+    """Network maps → user maps on the preprocessed grid: probabilities and diameter in mm.
+
+    Returns:
+        ``heatmap`` (sigmoid), ``diameter`` (``exp`` of log-diameter, mm), ``malignancy``
+        (``sigmoid(logit / T)``), each ``(I, J, K)`` float32.
+    """
+    def vol(t: torch.Tensor) -> torch.Tensor:
+        return t.detach().to("cpu", torch.float32).reshape(t.shape[-3:])
+
+    return {
+        "heatmap": torch.sigmoid(vol(maps["heatmap"])).numpy(),
+        "diameter": torch.exp(vol(maps["log_diameter"])).numpy(),
+        "malignancy": torch.sigmoid(vol(maps["malignancy"]) / float(temperature)).numpy(),
+    }
+
+
+def resample_to_input(
+    volume: np.ndarray, affine_src: np.ndarray, affine_dst: np.ndarray, shape_dst: Sequence[int]
+) -> np.ndarray:
+    """Trilinear resampling of a volume from one voxel grid onto another (same world).
+
+    Args:
+        volume: ``(I, J, K)`` on the source grid.
+        affine_src: source voxel→RAS affine (the preprocessed grid).
+        affine_dst: destination voxel→RAS affine (the input scan's).
+        shape_dst: destination shape ``(I, J, K)``.
+
+    Returns:
+        ``(I, J, K)`` float32 on the destination grid (edge values continue outside the source).
+    """
+    from scipy.ndimage import affine_transform
+
+    # destination voxel → source voxel, through world RAS (only coords converts frames)
+    basis = np.vstack([np.zeros(3), np.eye(3)])
+    src = coords.ras_to_voxel(coords.voxel_to_ras(basis, affine_dst), affine_src)
+    offset = src[0]
+    matrix = (src[1:] - offset).T  # columns: source displacement per destination unit step
+    return affine_transform(
+        volume.astype(np.float32), matrix, offset=offset, output_shape=tuple(int(s) for s in shape_dst[-3:]),
+        order=1, mode="nearest",
+    ).astype(np.float32)
+
+
+def save_maps(
+    out_dir: Path,
+    scan_id: str,
+    maps: Mapping[str, torch.Tensor],
+    *,
+    affine_pre: np.ndarray,
+    affine_input: np.ndarray,
+    shape_input: Sequence[int],
+    temperature: float,
+) -> list[str]:
+    """Write the three maps as NIfTI in the input scan's exact geometry (affine equal to the input's).
+
+    Returns:
+        Paths relative to ``out_dir``.
+    """
+    written: list[str] = []
+    for name, vol in world_maps(maps, temperature).items():
+        arr = resample_to_input(vol, affine_pre, affine_input, shape_input)
+        rel = f"maps/{safe_name(scan_id)}_{name}.nii.gz"
+        save_nifti(out_dir / rel, arr, affine_input)
+        written.append(rel)
+    return written
+
+
+def merge_outputs(
+    out_dir: Path, scan_ids: Iterable[str], *, extra_failures: Sequence[Mapping[str, Any]] = (),
+    run_info: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Merge per-scan records into ``predictions.csv``, ``predictions.json`` and ``failures.json``.
+
+    Args:
+        out_dir: the run folder.
+        scan_ids: the scans of the run (sorted here); each is complete, failed or missing.
+        extra_failures: failures that are not scans (e.g. unreadable DICOM files found by
+            discovery): ``{"seriesuid", "path", "reason"}``.
+        run_info: run-level provenance stored in ``predictions.json``.
+
+    Returns:
+        ``{"n_complete", "n_failed", "n_missing", "failures", "outputs"}``.
+    """
+    rows: list[dict[str, Any]] = []
+    scans: dict[str, Any] = {}
+    failures: list[dict[str, Any]] = []
+    missing: list[str] = []
+    for sid in sorted(set(scan_ids)):
+        rec = load_record(record_path(out_dir, sid))
+        if rec is not None and rec.get("status") == "complete":
+            scans[sid] = {k: rec[k] for k in ("lesions", "provenance", "timings", "geometry", "outputs") if k in rec}
+            for les in rec.get("lesions", []):
+                rows.append({"seriesuid": sid, **{k: les[k] for k in PREDICTION_COLUMNS[1:]}})
+            continue
+        fail = load_record(failure_path(out_dir, sid))
+        if fail is not None:
+            failures.append(fail)
+        else:
+            missing.append(sid)
+    failures.extend(dict(f) for f in extra_failures)
+    csv_path = atomic_write_csv(out_dir / "predictions.csv", rows, PREDICTION_COLUMNS)
+    json_path = atomic_write_json(
+        out_dir / "predictions.json",
+        {"format": RECORD_FORMAT, "run": dict(run_info or {}), "scans": scans, "missing": missing},
+    )
+    fail_path = atomic_write_json(out_dir / "failures.json", failures)
+    return {
+        "n_complete": len(scans),
+        "n_failed": len(failures),
+        "n_missing": len(missing),
+        "failures": failures,
+        "outputs": {"predictions_csv": str(csv_path), "predictions_json": str(json_path),
+                    "failures_json": str(fail_path)},
+    }

@@ -1,0 +1,414 @@
+"""One training run, epoch by epoch (used by :func:`medmtl.engine.trainer.run_training`).
+
+Set-up (data, model, weighting, strategy, optimizer), the epoch loop (train, validate, early
+stopping, ``last/`` and best ``checkpoint/``), and the finish (temperature calibration on the
+validation lesions, reference statistics of the training scans, final model card).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from medmtl.config import TrainConfig
+from medmtl.engine import ddp
+from medmtl.engine.checkpoint import WEIGHTS_FILE, save_checkpoint
+from medmtl.engine.run_files import RunLog
+from medmtl.engine.train_loop import EpochStats, StepContext, patch_batches, train_epoch
+from medmtl.errors import CheckpointError, ConfigError
+
+logger = logging.getLogger(__name__)
+
+TASKS = ("det", "size", "malig")
+#: Weightings that step their own parameters (the trainer must not optimise them).
+SELF_STEPPING_WEIGHTINGS = ("gradnorm",)
+
+
+def _reseed(seed: int, epoch: int) -> int:
+    s = (int(seed) * 1_000_003 + int(epoch) * 7_919 + 17) % (2**31)
+    random.seed(s)
+    np.random.seed(s)
+    torch.manual_seed(s)
+    return s
+
+
+class TrainingSession:
+    """State of one run.
+
+    Args:
+        cfg: validated config.
+        out: run folder (exists).
+        device: training device.
+        amp: resolved AMP mode (``bf16``, ``fp16`` or ``off``).
+        dist: DDP info.
+    """
+
+    def __init__(self, cfg: TrainConfig, out: Path, *, device: torch.device, amp: str, dist: ddp.DistInfo) -> None:
+        self.cfg = cfg
+        self.out = out
+        self.device = device
+        self.amp = amp
+        self.dist = dist
+        self.progress = bool(cfg.train.progress) and dist.is_main
+
+    # ------------------------------------------------------------------ set-up
+    def _setup(self) -> None:
+        from medmtl.data.dataset import build_train_dataset, load_training_data, preprocess_volumes
+        from medmtl.models.mtl_net import build_model, required_divisor
+        from medmtl.mtl.conflict import GradientConflictTracker
+        from medmtl.mtl.weighting import create_weighting
+
+        cfg = self.cfg
+        torch.manual_seed(cfg.seed)
+        self.data = load_training_data(cfg, progress=self.progress)
+        self.train_ds = build_train_dataset(cfg, self.data, progress=self.progress)
+        self.val_volumes = preprocess_volumes(self.data.val_items, self.data.spec) if self.dist.is_main else []
+        torch.manual_seed(cfg.seed)
+        self.model = build_model(cfg.model.build_config(self.data.spec.channels), pretrained=cfg.model.pretrained)
+        div = required_divisor(self.model)
+        if any(p % d for p, d in zip(cfg.train.patch_size, div)):
+            raise ConfigError(
+                f"train.patch_size {cfg.train.patch_size} must be divisible by {list(div)} (the encoder's stride"
+                f" per axis); e.g. {[max(d, (p // d) * d) for p, d in zip(cfg.train.patch_size, div)]}"
+            )
+        self.model.to(self.device)
+        self.weighting = create_weighting(cfg.weighting.name, tasks=TASKS, **cfg.weighting.params).to(self.device)
+        self.tracker = GradientConflictTracker(TASKS) if cfg.train.conflict_every > 0 else None
+        self._setup_strategy()
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp == "fp16" and self.device.type == "cuda")
+        per_rank = math.ceil(len(self.train_ds) / self.dist.world_size)
+        auto_steps = math.ceil(per_rank * cfg.train.samples_per_scan / cfg.train.batch_size)
+        self.steps_per_epoch = cfg.train.steps_per_epoch or max(1, auto_steps)
+        self.total_steps = self.steps_per_epoch * cfg.train.epochs
+
+    def _setup_strategy(self) -> None:
+        from medmtl.mtl.strategies import StrategySchedule
+
+        self.schedule = StrategySchedule(self.cfg.strategy.name, **self.cfg.strategy.params)
+        self.schedule.attach(self.model)
+        self.regularizer = self.schedule.regularizer(self.model)
+
+    def _build_optimizer(self, epoch: int, step: int) -> None:
+        """(Re)build optimizer + LR schedule for the strategy phase of ``epoch``."""
+        from medmtl.engine.optim import LRSchedule, make_optimizer
+
+        t = self.cfg.train
+        groups = self.schedule.param_groups(self.model, epoch=epoch, base_lr=t.learning_rate, weight_decay=t.weight_decay)
+        if self.weighting.name not in SELF_STEPPING_WEIGHTINGS:
+            wparams = [p for p in self.weighting.parameters() if p.requires_grad]
+            if wparams:
+                groups.append({"params": wparams, "lr": t.learning_rate, "weight_decay": 0.0, "name": "weighting"})
+        self.optimizer = make_optimizer(groups, name=t.optimizer, lr=t.learning_rate, weight_decay=t.weight_decay)
+        self.lr_schedule = LRSchedule(
+            self.optimizer, total_steps=self.total_steps, warmup_steps=t.warmup_steps, kind=t.scheduler, step=step
+        )
+        self.phase = self.schedule.phase(epoch)
+        self.params = [p for g in self.optimizer.param_groups for p in g["params"]]
+
+    def _context(self) -> StepContext:
+        return StepContext(
+            model=self.model,
+            optimizer=self.optimizer,
+            scheduler=self.lr_schedule,
+            scaler=self.scaler,
+            weighting=self.weighting,
+            shared_params=[p for p in self.model.shared_parameters() if p.requires_grad],
+            params=[p for p in self.params if p.requires_grad],
+            device=self.device,
+            amp_dtype={"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.amp),
+            grad_clip=self.cfg.train.grad_clip,
+            dist=self.dist,
+            regularizer=self.regularizer,
+            conflict=self.tracker,
+            conflict_every=self.cfg.train.conflict_every,
+        )
+
+    # ------------------------------------------------------------------ data
+    def _passes(self, epoch: int) -> Any:
+        from torch.utils.data import DataLoader, DistributedSampler
+
+        from medmtl.data.dataset import first_item
+
+        nw = self.cfg.data.num_workers
+
+        def make(n_pass: int) -> Iterator[list[dict[str, torch.Tensor]]]:
+            sub = epoch * 1000 + n_pass
+            self.train_ds.set_epoch(sub)
+            sampler = DistributedSampler(
+                self.train_ds,
+                num_replicas=self.dist.world_size,
+                rank=self.dist.rank,
+                shuffle=True,
+                seed=self.cfg.seed,
+                drop_last=False,
+            )
+            sampler.set_epoch(sub)
+            gen = torch.Generator().manual_seed(self.cfg.seed * 7 + sub)
+            kwargs: dict[str, Any] = {}
+            if nw > 0:
+                from monai.data.utils import worker_init_fn
+
+                kwargs = {"worker_init_fn": worker_init_fn, "persistent_workers": False}
+            loader = DataLoader(
+                self.train_ds, batch_size=1, sampler=sampler, num_workers=nw, collate_fn=first_item,
+                generator=gen, **kwargs,
+            )
+            return iter(loader)
+
+        return make
+
+    # ------------------------------------------------------------------ checkpoints
+    def _card(self, *, epoch: int, metrics: dict[str, Any], temperature: float, reference: Any) -> dict[str, Any]:
+        from medmtl.models.mtl_net import model_config
+
+        c = self.cfg
+        mcfg = model_config(self.model)
+        return {
+            "encoder": self.model.encoder.config.to_dict(),
+            "model": mcfg,
+            "input_spec": self.data.spec.to_dict(),
+            "patch_size": list(c.train.patch_size),
+            "decode": {
+                "threshold": c.decode.threshold,
+                "nms_radius_mm": c.decode.nms_radius_mm,
+                "max_lesions": c.decode.max_lesions,
+                "temperature": float(temperature),
+            },
+            "train_config": c.to_dict(),
+            "reference_stats": reference,
+            "adaptation": [],
+            "training": {
+                "epoch": epoch + 1,
+                "epochs": c.train.epochs,
+                "metrics": metrics,
+                "train_ids": self.data.train_ids,
+                "val_ids": self.data.val_ids,
+                "monitor": c.validation.monitor,
+            },
+        }
+
+    def _save_last(self, epoch: int, step: int, meta: dict[str, Any]) -> None:
+        from medmtl.engine.state import save_train_state
+
+        def extra(folder: Path) -> None:
+            save_train_state(
+                folder, optimizer=self.optimizer, scheduler=self.lr_schedule, scaler=self.scaler,
+                weighting=self.weighting, meta=meta,
+            )
+
+        card = self._card(epoch=epoch, metrics=meta.get("last_metrics", {}), temperature=1.0, reference=None)
+        save_checkpoint(self.out / "last", self.model, card, extra=extra)
+
+    def _resume(self) -> dict[str, Any]:
+        from safetensors.torch import load_file
+
+        from medmtl.engine.checkpoint import read_card, sha256_file
+        from medmtl.engine.state import load_train_state
+
+        last = self.out / "last"
+        card = read_card(last)
+        weights = last / WEIGHTS_FILE
+        if not weights.is_file() or sha256_file(weights) != card["weights_sha256"]:
+            raise CheckpointError(f"cannot resume: '{weights}' is missing or does not match its card")
+        import json
+
+        meta_epoch = json.loads((last / "train_state.json").read_text(encoding="utf-8"))["meta"]["epoch"]
+        self.model.load_state_dict(load_file(str(weights), device=str(self.device)), strict=True)
+        self._build_optimizer(meta_epoch, 0)
+        meta = load_train_state(
+            last, optimizer=self.optimizer, scheduler=self.lr_schedule, scaler=self.scaler, weighting=self.weighting
+        )
+        if self.tracker is not None and meta.get("conflict") is not None:
+            self.tracker.load_state(meta["conflict"])
+        logger.info("resuming after epoch %d (step %d)", meta["epoch"] + 1, meta["step"])
+        return meta
+
+    # ------------------------------------------------------------------ loop
+    def _monitor_value(self, row: dict[str, Any]) -> float | None:
+        key = "cpm" if self.cfg.validation.monitor == "cpm" else "val_loss"
+        v = row.get(key)
+        if v is None and key == "cpm":
+            v = row.get("val_loss")
+            return None if v is None else -float(v)
+        if v is None:
+            return None
+        return float(v) if key == "cpm" else -float(v)
+
+    def run(self, *, resume: bool, stop_after_epochs: int | None) -> Path:
+        """Train (or continue) and finish; returns the checkpoint folder."""
+        from medmtl.engine.trainer import write_run_header
+        from medmtl.engine.validation import validate
+
+        cfg = self.cfg
+        self._setup()
+        if resume:
+            meta = self._resume()
+        else:
+            self._build_optimizer(0, 0)
+            meta = {"epoch": -1, "step": 0, "best": None, "best_epoch": None, "bad_epochs": 0, "history": [],
+                    "finished": False}
+            if self.dist.is_main:
+                write_run_header(cfg, self.out, device=self.device, amp=self.amp, world_size=self.dist.world_size)
+        ddp.broadcast_module(self.model, self.dist)
+        log = RunLog(self.out, meta.get("history"), tensorboard=True) if self.dist.is_main else None
+        step = int(meta["step"])
+        done_here = 0
+        try:
+            epoch = int(meta["epoch"]) + 1
+            while epoch < cfg.train.epochs and not meta.get("finished"):
+                if stop_after_epochs is not None and done_here >= stop_after_epochs:
+                    return self.out / "checkpoint"
+                if self.schedule.phase(epoch) != self.phase:
+                    logger.info("strategy phase %s from epoch %d", self.schedule.phase(epoch), epoch + 1)
+                    self._build_optimizer(epoch, step)
+                _reseed(cfg.seed, epoch)
+                batches = patch_batches(self._passes(epoch), cfg.train.batch_size, self.steps_per_epoch)
+                stats, step = train_epoch(self._context(), batches, steps=self.steps_per_epoch, epoch=epoch,
+                                          global_step=step, progress=self.progress)
+                ddp.broadcast_module(self.model, self.dist)
+                stats.losses = ddp.all_mean(stats.losses, self.dist)
+                self.weighting.on_epoch_end({t: stats.losses[t] for t in TASKS})
+                row = self._row(epoch, step, stats)
+                is_last = epoch + 1 == cfg.train.epochs
+                if self.dist.is_main and self.val_volumes and ((epoch + 1) % cfg.validation.every == 0 or is_last):
+                    res = validate(
+                        self.model, self.val_volumes, patch_size=cfg.train.patch_size, overlap=cfg.validation.overlap,
+                        sw_batch_size=cfg.validation.sw_batch_size, device=self.device, amp=self.amp,
+                        threshold=cfg.decode.threshold, nms_radius_mm=cfg.decode.nms_radius_mm,
+                        max_lesions=cfg.decode.max_lesions, progress=self.progress,
+                    )
+                    row.update(res.metrics)
+                stop = self._early_stopping(meta, row, epoch) if self.dist.is_main else False
+                stop = bool(ddp.broadcast_object(stop, self.dist))
+                conflict = self.tracker.end_epoch(epoch) if self.tracker is not None else None
+                meta.update({"epoch": epoch, "step": step, "finished": is_last or stop, "last_metrics": row})
+                if self.dist.is_main:
+                    assert log is not None
+                    log.log_epoch(row)
+                    meta["history"] = log.history
+                    if conflict is not None:
+                        self._log_conflict(log, conflict, step)
+                    if self.tracker is not None:
+                        meta["conflict"] = self.tracker.state()
+                        self.tracker.write(self.out)
+                    if row["best"]:
+                        card = self._card(epoch=epoch, metrics=row, temperature=1.0, reference=None)
+                        save_checkpoint(self.out / "checkpoint", self.model, card)
+                    self._save_last(epoch, step, meta)
+                ddp.barrier(self.dist)
+                logger.info("epoch %d/%d: loss %.4f%s", epoch + 1, cfg.train.epochs, row["loss"],
+                            f", cpm {row['cpm']:.3f}" if row.get("cpm") is not None else "")
+                done_here += 1
+                epoch += 1
+                if stop:
+                    logger.info("early stopping after epoch %d (no improvement for %d epochs)", epoch,
+                                cfg.validation.patience)
+                    break
+        finally:
+            if log is not None:
+                log.close()
+        if self.dist.is_main:
+            self._finish()
+        ddp.barrier(self.dist)
+        return self.out / "checkpoint"
+
+    def _row(self, epoch: int, step: int, stats: EpochStats) -> dict[str, Any]:
+        row: dict[str, Any] = {
+            "epoch": epoch + 1,
+            "step": step,
+            "lr": stats.lr,
+            "time_s": round(stats.seconds, 3),
+            "loss": stats.losses.get("total"),
+            "grad_norm": stats.grad_norm,
+        }
+        for t in TASKS:
+            row[f"loss_{t}"] = stats.losses.get(t)
+            row[f"weight_{t}"] = stats.weights.get(t)
+        return row
+
+    def _early_stopping(self, meta: dict[str, Any], row: dict[str, Any], epoch: int) -> bool:
+        v = self._monitor_value(row) if self.val_volumes else None
+        if v is None:  # no validation this epoch: the latest model is the best we know
+            row["best"] = not self.val_volumes
+            if row["best"]:
+                meta["best_epoch"] = epoch
+            return False
+        best = meta.get("best")
+        improved = best is None or v > float(best) + self.cfg.validation.min_delta
+        row["best"] = bool(improved)
+        if improved:
+            meta["best"], meta["best_epoch"], meta["bad_epochs"] = v, epoch, 0
+        else:
+            meta["bad_epochs"] = int(meta.get("bad_epochs", 0)) + 1
+        p = self.cfg.validation.patience
+        return p > 0 and meta["bad_epochs"] >= p
+
+    def _log_conflict(self, log: RunLog, summary: dict[str, Any], step: int) -> None:
+        values: dict[str, float] = {}
+        for pair, s in summary.get("pairs", {}).items():
+            if s.get("mean_cos") is not None:
+                values[f"conflict/cos_{pair}"] = s["mean_cos"]
+            if s.get("conflict_share") is not None:
+                values[f"conflict/share_{pair}"] = s["conflict_share"]
+        log.log_scalars(values, step)
+
+    # ------------------------------------------------------------------ finish
+    def _finish(self) -> None:
+        """Reload the best weights, fit the temperature, add reference stats, save the card."""
+        from safetensors.torch import load_file
+
+        from medmtl.engine.validation import fit_malignancy_temperature, validate
+
+        cfg = self.cfg
+        best = self.out / "checkpoint"
+        if (best / WEIGHTS_FILE).is_file():
+            self.model.load_state_dict(load_file(str(best / WEIGHTS_FILE), device=str(self.device)), strict=True)
+        temperature, metrics = 1.0, {}
+        if self.val_volumes:
+            start = time.perf_counter()
+            res = validate(
+                self.model, self.val_volumes, patch_size=cfg.train.patch_size, overlap=cfg.validation.overlap,
+                sw_batch_size=cfg.validation.sw_batch_size, device=self.device, amp=self.amp,
+                threshold=cfg.decode.threshold, nms_radius_mm=cfg.decode.nms_radius_mm,
+                max_lesions=cfg.decode.max_lesions, progress=False,
+            )
+            metrics = dict(res.metrics)
+            if cfg.validation.calibrate:
+                temperature = fit_malignancy_temperature(res)
+            logger.info("final validation in %.1f s: %s", time.perf_counter() - start, metrics)
+        reference = self._reference_stats()
+        hist = [r for r in self._history() if r.get("best")]
+        epoch = int(hist[-1]["epoch"]) - 1 if hist else 0
+        card = self._card(epoch=epoch, metrics=metrics, temperature=temperature, reference=reference)
+        save_checkpoint(best, self.model, card)
+
+    def _history(self) -> list[dict[str, Any]]:
+        from medmtl.io.writers import _jsonable
+
+        path = self.out / "metrics.csv"
+        if not path.is_file():
+            return []
+        import csv
+
+        with open(path, encoding="utf-8") as fh:
+            rows = list(csv.DictReader(fh))
+        return [_jsonable({**r, "best": r.get("best") == "True"}) for r in rows]
+
+    def _reference_stats(self) -> Any:
+        from medmtl.shift.reference import compute_reference_stats
+
+        train = [s for s in self.data.scans if s.scan_id in set(self.data.train_ids)]
+        if not train:
+            return None
+        return compute_reference_stats(model=self.model, scans=train, input_spec=self.data.spec, max_scans=32)
+
+
+__all__ = ["TrainingSession"]

@@ -1,0 +1,243 @@
+"""One training epoch: patch batches → forward (AMP) → task losses → weighting → step.
+
+The trainer owns ``backward()`` and ``step()`` (DESIGN.md, "Task weighting"):
+
+* loss-level weightings (fixed, uncertainty, DWA...) return a total: ``total.backward()``;
+* gradient-level weightings (PCGrad, CAGrad, UPGrad...) return ``None`` as total and fill
+  ``.grad`` themselves.
+
+Either way an L2-SP term (Li et al., "Explicit Inductive Bias for Transfer Learning with
+Convolutional Networks", ICML 2018) is added by a separate backward, gradients are averaged
+over DDP ranks, unscaled (fp16 ``GradScaler``), clipped to ``grad_clip`` and applied. Every
+``conflict_every`` steps the per-task gradients on the shared parameters are measured for
+the gradient-conflict statistics.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from medmtl.data.dataset import TARGET_KEYS, stack_patches
+from medmtl.engine.ddp import DistInfo, average_gradients
+from medmtl.errors import MedmtlError
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class StepContext:
+    """Everything one optimisation step needs.
+
+    Attributes:
+        model: the multi-task net (train mode).
+        optimizer: its optimizer.
+        scheduler: per-step LR scheduler (or ``None``).
+        scaler: ``torch.amp.GradScaler`` (enabled only for fp16 on CUDA).
+        weighting: the task weighting (``combine``, ``needs_gradients``).
+        shared_params: trainable parameters shared by all tasks (encoder + decoder).
+        params: every trainable parameter (clipping, DDP averaging).
+        device: training device.
+        amp_dtype: autocast dtype, ``None`` = full precision.
+        grad_clip: max global gradient norm (0 = off).
+        dist: DDP info.
+        regularizer: optional extra loss (e.g. L2-SP) of the model, a scalar tensor.
+        conflict: optional :class:`~medmtl.mtl.conflict.GradientConflictTracker`.
+        conflict_every: measure conflict every N steps (0 = off).
+    """
+
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    scaler: Any
+    weighting: Any
+    shared_params: list[torch.nn.Parameter]
+    params: list[torch.nn.Parameter]
+    device: torch.device
+    amp_dtype: torch.dtype | None
+    grad_clip: float
+    dist: DistInfo
+    regularizer: Callable[[], torch.Tensor] | None = None
+    conflict: Any = None
+    conflict_every: int = 0
+
+
+@dataclass
+class EpochStats:
+    """Running means of one epoch."""
+
+    losses: dict[str, float] = field(default_factory=dict)
+    weights: dict[str, float] = field(default_factory=dict)
+    steps: int = 0
+    seconds: float = 0.0
+    lr: float = 0.0
+    grad_norm: float = 0.0
+
+    def add(self, losses: dict[str, float], weights: dict[str, float], grad_norm: float) -> None:
+        """Accumulate one step."""
+        self.steps += 1
+        n = self.steps
+        for k, v in losses.items():
+            self.losses[k] = self.losses.get(k, 0.0) + (v - self.losses.get(k, 0.0)) / n
+        for k, v in weights.items():
+            self.weights[k] = self.weights.get(k, 0.0) + (v - self.weights.get(k, 0.0)) / n
+        self.grad_norm += (grad_norm - self.grad_norm) / n
+
+
+def _to_float_dict(weights: Any) -> dict[str, float]:
+    if weights is None:
+        return {}
+    if isinstance(weights, dict):
+        return {str(k): float(v.detach() if isinstance(v, torch.Tensor) else v) for k, v in weights.items()}
+    return {}
+
+
+def train_step(ctx: StepContext, batch: dict[str, torch.Tensor], step: int) -> tuple[dict[str, float], dict[str, float], float]:
+    """One optimisation step on a batch.
+
+    Args:
+        ctx: the step context.
+        batch: ``image (B, C, I, J, K)`` and targets ``(B, 1, I, J, K)``.
+        step: global step index (0-based; decides conflict measurement).
+
+    Returns:
+        ``(losses, weights, grad_norm)``: per-task losses plus ``"total"``, the task weights
+        used, and the global gradient norm before clipping.
+
+    Raises:
+        MedmtlError: the loss became NaN/inf (with the step and the losses).
+    """
+    from medmtl.mtl.losses import task_losses
+
+    model = ctx.model
+    dev = ctx.device
+    image = batch["image"].to(dev, non_blocking=True)
+    targets = {k: batch[k].to(dev, non_blocking=True) for k in TARGET_KEYS}
+    ctx.optimizer.zero_grad(set_to_none=True)
+    with torch.autocast(device_type=dev.type, dtype=ctx.amp_dtype or torch.float32, enabled=ctx.amp_dtype is not None):
+        outputs = model(image)
+    losses = task_losses({k: v.float() for k, v in outputs.items()}, targets)
+    values = {k: float(v.detach()) for k, v in losses.items()}
+    if not all(math.isfinite(v) for v in values.values()):
+        raise MedmtlError(
+            f"training diverged at step {step}: task losses {values}; lower train.learning_rate,"
+            " keep train.grad_clip > 0 or use train.amp=bf16/off"
+        )
+    conflict_grads = None
+    if ctx.conflict is not None and ctx.conflict_every > 0 and step % ctx.conflict_every == 0:
+        from medmtl.mtl.conflict import per_task_shared_grads
+
+        conflict_grads = per_task_shared_grads(losses, ctx.shared_params, retain_graph=True)
+    scaler = ctx.scaler
+    scaling = scaler is not None and scaler.is_enabled()
+    if getattr(ctx.weighting, "needs_gradients", False):
+        to_combine = {k: scaler.scale(v) for k, v in losses.items()} if scaling else losses
+        reuse = conflict_grads if not scaling else None
+        total, weights = ctx.weighting.combine(to_combine, ctx.shared_params, task_grads=reuse)
+        if total is not None:  # a gradient method may still hand back a loss to differentiate
+            total.backward()
+        total_value = sum(float(w) * values[k] for k, w in _to_float_dict(weights).items() if k in values)
+        if ctx.regularizer is not None:
+            reg = ctx.regularizer()
+            (scaler.scale(reg) if scaling else reg).backward()
+            total_value += float(reg.detach())
+    else:
+        total, weights = ctx.weighting.combine(losses, ctx.shared_params)
+        if ctx.regularizer is not None:
+            total = total + ctx.regularizer()
+        (scaler.scale(total) if scaling else total).backward()
+        total_value = float(total.detach())
+    if conflict_grads is not None:
+        ctx.conflict.update(conflict_grads, _to_float_dict(weights))
+    average_gradients(ctx.params, ctx.dist)
+    if scaling:
+        scaler.unscale_(ctx.optimizer)
+    grads = [p.grad for p in ctx.params if p.grad is not None]
+    if ctx.grad_clip > 0:
+        norm = float(torch.nn.utils.clip_grad_norm_(ctx.params, ctx.grad_clip))
+    elif grads:
+        norm = float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads])))
+    else:
+        norm = 0.0
+    if scaling:
+        scaler.step(ctx.optimizer)
+        scaler.update()
+    else:
+        ctx.optimizer.step()
+    if ctx.scheduler is not None:
+        ctx.scheduler.step()
+    values["total"] = total_value
+    return values, _to_float_dict(weights), norm
+
+
+def patch_batches(
+    passes: Callable[[int], Iterator[list[dict[str, torch.Tensor]]]], batch_size: int, steps: int
+) -> Iterator[dict[str, torch.Tensor]]:
+    """Cut a stream of per-scan patch lists into ``steps`` batches of ``batch_size`` patches.
+
+    Args:
+        passes: ``passes(i)`` iterates the ``i``-th pass over the (shuffled) scans, each item
+            the list of patches of one scan.
+        batch_size: patches per batch.
+        steps: number of batches to yield (passes are repeated as needed).
+    """
+    buf: list[dict[str, torch.Tensor]] = []
+    produced = 0
+    n_pass = 0
+    while produced < steps:
+        got_any = False
+        for patches in passes(n_pass):
+            got_any = True
+            buf.extend(patches)
+            while len(buf) >= batch_size and produced < steps:
+                yield stack_patches(buf[:batch_size])
+                buf = buf[batch_size:]
+                produced += 1
+            if produced >= steps:
+                return
+        if not got_any:
+            raise MedmtlError("the training data produced no patch; check data.root and data.train_ids")
+        n_pass += 1
+
+
+def train_epoch(
+    ctx: StepContext,
+    batches: Iterator[dict[str, torch.Tensor]],
+    *,
+    steps: int,
+    epoch: int,
+    global_step: int,
+    progress: bool,
+) -> tuple[EpochStats, int]:
+    """Run ``steps`` optimisation steps.
+
+    Returns:
+        ``(stats, global_step)`` after the epoch.
+    """
+    from tqdm import tqdm
+
+    ctx.model.train()
+    stats = EpochStats()
+    start = time.perf_counter()
+    bar = tqdm(total=steps, desc=f"epoch {epoch + 1}", leave=False, disable=not progress or not ctx.dist.is_main)
+    try:
+        for batch in batches:
+            losses, weights, norm = train_step(ctx, batch, global_step)
+            global_step += 1
+            stats.add(losses, weights, norm)
+            bar.update(1)
+            bar.set_postfix(loss=f"{losses['total']:.4f}")
+    finally:
+        bar.close()
+    stats.seconds = time.perf_counter() - start
+    stats.lr = float(ctx.optimizer.param_groups[0]["lr"])
+    return stats, global_step
+
+
+__all__ = ["EpochStats", "StepContext", "patch_batches", "train_epoch", "train_step"]

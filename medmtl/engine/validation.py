@@ -1,0 +1,187 @@
+"""Per-epoch validation on whole volumes, and malignancy temperature calibration.
+
+Each validation volume (preprocessed, :class:`~medmtl.data.dataset.VolumeItem`) goes through
+gaussian-blended sliding windows (:func:`medmtl.engine.inference.sliding_window_maps`, the
+training patch as window), the dense task losses are computed against its targets, and the
+maps are decoded into lesions (:func:`medmtl.engine.decode.decode_lesions`) and scored with
+the LUNA16 rules (:func:`medmtl.metrics.detection_metrics`): CPM (mean sensitivity at 1/8 …
+8 false positives per scan), diameter MAE (mm) and malignancy AUC.
+
+Temperature scaling (Guo et al., "On Calibration of Modern Neural Networks", ICML 2017) is
+fitted on the malignancy logits read at the annotated centres of labelled validation lesions,
+so it does not depend on whether the detector found them.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from medmtl.data.dataset import VolumeItem
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class ValidationResult:
+    """Metrics of one validation pass.
+
+    Attributes:
+        metrics: ``val_loss``, ``val_det``, ``val_size``, ``val_malig`` (dense losses, mean over
+            volumes), ``cpm``, ``diameter_mae_mm``, ``malignancy_auc`` (``None`` if undefined),
+            ``n_detections``.
+        logits: malignancy logits at labelled lesion centres ``(N,)``.
+        labels: their 0/1 labels ``(N,)``.
+    """
+
+    metrics: dict[str, float | None]
+    logits: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    labels: np.ndarray = field(default_factory=lambda: np.zeros(0))
+
+
+def logits_at_lesions(malignancy: torch.Tensor, affine_ras: Any, lesions: Sequence[Any]) -> tuple[list[float], list[float]]:
+    """Malignancy logits at the voxels nearest to labelled lesion centres.
+
+    Args:
+        malignancy: logit map ``(1, 1, I, J, K)`` or ``(I, J, K)``.
+        affine_ras: 4×4 voxel → RAS affine of the map's grid.
+        lesions: lesions (LPS mm); unlabelled ones are skipped.
+
+    Returns:
+        ``(logits, labels)`` lists of equal length.
+    """
+    from medmtl.io import coords
+
+    vol = malignancy.reshape(malignancy.shape[-3:]).float()
+    aff = np.asarray(affine_ras.detach().cpu() if hasattr(affine_ras, "detach") else affine_ras, dtype=np.float64)
+    logits: list[float] = []
+    labels: list[float] = []
+    for les in lesions:
+        if les.malignancy is None:
+            continue
+        ijk = np.rint(coords.lps_to_voxel(les.center_lps, aff)[0]).astype(int)
+        ijk = np.clip(ijk, 0, np.asarray(vol.shape) - 1)
+        logits.append(float(vol[ijk[0], ijk[1], ijk[2]]))
+        labels.append(1.0 if float(les.malignancy) >= 0.5 else 0.0)
+    return logits, labels
+
+
+def validate(
+    model: torch.nn.Module,
+    volumes: Sequence[VolumeItem],
+    *,
+    patch_size: Sequence[int],
+    overlap: float,
+    sw_batch_size: int,
+    device: torch.device,
+    amp: str,
+    threshold: float,
+    nms_radius_mm: float,
+    max_lesions: int,
+    temperature: float = 1.0,
+    progress: bool = False,
+) -> ValidationResult:
+    """Run the model over whole validation volumes and score it.
+
+    Args:
+        model: the multi-task net (put in ``eval()`` here, restored afterwards).
+        volumes: preprocessed validation volumes with targets and lesions.
+        patch_size: sliding-window size (voxels).
+        overlap: window overlap in [0, 1).
+        sw_batch_size: windows per forward pass.
+        device: forward device.
+        amp: ``bf16``, ``fp16`` or ``off``.
+        threshold: decode threshold (detection probability).
+        nms_radius_mm: decode NMS radius (mm).
+        max_lesions: decode cap per scan.
+        temperature: malignancy temperature used when decoding.
+        progress: tqdm bar over volumes.
+
+    Returns:
+        A :class:`ValidationResult`.
+    """
+    from tqdm import tqdm
+
+    from medmtl.engine.decode import decode_lesions
+    from medmtl.engine.inference import sliding_window_maps
+    from medmtl.metrics import detection_metrics
+    from medmtl.mtl.losses import task_losses
+
+    was_training = model.training
+    model.eval()
+    detections = []
+    lesions = []
+    losses: dict[str, list[float]] = {"det": [], "size": [], "malig": []}
+    all_logits: list[float] = []
+    all_labels: list[float] = []
+    try:
+        for vol in tqdm(volumes, desc="validate", leave=False, disable=not progress):
+            image = vol.image.as_tensor() if hasattr(vol.image, "as_tensor") else vol.image
+            maps = sliding_window_maps(
+                model,
+                image[None],
+                roi_size=patch_size,
+                sw_batch_size=sw_batch_size,
+                overlap=overlap,
+                device=device,
+                amp=amp,
+            )
+            targets = {k: (v.as_tensor() if hasattr(v, "as_tensor") else v)[None].float() for k, v in vol.targets.items()}
+            with torch.no_grad():
+                tl = task_losses(maps, targets)
+            for k in losses:
+                if k in tl:
+                    losses[k].append(float(tl[k]))
+            detections.extend(
+                decode_lesions(
+                    maps,
+                    vol.image.affine,
+                    seriesuid=vol.scan_id,
+                    threshold=threshold,
+                    nms_radius_mm=nms_radius_mm,
+                    max_lesions=max_lesions,
+                    temperature=temperature,
+                )
+            )
+            lesions.extend(vol.lesions)
+            lg, lb = logits_at_lesions(maps["malignancy"], vol.image.affine, vol.lesions)
+            all_logits += lg
+            all_labels += lb
+    finally:
+        model.train(was_training)
+    scores = detection_metrics(detections, lesions, scan_ids=[v.scan_id for v in volumes])
+    metrics: dict[str, float | None] = {f"val_{k}": (float(np.mean(v)) if v else None) for k, v in losses.items()}
+    parts = [metrics[f"val_{k}"] for k in losses]
+    metrics["val_loss"] = float(sum(p for p in parts if p is not None))
+    metrics["cpm"] = _finite_or_none(scores.get("cpm"))
+    metrics["diameter_mae_mm"] = _finite_or_none(scores.get("diameter_mae_mm"))
+    metrics["malignancy_auc"] = _finite_or_none(scores.get("malignancy_auc"))
+    metrics["n_detections"] = float(len(detections))
+    return ValidationResult(metrics=metrics, logits=np.asarray(all_logits), labels=np.asarray(all_labels))
+
+
+def _finite_or_none(v: Any) -> float | None:
+    if v is None:
+        return None
+    f = float(v)
+    return f if math.isfinite(f) else None
+
+
+def fit_malignancy_temperature(result: ValidationResult) -> float:
+    """Temperature ``T`` of ``sigmoid(logit / T)`` fitted on the validation lesions (1.0 if unfit)."""
+    from medmtl.metrics import fit_temperature
+
+    if result.logits.size == 0:
+        return 1.0
+    t = float(fit_temperature(result.logits, result.labels))
+    logger.info("malignancy temperature %.3f from %d labelled validation lesions", t, result.logits.size)
+    return t
+
+
+__all__ = ["ValidationResult", "fit_malignancy_temperature", "logits_at_lesions", "validate"]

@@ -1,0 +1,293 @@
+"""Read scans (NIfTI, MHA/MHD/NRRD, DICOM series) into MONAI ``MetaTensor`` s.
+
+Every scan becomes a :class:`~medmtl.io.types.Scan` whose image is ``(1, I, J, K)`` float32
+(HU for CT) with ``affine`` mapping voxel ``(i, j, k)`` to **RAS** mm:
+
+* NIfTI (nibabel): the file's affine is already voxel→RAS.
+* MHA / MHD / NRRD (SimpleITK): LPS origin/spacing/direction converted by
+  :func:`medmtl.io.coords.sitk_to_affine_ras`; the ``(k, j, i)`` array is transposed to
+  ``(i, j, k)``.
+* DICOM series: :mod:`medmtl.io.dicom_read` (slice sorting, spacing and tilt checks).
+
+Exactly three spatial dimensions are required (trailing singleton dimensions are squeezed).
+NaN / infinite voxels are replaced by the smallest finite value, with a warning.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import zlib
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from medmtl.errors import MedmtlError, ScanReadError
+from medmtl.io.dicom_read import RawVolume, normalise_modality, read_dicom_series
+from medmtl.io.discover import discover_scans
+from medmtl.io.types import Scan, ScanRef, Skipped
+
+log = logging.getLogger(__name__)
+
+#: Show a progress bar from this many scans on.
+PROGRESS_MIN_SCANS = 8
+_MAX_HEURISTIC_SAMPLES = 2_000_000
+
+
+def _check_3d(shape: Sequence[int], source: str) -> tuple[int, ...]:
+    """Squeeze trailing singleton dimensions; require three spatial dimensions > 1."""
+    dims = list(shape)
+    while len(dims) > 3 and dims[-1] == 1:
+        dims.pop()
+    if len(dims) != 3 or min(dims) < 2:
+        raise ScanReadError(
+            f"{source} has shape {tuple(shape)}; medmtl needs a 3D volume (three spatial dimensions, "
+            "each > 1 voxel): give a 3D scan, or split a 4D series into 3D volumes"
+        )
+    return tuple(dims)
+
+
+def _sample(array: NDArray[Any]) -> NDArray[Any]:
+    flat = array.reshape(-1)
+    step = max(1, flat.size // _MAX_HEURISTIC_SAMPLES)
+    return flat[::step]
+
+
+def guess_modality(array: NDArray[Any]) -> str:
+    """Guess CT or MR from intensities when no file metadata says.
+
+    Heuristic: CT intensities are Hounsfield units, so a CT volume contains air (about
+    -1000 HU) and nothing far below the -1024/-2048/-3024 padding values. A volume whose
+    0.5th percentile is between -3100 and -500 and whose 99.5th percentile is at most
+    5000 is called ``"CT"``; everything else (MR intensities are non-negative, arbitrary
+    scale) ``"MR"``.
+
+    Args:
+        array: voxel values, any shape (finite).
+
+    Returns:
+        ``"CT"`` or ``"MR"``.
+    """
+    lo, hi = np.percentile(_sample(array), [0.5, 99.5])
+    return "CT" if -3100.0 <= lo <= -500.0 and hi <= 5000.0 else "MR"
+
+
+def _clean_nonfinite(array: NDArray[np.float32], source: str) -> list[str]:
+    """Replace NaN/inf voxels by the minimum finite value (in place on our own copy)."""
+    bad = ~np.isfinite(array)
+    n_bad = int(bad.sum())
+    if n_bad == 0:
+        return []
+    if n_bad == array.size:
+        raise ScanReadError(f"{source} has no finite voxel (all NaN/inf); expected real intensities")
+    fill = float(array[~bad].min())
+    array[bad] = fill
+    msg = f"{source}: {n_bad} NaN/inf voxel(s) replaced by the minimum finite value {fill:g}"
+    log.warning("%s", msg)
+    return [msg]
+
+
+def _nifti_modality(header: Any) -> str | None:
+    texts = []
+    for key in ("descrip", "intent_name"):
+        try:
+            raw = header[key]
+        except (KeyError, ValueError):
+            continue
+        value = raw.item() if hasattr(raw, "item") else raw
+        texts.append(value.decode("latin-1") if isinstance(value, bytes) else str(value))
+    for token in re.split(r"[^A-Za-z0-9]+", " ".join(texts).upper()):
+        found = normalise_modality(token)
+        if found is not None:
+            return found
+    return None
+
+
+def read_nifti(path: Path) -> RawVolume:
+    """Read a ``.nii`` / ``.nii.gz`` file (affine already voxel→RAS).
+
+    Raises:
+        ScanReadError: corrupt or truncated file, or not a 3D volume.
+    """
+    import nibabel as nib
+    from nibabel.filebasedimages import ImageFileError
+
+    try:
+        img: Any = nib.load(str(path))
+        _check_3d(img.shape, f"scan file {path}")
+        data = np.asarray(img.dataobj, dtype=np.float32)
+    except (ImageFileError, OSError, EOFError, ValueError, zlib.error, TypeError) as exc:
+        raise ScanReadError(
+            f"scan file {path} cannot be read as NIfTI (corrupt or truncated: {type(exc).__name__}); "
+            "expected a complete .nii/.nii.gz file: re-export or remove it"
+        ) from exc
+    shape = _check_3d(data.shape, f"scan file {path}")
+    array = np.array(data.reshape(shape), dtype=np.float32, copy=True)
+    return RawVolume(array=array, affine_ras=np.asarray(img.affine, dtype=np.float64), modality_tag=_nifti_modality(img.header))
+
+
+def read_itk_file(path: Path) -> RawVolume:
+    """Read an ``.mha`` / ``.mhd`` / ``.nrrd`` file with SimpleITK (LPS geometry → RAS affine).
+
+    A ``Modality`` metadata key (MetaImage ``MET_MOD_CT``, NRRD ``Modality:=CT``) is used when
+    present.
+
+    Raises:
+        ScanReadError: unreadable file, vector pixels, or not a 3D volume.
+    """
+    import SimpleITK as sitk
+
+    from medmtl.io import coords
+
+    try:
+        img = sitk.ReadImage(str(path))
+    except RuntimeError as exc:
+        raise ScanReadError(
+            f"scan file {path} cannot be read (corrupt or truncated, or its data file is missing); "
+            "expected a complete .mha/.mhd/.nrrd image: re-export or remove it"
+        ) from exc
+    size = img.GetSize()
+    _check_3d(size, f"scan file {path}")
+    if img.GetNumberOfComponentsPerPixel() != 1:
+        raise ScanReadError(
+            f"scan file {path} has {img.GetNumberOfComponentsPerPixel()} components per voxel; "
+            "medmtl needs a scalar (grey-level) 3D volume"
+        )
+    if img.GetDimension() > 3:
+        img = sitk.Extract(img, [*size[:3], *([0] * (len(size) - 3))], [0] * len(size))
+    array = np.ascontiguousarray(sitk.GetArrayFromImage(img).astype(np.float32).transpose(2, 1, 0))
+    affine = coords.sitk_to_affine_ras(img.GetOrigin(), img.GetSpacing(), img.GetDirection())
+    modality = None
+    for key in img.GetMetaDataKeys():
+        if key.lower() == "modality":
+            modality = normalise_modality(img.GetMetaData(key))
+    return RawVolume(array=array, affine_ras=affine, modality_tag=modality)
+
+
+def read_volume(ref: ScanRef, *, resample_nonuniform: bool = False) -> RawVolume:
+    """Read the voxels and geometry of a scan reference (no modality decision, no NaN cleaning)."""
+    if ref.format == "nifti":
+        return read_nifti(ref.paths[0])
+    if ref.format in ("mha", "mhd", "nrrd"):
+        return read_itk_file(ref.paths[0])
+    if ref.format == "dicom":
+        return read_dicom_series(ref, resample_nonuniform=resample_nonuniform)
+    raise ScanReadError(
+        f"scan {ref.scan_id}: format '{ref.format}' not supported; allowed: nifti, mha, mhd, nrrd, dicom"
+    )
+
+
+def read_scan(ref: ScanRef, *, resample_nonuniform: bool = False) -> Scan:
+    """Read one scan into a :class:`~medmtl.io.types.Scan`.
+
+    Modality: the file's own statement (DICOM Modality tag, MetaImage/NRRD ``Modality`` key,
+    a ``CT``/``MR`` word in the NIfTI ``descrip`` or ``intent_name``), else
+    :func:`guess_modality`. Acquisition tags come from DICOM only (manufacturer, kernel,
+    kVp, field strength, slice thickness), never patient tags.
+
+    Args:
+        ref: from :func:`medmtl.io.discover.discover_scans`.
+        resample_nonuniform: resample DICOM series with non-uniform spacing or gantry tilt
+            onto a regular grid instead of raising :class:`~medmtl.errors.GeometryError`.
+
+    Returns:
+        The scan: image ``MetaTensor (1, I, J, K)`` float32 with a voxel→RAS ``affine``
+        (float64), ``modality`` "CT"/"MR", acquisition tags and warnings.
+
+    Raises:
+        ScanReadError: corrupt/truncated file, not 3D, no finite voxel.
+        GeometryError: refused DICOM geometry (see :mod:`medmtl.io.dicom_read`).
+    """
+    import torch
+    from monai.data import MetaTensor
+
+    raw = read_volume(ref, resample_nonuniform=resample_nonuniform)
+    source = f"scan {ref.scan_id}"
+    warnings = list(raw.warnings) + _clean_nonfinite(raw.array, source)
+    modality = normalise_modality(raw.modality_tag)
+    modality_source = "metadata"
+    if modality is None:
+        if raw.modality_tag:
+            warnings.append(f"{source}: modality '{raw.modality_tag}' is not CT or MR; guessed from intensities")
+        modality = guess_modality(raw.array)
+        modality_source = "intensity heuristic"
+    affine = torch.as_tensor(raw.affine_ras, dtype=torch.float64)
+    meta = {
+        "filename_or_obj": str(ref.paths[0]),
+        "scan_id": ref.scan_id,
+        "format": ref.format,
+        "modality": modality,
+        "modality_source": modality_source,
+        "original_affine": affine.clone(),
+        "spatial_shape": np.asarray(raw.array.shape),
+        "space": "RAS",
+    }
+    image = MetaTensor(torch.from_numpy(np.ascontiguousarray(raw.array)[None]), affine=affine, meta=meta)
+    return Scan(ref=ref, image=image, modality=modality, acquisition=dict(raw.acquisition), warnings=warnings)
+
+
+def _skip_path(ref: ScanRef) -> Path:
+    return ref.folder if ref.format == "dicom" else ref.paths[0]
+
+
+def iter_scans(
+    refs: Sequence[ScanRef], *, resample_nonuniform: bool = False, progress: bool = True
+) -> Iterator[Scan | Skipped]:
+    """Read scans one at a time; a scan that fails becomes a ``Skipped(failed=True)``.
+
+    Args:
+        refs: scan references.
+        resample_nonuniform: see :func:`read_scan`.
+        progress: show a tqdm bar (on stderr) when there are at least ``PROGRESS_MIN_SCANS``.
+
+    Yields:
+        A :class:`Scan` or a :class:`Skipped` per reference, in order.
+    """
+    from tqdm import tqdm
+
+    bar = tqdm(refs, desc="reading scans", unit="scan", disable=not progress or len(refs) < PROGRESS_MIN_SCANS)
+    for ref in bar:
+        try:
+            yield read_scan(ref, resample_nonuniform=resample_nonuniform)
+        except MedmtlError as exc:
+            log.warning("skipping %s: %s", ref.scan_id, exc)
+            yield Skipped(_skip_path(ref), str(exc), failed=True)
+
+
+def load_folder(
+    folder: str | Path, *, resample_nonuniform: bool = False, progress: bool = True
+) -> tuple[list[Scan], list[Skipped]]:
+    """Discover and read every scan under a folder.
+
+    Args:
+        folder: folder of NIfTI / MHA / MHD / NRRD files and/or DICOM series.
+        resample_nonuniform: see :func:`read_scan`.
+        progress: show a progress bar when there are many scans.
+
+    Returns:
+        ``(scans, skipped)``; scans that failed to read are in ``skipped`` with
+        ``failed=True`` and the reason — the caller decides whether that is fatal.
+
+    Raises:
+        ScanReadError: no scan found, or none could be read.
+    """
+    refs, skipped = discover_scans(Path(folder))
+    scans: list[Scan] = []
+    for item in iter_scans(refs, resample_nonuniform=resample_nonuniform, progress=progress):
+        if isinstance(item, Scan):
+            scans.append(item)
+        else:
+            skipped.append(item)
+    if not scans:
+        raise no_scan_read_error(Path(folder), skipped)
+    return scans, skipped
+
+
+def no_scan_read_error(folder: Path, skipped: Sequence[Skipped]) -> ScanReadError:
+    """The error for a folder where scans were found but none could be read."""
+    failed = [s for s in skipped if s.failed] or list(skipped)
+    first = failed[0].reason if failed else "unknown reason"
+    return ScanReadError(f"no scan in {folder} could be read ({len(failed)} failed); first: {first}")

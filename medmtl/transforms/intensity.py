@@ -1,0 +1,268 @@
+"""Intensity transforms of the preprocessing presets (MONAI style: array + ``...d`` pairs).
+
+* :class:`CTWindows` / :class:`CTWindowsd` — one HU window per output channel, each scaled
+  to ``[0, 1]`` (the "CT windows → RGB channels" input mapping of DESIGN.md).
+* :class:`MRNormalize` / :class:`MRNormalized` — percentile normalisation to ``[0, 1]``
+  (MRI has no absolute intensity scale; Nyúl & Udupa 1999 use percentile landmarks, and
+  nnU-Net clips at the 0.5 / 99.5 percentiles, Isensee et al. 2021).
+* :class:`N4BiasCorrection` / :class:`N4BiasCorrectiond` — N4 bias-field correction
+  (Tustison et al. 2010) through SimpleITK.
+
+Array transforms take and return ``(C, I, J, K)`` tensors; a ``MetaTensor`` keeps its affine
+and meta data. Dict wrappers are thin (``keys``, ``allow_missing_keys``).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Hashable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from monai.config import KeysCollection
+from monai.data import MetaTensor
+from monai.transforms import MapTransform, Transform
+
+from medmtl.errors import ConfigError
+from medmtl.io import coords
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "CTWindows",
+    "CTWindowsd",
+    "MRNormalize",
+    "MRNormalized",
+    "N4BiasCorrection",
+    "N4BiasCorrectiond",
+    "like",
+]
+
+
+def like(out: torch.Tensor, ref: Any) -> torch.Tensor:
+    """Return ``out`` as a ``MetaTensor`` carrying ``ref``'s affine and meta (if ``ref`` has them).
+
+    Args:
+        out: new data, ``(C, I, J, K)`` with the same spatial grid as ``ref``.
+        ref: the input the data came from (``MetaTensor`` or plain tensor / array).
+
+    Returns:
+        ``out`` wrapped with ``ref``'s geometry, or ``out`` unchanged for plain inputs.
+    """
+    if isinstance(ref, MetaTensor):
+        data = out.as_tensor() if isinstance(out, MetaTensor) else out
+        return MetaTensor(
+            data,
+            affine=ref.affine.clone(),
+            meta={k: v for k, v in ref.meta.items() if k != "affine"},
+            applied_operations=list(ref.applied_operations),
+        )
+    return out
+
+
+def _as_float_tensor(img: Any) -> torch.Tensor:
+    t = img.as_tensor() if isinstance(img, MetaTensor) else torch.as_tensor(np.asarray(img) if not isinstance(img, torch.Tensor) else img)
+    return t.float()
+
+
+def validate_windows(windows: Sequence[Sequence[float]], name: str = "windows") -> tuple[tuple[float, float], ...]:
+    """Check CT windows ``[(center_HU, width_HU), ...]`` and return them as float tuples.
+
+    Raises:
+        ConfigError: if empty, not pairs, or a width is not positive.
+    """
+    out: list[tuple[float, float]] = []
+    try:
+        items = list(windows)
+    except TypeError:
+        raise ConfigError(
+            f"{name} must be a list of (center_HU, width_HU) pairs, got {windows!r}; "
+            "e.g. [[-600, 1500], [40, 400], [400, 1800]]"
+        ) from None
+    if not items:
+        raise ConfigError(f"{name} is empty; give at least one (center_HU, width_HU) pair, e.g. [[-600, 1500]]")
+    for w in items:
+        try:
+            c, width = (float(v) for v in w)
+        except (TypeError, ValueError):
+            raise ConfigError(
+                f"{name} entry {w!r} is not a (center_HU, width_HU) pair of numbers; e.g. [-600, 1500]"
+            ) from None
+        if not np.isfinite(c) or not np.isfinite(width) or width <= 0:
+            raise ConfigError(f"{name} entry {w!r} needs a finite center and a width > 0 HU; e.g. [-600, 1500]")
+        out.append((c, width))
+    return tuple(out)
+
+
+class CTWindows(Transform):
+    """Map one HU channel to one channel per window, each scaled to ``[0, 1]``.
+
+    For a window ``(c, w)`` the output is ``clip((x - (c - w / 2)) / w, 0, 1)``.
+
+    Args:
+        windows: ``[(center_HU, width_HU), ...]``; the default of the presets is lung
+            (-600, 1500), mediastinum (40, 400), bone (400, 1800).
+    """
+
+    def __init__(self, windows: Sequence[Sequence[float]]) -> None:
+        self.windows = validate_windows(windows)
+
+    def __call__(self, img: Any) -> torch.Tensor:
+        """Apply the windows.
+
+        Args:
+            img: ``(1, I, J, K)`` HU (a ``MetaTensor`` keeps its affine).
+
+        Returns:
+            ``(len(windows), I, J, K)`` float32 in ``[0, 1]``.
+        """
+        x = _as_float_tensor(img)
+        if x.shape[0] != 1:
+            raise ConfigError(
+                f"CT windows need a single-channel HU image (1, I, J, K), got shape {tuple(x.shape)}; "
+                "apply them before any channel mapping"
+            )
+        chans = [((x[0] - (c - w / 2.0)) / w).clamp(0.0, 1.0) for c, w in self.windows]
+        return like(torch.stack(chans, dim=0), img)
+
+
+class CTWindowsd(MapTransform):
+    """Dict wrapper of :class:`CTWindows`."""
+
+    def __init__(
+        self, keys: KeysCollection, windows: Sequence[Sequence[float]], allow_missing_keys: bool = False
+    ) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.t = CTWindows(windows)
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            d[key] = self.t(d[key])
+        return d
+
+
+class MRNormalize(Transform):
+    """Percentile normalisation to ``[0, 1]`` per channel.
+
+    ``y = clip((x - p_lo) / (p_hi - p_lo), 0, 1)`` with percentiles taken over the foreground
+    (voxels ``> 0`` when ``nonzero``, as brain MRI background is 0) — Nyúl & Udupa 1999,
+    nnU-Net (Isensee et al. 2021).
+
+    Args:
+        lower: lower percentile in ``[0, 100)``.
+        upper: upper percentile in ``(lower, 100]``.
+        nonzero: compute percentiles over voxels ``> 0`` only (falls back to all voxels when
+            fewer than 10 are non-zero).
+    """
+
+    def __init__(self, lower: float = 0.5, upper: float = 99.5, nonzero: bool = True) -> None:
+        if not (0.0 <= lower < upper <= 100.0):
+            raise ConfigError(
+                f"MRI percentiles ({lower}, {upper}) invalid; need 0 <= lower < upper <= 100, e.g. (0.5, 99.5)"
+            )
+        self.lower = float(lower)
+        self.upper = float(upper)
+        self.nonzero = nonzero
+
+    def __call__(self, img: Any) -> torch.Tensor:
+        """Normalise ``(C, I, J, K)`` intensities to ``[0, 1]`` (shape kept)."""
+        x = _as_float_tensor(img)
+        out = torch.empty_like(x)
+        for c in range(x.shape[0]):
+            v = x[c].reshape(-1)
+            if self.nonzero:
+                fg = v[v > 0]
+                if fg.numel() >= 10:
+                    v = fg
+            q = torch.quantile(v.double()[:: max(1, v.numel() // 2_000_000)], torch.tensor([self.lower, self.upper], dtype=torch.float64) / 100.0)
+            lo, hi = float(q[0]), float(q[1])
+            scale = hi - lo if hi > lo else 1.0
+            out[c] = ((x[c] - lo) / scale).clamp(0.0, 1.0)
+        return like(out, img)
+
+
+class MRNormalized(MapTransform):
+    """Dict wrapper of :class:`MRNormalize`."""
+
+    def __init__(
+        self,
+        keys: KeysCollection,
+        lower: float = 0.5,
+        upper: float = 99.5,
+        nonzero: bool = True,
+        allow_missing_keys: bool = False,
+    ) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.t = MRNormalize(lower, upper, nonzero)
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            d[key] = self.t(d[key])
+        return d
+
+
+class N4BiasCorrection(Transform):
+    """N4 bias-field correction (Tustison et al. 2010, IEEE TMI) with SimpleITK.
+
+    The field is estimated on a ``shrink``-times downsampled copy inside an Otsu foreground
+    mask, then evaluated at full resolution and divided out. Voxel spacing comes from the
+    ``MetaTensor`` affine (mm), so the B-spline control grid is physical.
+
+    Args:
+        shrink: downsampling factor for the estimation (>= 1).
+        iterations: maximum iterations per fitting level.
+    """
+
+    def __init__(self, shrink: int = 2, iterations: Sequence[int] = (20, 20, 10)) -> None:
+        if int(shrink) < 1:
+            raise ConfigError(f"N4 shrink factor {shrink!r} invalid; must be an integer >= 1, e.g. 2")
+        self.shrink = int(shrink)
+        self.iterations = [int(i) for i in iterations]
+
+    def _correct(self, vol: np.ndarray, spacing: tuple[float, float, float]) -> np.ndarray:
+        import SimpleITK as sitk  # heavy, optional at import time
+
+        offset = float(vol.min())
+        shifted = (vol - offset + 1.0).astype(np.float32)  # N4 needs positive intensities
+        img = sitk.GetImageFromArray(np.ascontiguousarray(shifted.transpose(2, 1, 0)))  # (k, j, i)
+        img.SetSpacing(spacing)
+        mask = sitk.OtsuThreshold(img, 0, 1, 200)
+        small = sitk.Shrink(img, [self.shrink] * 3) if self.shrink > 1 else img
+        small_mask = sitk.Shrink(mask, [self.shrink] * 3) if self.shrink > 1 else mask
+        n4 = sitk.N4BiasFieldCorrectionImageFilter()
+        n4.SetMaximumNumberOfIterations(self.iterations)
+        n4.Execute(small, small_mask)
+        log_field = n4.GetLogBiasFieldAsImage(img)
+        field = sitk.GetArrayFromImage(log_field).transpose(2, 1, 0)
+        corrected = shifted / np.exp(field)
+        return (corrected + offset - 1.0).astype(np.float32)
+
+    def __call__(self, img: Any) -> torch.Tensor:
+        """Correct each channel of ``(C, I, J, K)`` (shape and geometry kept)."""
+        x = _as_float_tensor(img)
+        spacing = coords.spacing_from_affine(img.affine.numpy()) if isinstance(img, MetaTensor) else (1.0, 1.0, 1.0)
+        out = torch.stack([torch.from_numpy(self._correct(x[c].numpy(), spacing)) for c in range(x.shape[0])])
+        return like(out, img)
+
+
+class N4BiasCorrectiond(MapTransform):
+    """Dict wrapper of :class:`N4BiasCorrection`."""
+
+    def __init__(
+        self,
+        keys: KeysCollection,
+        shrink: int = 2,
+        iterations: Sequence[int] = (20, 20, 10),
+        allow_missing_keys: bool = False,
+    ) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.t = N4BiasCorrection(shrink, iterations)
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            d[key] = self.t(d[key])
+        return d

@@ -1,0 +1,132 @@
+"""Regenerate the committed ``sample_data/`` folder exactly (public API only).
+
+Usage::
+
+    python -m pipelines.make_sample_data --out sample_data
+
+Writes ``ct_site_a/`` (12 CT scans, site a), ``ct_site_b/`` (8 CT scans, site b), ``mri/``
+(6 MRI scans), ``dicom_example/`` (one CT site-a scan as a DICOM series) with its NIfTI twin
+``dicom_example_nifti/``, and ``README.md`` with the seeds and the Bayes-optimal malignancy
+AUC of every set, recomputed from the written ``annotations.csv`` files. A set folder is
+replaced only if it was made by the generator (it holds ``generation.json``); any other
+non-empty set folder is refused.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import sys
+from pathlib import Path
+
+from medmtl import api
+from medmtl.data.malignancy import bayes_auc
+from medmtl.errors import MedmtlError
+
+#: (folder, kind, site, n, seed, dicom, description) of every committed set.
+SETS: tuple[tuple[str, str, str, int, int, bool, str], ...] = (
+    ("ct_site_a", "ct", "a", 12, 1000, False,
+     "CT chest, site a: 3.0×3.0×3.5 mm voxels, 64×64×48, sharp kernel, noise σ 15 HU, RAS axis order"),
+    ("ct_site_b", "ct", "b", 8, 2000, False,
+     "CT chest, site b: 3.6×3.6×7.0 mm voxels, 56×56×24, smooth kernel, noise σ 35 HU, +40 HU offset, "
+     "LPS axis order"),
+    ("mri", "mri", "a", 6, 3000, False,
+     "MRI T1-like brain with tumours: 3 mm isotropic, 64×64×56, bias field, arbitrary scale, Rician noise "
+     "(uint16)"),
+    ("dicom_example", "ct", "a", 1, 4004, True,
+     "one CT site-a scan as a DICOM series (folder ct_a_0000/, one file per slice); seriesuid = "
+     "SeriesInstanceUID; the same scan as NIfTI (named by that UID) is in dicom_example_nifti/"),
+)
+
+COMMAND = "python -m pipelines.make_sample_data --out sample_data"
+
+
+def set_auc(folder: Path) -> tuple[float, int, int]:
+    """Bayes-optimal AUC, lesion count and labelled count of a set's ``annotations.csv``."""
+    with open(folder / "annotations.csv", newline="", encoding="utf-8") as fh:
+        rows = list(csv.DictReader(fh))
+    return bayes_auc(rows), len(rows), sum(1 for r in rows if r["malignancy"].strip() != "")
+
+
+def _may_replace(folder: Path) -> bool:
+    if not folder.exists() or not any(folder.iterdir()):
+        return False
+    if (folder / "generation.json").exists():
+        return True
+    raise MedmtlError(
+        f"{folder} is not empty and was not made by the phantom generator (no generation.json); "
+        "refusing to replace it; choose another --out"
+    )
+
+
+def readme(out: Path) -> str:
+    """The README text of a generated ``sample_data`` folder (AUCs recomputed from the files)."""
+    lines = [
+        "# sample_data",
+        "",
+        "Small synthetic phantoms with known ground truth, made by medmtl's generator",
+        "(`medmtl/data/`). Regenerate exactly (byte for byte) with:",
+        "",
+        "```",
+        COMMAND,
+        "```",
+        "",
+        "Every set folder holds the scans, `masks/<scan_id>_lesions.nii.gz` (int16 instance labels,",
+        "label n = lesion `<scan_id>_L<n>`), `generation.json` (parameters and per-scan seeds) and",
+        "`annotations.csv`: `seriesuid,coordX,coordY,coordZ,diameter_mm,malignancy,lesion_id,site,",
+        "bayes_malignancy_prob,margin,texture,calcification` with centres in **LPS world mm**.",
+        "About 15 % of the malignancy labels are deliberately empty (partial labels).",
+        "",
+        "Malignancy labels are drawn from the documented logistic model in",
+        "`medmtl/data/malignancy.py` (size, margin, texture, calcification) with 5 % label noise;",
+        "`bayes_malignancy_prob` is the Bayes-optimal (calibrated) probability of the recorded label,",
+        "so the **Bayes AUC** below (AUC of `bayes_malignancy_prob` against the non-empty labels) is",
+        "the best AUC any model can reach on the set.",
+        "",
+        "| folder | kind | site | scans | seed | lesions | labelled | Bayes AUC | contents |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, kind, site, n, seed, _dicom, desc in SETS:
+        auc, n_les, n_lab = set_auc(out / name)
+        auc_text = f"{auc:.3f}" if auc == auc else "n/a (one class)"
+        lines.append(f"| `{name}/` | {kind} | {site} | {n} | {seed} | {n_les} | {n_lab} | {auc_text} | {desc} |")
+    lines += [
+        "",
+        "`dicom_example_nifti/` is the NIfTI twin of `dicom_example/` (same voxels, same geometry,",
+        "same `annotations.csv`), so readers and predictions can be compared scan by scan.",
+        "",
+        "Equivalent CLI for one set: `medmtl sample-data OUT --kind ct --site a --n 12 --seed 1000`.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Generate every set under ``--out``, print their Bayes AUCs and write ``README.md``."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=Path("sample_data"), help="output folder")
+    args = parser.parse_args(argv)
+    out: Path = args.out
+    try:
+        for name, kind, site, n, seed, dicom, _desc in SETS:
+            folder = out / name
+            replace = _may_replace(folder)
+            if dicom:
+                replace = _may_replace(folder.with_name(name + "_nifti")) or replace
+            api.generate_sample_data(out=folder, kind=kind, site=site, n=n, seed=seed, dicom=dicom,
+                                     overwrite=replace, progress=True)
+            auc, n_les, n_lab = set_auc(folder)
+            print(f"{name}: {n} scans, {n_les} lesions ({n_lab} labelled), Bayes AUC {auc:.3f}")
+        from medmtl.io.writers import atomic_write_text
+
+        atomic_write_text(out / "README.md", readme(out))
+    except MedmtlError as exc:
+        print(f"Error: {exc}", file=sys.stderr)
+        return 1
+    size = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
+    print(f"sample data in {out}: {size / 1e6:.2f} MB")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

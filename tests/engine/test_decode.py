@@ -1,0 +1,76 @@
+"""decode_lesions: peaks, sub-voxel refinement, world-mm NMS, diameter, calibrated malignancy, LPS."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from medmtl.engine.decode import decode_lesions, nms_world
+from medmtl.errors import ConfigError
+from medmtl.io import coords
+
+# A non-trivial RAS affine: flipped first axis, anisotropic spacing, offset origin.
+AFFINE = np.array([[-2.0, 0, 0, 100.0], [0, 1.5, 0, -50.0], [0, 0, 3.0, -200.0], [0, 0, 0, 1.0]])
+SHAPE = (40, 40, 30)
+
+
+def gaussian_logits(centres: list[tuple[float, float, float]], peaks: list[float], sigma: float = 1.5) -> torch.Tensor:
+    grid = np.stack(np.meshgrid(*[np.arange(s) for s in SHAPE], indexing="ij"), axis=-1).astype(float)
+    prob = np.full(SHAPE, 1e-4)
+    for c, p in zip(centres, peaks):
+        prob = np.maximum(prob, p * np.exp(-np.sum((grid - np.asarray(c)) ** 2, axis=-1) / (2 * sigma**2)))
+    prob = np.clip(prob, 1e-6, 1 - 1e-6)
+    return torch.from_numpy(np.log(prob / (1 - prob))).float()[None, None]
+
+
+def maps_for(heat: torch.Tensor, diameter_mm: float = 7.0, malig_logit: float = 2.0) -> dict[str, torch.Tensor]:
+    return {
+        "heatmap": heat,
+        "log_diameter": torch.full_like(heat, math.log(diameter_mm)),
+        "malignancy": torch.full_like(heat, malig_logit),
+    }
+
+
+def test_peak_position_diameter_and_calibrated_malignancy() -> None:
+    centre = (12.3, 20.0, 9.6)  # fractional: sub-voxel refinement must get close
+    dets = decode_lesions(maps_for(gaussian_logits([centre], [0.9])), AFFINE, seriesuid="s1",
+                          threshold=0.5, nms_radius_mm=5.0, max_lesions=5, temperature=2.0)
+    assert len(dets) == 1
+    d = dets[0]
+    expected = coords.voxel_to_lps(centre, AFFINE)[0]
+    assert np.linalg.norm(np.asarray(d.center_lps) - expected) < 0.5  # mm
+    assert d.diameter_mm == pytest.approx(7.0, rel=1e-5)
+    assert d.malignancy_prob == pytest.approx(1 / (1 + math.exp(-1.0)), rel=1e-5)  # sigmoid(2 / T=2)
+    assert 0.85 < d.probability <= 0.9 + 1e-6
+    assert d.seriesuid == "s1"
+
+
+def test_nms_threshold_and_max_lesions() -> None:
+    # two peaks 2 voxels apart along i (4 mm), one far away, one below the threshold
+    heat = gaussian_logits([(10, 10, 10), (12, 10, 10), (30, 30, 20), (5, 30, 5)], [0.9, 0.8, 0.7, 0.2], sigma=0.7)
+    dets = decode_lesions(maps_for(heat), AFFINE, seriesuid="s", threshold=0.5, nms_radius_mm=6.0,
+                          max_lesions=10, temperature=1.0)
+    assert [round(d.probability, 1) for d in dets] == [0.9, 0.7]  # 0.8 suppressed (4 mm < 6 mm), 0.2 < threshold
+    dets2 = decode_lesions(maps_for(heat), AFFINE, seriesuid="s", threshold=0.5, nms_radius_mm=3.0,
+                           max_lesions=10, temperature=1.0)
+    assert len(dets2) == 3  # 4 mm > 3 mm: both kept
+    dets3 = decode_lesions(maps_for(heat), AFFINE, seriesuid="s", threshold=0.5, nms_radius_mm=3.0,
+                           max_lesions=1, temperature=1.0)
+    assert len(dets3) == 1 and dets3[0].probability == pytest.approx(dets2[0].probability)
+
+
+def test_empty_maps_and_bad_settings() -> None:
+    heat = torch.full((1, 1, *SHAPE), -10.0)
+    assert decode_lesions(maps_for(heat), AFFINE, seriesuid="s", threshold=0.3) == []
+    with pytest.raises(ConfigError, match="temperature"):
+        decode_lesions(maps_for(heat), AFFINE, seriesuid="s", temperature=0.0)
+    with pytest.raises(ConfigError, match="threshold"):
+        decode_lesions(maps_for(heat), AFFINE, seriesuid="s", threshold=1.5)
+
+
+def test_nms_world_keeps_the_strongest() -> None:
+    pts = np.array([[0.0, 0, 0], [1.0, 0, 0], [10.0, 0, 0]])
+    assert nms_world(pts, np.array([0.5, 0.9, 0.4]), 2.0) == [1, 2]
