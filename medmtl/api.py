@@ -83,8 +83,25 @@ def generate_sample_data(
     )
 
 
-def inspect(*, folder: str | Path) -> dict[str, Any]:
+def inspect(
+    *,
+    folder: str | Path,
+    annotations: str | Path | None = None,
+    resample_nonuniform: bool = False,
+    progress: bool = False,
+) -> dict[str, Any]:
     """Describe every scan of a folder (geometry in LPS mm, modality, intensity percentiles).
+
+    Args:
+        folder: scan folder.
+        annotations: optional annotation table whose lesions must lie inside their scans.
+        resample_nonuniform: resample DICOM series with non-uniform spacing or gantry tilt.
+        progress: show a progress bar.
+
+    Returns:
+        ``{"scans": [...], "skipped": [...]}``; each scan row holds ``id``, ``format``,
+        ``shape``, ``spacing_mm``, ``orientation``, ``origin_lps``, ``direction``, ``modality``,
+        ``percentiles``.
 
     Example:
         >>> info = inspect(folder="sample_data/ct_site_a")  # doctest: +SKIP
@@ -92,7 +109,12 @@ def inspect(*, folder: str | Path) -> dict[str, Any]:
     """
     from medmtl.io.inspect import inspect_folder
 
-    return inspect_folder(Path(folder))
+    return inspect_folder(
+        Path(folder),
+        resample_nonuniform=resample_nonuniform,
+        annotations=Path(annotations) if annotations is not None else None,
+        progress=progress,
+    )
 
 
 def train(

@@ -20,6 +20,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import types
 import typing
 from collections.abc import Sequence
@@ -33,6 +34,7 @@ AMP_MODES = ("auto", "bf16", "fp16", "off")
 OPTIMIZERS = ("adamw", "adam", "sgd")
 SCHEDULERS = ("cosine", "constant", "step")
 MONITORS = ("cpm", "loss")
+AUGMENT_STRENGTHS = ("none", "light", "medium", "strong")
 MODALITIES = ("CT", "MR")
 
 
@@ -142,7 +144,8 @@ class TrainSection:
         grad_clip: max global gradient norm (``0`` = off).
         amp: ``auto`` (bf16 on CUDA, off on CPU), ``bf16``, ``fp16`` or ``off``.
         device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
-        augment: apply the scanner-artifact augmentations to training patches.
+        augment: strength of the scanner-artifact augmentations of training patches:
+            ``none``, ``light``, ``medium`` or ``strong``.
         deterministic: ``torch.use_deterministic_algorithms(True, warn_only=True)``.
         conflict_every: measure gradient conflict every N steps (0 = off).
         progress: show tqdm progress bars.
@@ -162,7 +165,7 @@ class TrainSection:
     grad_clip: float = 5.0
     amp: str = "auto"
     device: str = "auto"
-    augment: bool = True
+    augment: str = "medium"
     deterministic: bool = True
     conflict_every: int = 10
     progress: bool = True
@@ -451,6 +454,7 @@ def validate_config(cfg: TrainConfig, *, source: str = "<config>", base_dirs: Se
     _check_choice(t.amp, "train.amp", AMP_MODES, source)
     _check_choice(t.optimizer, "train.optimizer", OPTIMIZERS, source)
     _check_choice(t.scheduler, "train.scheduler", SCHEDULERS, source)
+    _check_choice(t.augment, "train.augment", AUGMENT_STRENGTHS, source)
     if not (t.device in ("auto", "cpu", "cuda") or t.device.startswith("cuda:")):
         raise ConfigError(f"train.device = '{t.device}' in {source} is not allowed; allowed: auto, cpu, cuda, cuda:N")
     _check_range(0.0 <= d.val_fraction < 1.0, "data.val_fraction", d.val_fraction, "[0, 1), e.g. 0.25", source)
@@ -497,15 +501,21 @@ def _validate_names(cfg: TrainConfig) -> None:
     """Check the weighting, strategy, encoder and adapter names against their registries."""
     from medmtl.errors import unknown_name
     from medmtl.models.registry import get_encoder_info, list_encoders
-    from medmtl.mtl.strategies import list_strategies
-    from medmtl.mtl.weighting import list_weightings
+    from medmtl.mtl.strategies import STRATEGIES, setup_transfer
+    from medmtl.mtl.weighting import create_weighting, list_weightings
 
     names = list_weightings()
     if cfg.weighting.name not in names:
         raise unknown_name("weighting (weighting.name)", cfg.weighting.name, names)
-    strategies = list_strategies()
-    if cfg.strategy.name not in strategies:
-        raise unknown_name("strategy (strategy.name)", cfg.strategy.name, strategies)
+    create_weighting(cfg.weighting.name, tasks=("det", "size", "malig"), **cfg.weighting.params)
+    if cfg.strategy.name not in STRATEGIES:
+        raise unknown_name("strategy (strategy.name)", cfg.strategy.name, STRATEGIES)
+    allowed = [p for p in inspect.signature(setup_transfer).parameters if p not in ("model", "strategy", "base_lr")]
+    for key in cfg.strategy.params:
+        if key not in allowed:
+            raise ConfigError(
+                f"unknown key 'strategy.params.{key}'; allowed: {', '.join(allowed)}.{did_you_mean(key, allowed)}"
+            )
     encoders = [info.name for info in list_encoders()]
     if cfg.model.encoder not in encoders:
         raise unknown_name("encoder (model.encoder)", cfg.model.encoder, encoders)

@@ -1,7 +1,85 @@
-"""CLI commands (see medmtl.cli)."""
+"""CLI commands ``medmtl diagnose`` and ``medmtl adapt`` (thin wrappers over :mod:`medmtl.api`).
+
+torch and MONAI are imported inside the calls so ``medmtl --help`` stays instant.
+"""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
 
-COMMANDS: list[click.Command] = []
+from medmtl.cli import handle_errors
+
+_METHODS = ("adabn", "tent", "dann", "histmatch", "n4")
+
+
+@click.command("diagnose")
+@click.option("--source", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="Source scan folder, or a checkpoint folder (its stored reference statistics are used).")
+@click.option("--target", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="Target scan folder (the new site).")
+@click.option("-o", "--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Output folder for report.json and report.html.")
+@click.option("--checkpoint", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
+              help="Checkpoint whose encoder extracts features and whose heads give prediction shift.")
+@click.option("--rank-encoders", is_flag=True, help="Also rank encoders x adapters by LogME (needs annotations.csv).")
+@click.option("--n-permutations", type=click.IntRange(min=1), default=1000, show_default=True,
+              help="Permutations per test (>= 200 to reach p < 0.01).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Random seed.")
+@handle_errors
+def diagnose_cmd(source: Path, target: Path, out_dir: Path, checkpoint: Path | None, rank_encoders: bool,
+                 n_permutations: int, seed: int) -> None:
+    """Measure domain shift between a source and a target cohort.
+
+    \b
+    Writes OUT/report.json and a self-contained OUT/report.html (fingerprints, MMD and
+    domain-classifier tests with p-values, BatchNorm shift per layer, a verdict).
+
+    \b
+    Example:
+      medmtl diagnose --source sample_data/ct_site_a --target sample_data/ct_site_b -o shift
+    """
+    from medmtl import api
+
+    rep = api.diagnose(source=source, target=target, out_dir=out_dir, checkpoint=checkpoint,
+                       rank_encoders=rank_encoders, n_permutations=n_permutations, seed=seed)
+    verdict = rep["verdict"]
+    click.echo(f"{'SHIFT' if verdict['shift'] else 'no shift'}: {verdict['text']}")
+    click.echo(f"report: {Path(out_dir) / 'report.html'}")
+
+
+@click.command("adapt")
+@click.option("--checkpoint", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="Source checkpoint folder.")
+@click.option("--target", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="Folder of unlabelled target scans.")
+@click.option("--method", required=True, type=click.Choice(_METHODS),
+              help="adabn | tent | dann | histmatch | n4 (MRI).")
+@click.option("-o", "--out", required=True, type=click.Path(path_type=Path),
+              help="New checkpoint folder (must not exist or be empty).")
+@click.option("--source", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
+              help="dann only: labelled source scans with annotations.csv (default: the card's training data).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Random seed.")
+@handle_errors
+def adapt_cmd(checkpoint: Path, target: Path, method: str, out: Path, source: Path | None, seed: int) -> None:
+    """Adapt a checkpoint to an unlabelled target site; writes a new checkpoint.
+
+    \b
+    Example:
+      medmtl adapt --checkpoint runs/tiny/checkpoint --target sample_data/ct_site_b --method adabn -o runs/adabn
+    """
+    if source is not None and method != "dann":
+        raise click.UsageError("--source is only used by --method dann")
+    if source is None:
+        from medmtl import api
+
+        folder = api.adapt(checkpoint=checkpoint, target=target, method=method, out=out, seed=seed)
+    else:
+        from medmtl.shift.adapt import run_adapt
+
+        folder = run_adapt(checkpoint=checkpoint, target=target, method=method, out=out, seed=seed, source=source)
+    click.echo(f"adapted checkpoint: {folder}")
+
+
+COMMANDS: list[click.Command] = [diagnose_cmd, adapt_cmd]

@@ -223,7 +223,7 @@ class _ToPlaind(MapTransform):
         return out
 
 
-def random_transforms(cfg: TrainConfig) -> Compose:
+def random_transforms(cfg: TrainConfig, spec: InputSpec) -> Compose:
     """Patch sampling (pos:neg = ``pos_fraction`` : ``1 - pos_fraction``) and augmentation."""
     t = cfg.train
     keys = [*PATCH_KEYS, "pos"]
@@ -237,10 +237,10 @@ def random_transforms(cfg: TrainConfig) -> Compose:
             num_samples=t.samples_per_scan,
         )
     ]
-    if t.augment:
+    if t.augment != "none":
         from medmtl.transforms.augment import train_augmentations
 
-        steps.append(train_augmentations(image_key="image", target_keys=list(TARGET_KEYS) + ["pos"]))
+        steps.append(train_augmentations(spec, keys_image=("image",), keys_targets=TARGET_KEYS, strength=t.augment))
     steps.append(_ToPlaind())
     return Compose(steps)
 
@@ -371,7 +371,7 @@ def build_train_dataset(cfg: TrainConfig, data: TrainingData, *, progress: bool 
     for i in range(n_cached):
         item = cache[i]
         check_patch_fits(item["image"].shape, cfg.train.patch_size, str(item["scan_id"]))
-    return PatchDataset(cache, random_transforms(cfg), seed=cfg.seed)
+    return PatchDataset(cache, random_transforms(cfg, data.spec), seed=cfg.seed)
 
 
 def preprocess_volumes(items: Sequence[dict[str, Any]], spec: InputSpec) -> list[VolumeItem]:

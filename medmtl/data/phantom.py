@@ -116,10 +116,11 @@ def _check_target(folder: Path, overwrite: bool) -> None:
 
 def _remove_stale(folder: Path, prefix: str, keep: set[str]) -> None:
     """With ``overwrite``: remove earlier generated scans of the same prefix not in ``keep``."""
-    pattern = re.compile(rf"^{prefix}_\d{{4}}(\.nii\.gz|_lesions\.nii\.gz)?$")
-    for path in sorted([*folder.glob(f"{prefix}_*"), *(folder / "masks").glob(f"{prefix}_*")]):
+    ids = rf"({prefix}_\d{{4}}|{re.escape(UID_ROOT)}\d+)"
+    pattern = re.compile(rf"^{ids}(\.nii\.gz|_lesions\.nii\.gz)?$")
+    for path in sorted([*folder.iterdir(), *((folder / "masks").iterdir() if (folder / "masks").is_dir() else [])]):
         m = pattern.match(path.name)
-        if not m or path.name.split(".")[0].removesuffix("_lesions") in keep:
+        if not m or m.group(1) in keep:
             continue
         logger.info("removing stale generated scan %s", path)
         if path.is_dir():
@@ -201,6 +202,9 @@ def write_phantom_set(
         if dicom and uid is not None:
             from medmtl.io.dicom_write import write_dicom_series
 
+            series_dir = out / name
+            if overwrite and series_dir.is_dir() and all(p.suffix == ".dcm" for p in series_dir.iterdir()):
+                shutil.rmtree(series_dir)  # an earlier generated series of this scan
             write_dicom_series(
                 out / name, data, ph.affine_ras, modality=ph.modality, series_uid=uid,
                 study_uid=make_uid(f"medmtl-study:{kind}:{site}:{seed}:{i}"),

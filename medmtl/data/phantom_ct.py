@@ -20,13 +20,24 @@ noise level and HU calibration offset, and the NIfTI axis order (RAS vs LPS).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
 
 from medmtl.data.lesions import LesionShape, core_value, lesion_geometry, render_lesion
 from medmtl.data.malignancy import CT_MALIGNANCY_MODEL
-from medmtl.data.render import FloatArray, Grid, Phantom, affine_for, ellipsoid, smooth_field, tube
+from medmtl.data.render import (
+    FloatArray,
+    Grid,
+    InsideFn,
+    Phantom,
+    ValueFn,
+    affine_for,
+    ellipsoid,
+    smooth_field,
+    tube,
+)
 from medmtl.io.coords import ras_to_voxel, spacing_from_affine
 from medmtl.io.types import Lesion
 
@@ -148,7 +159,8 @@ def _vessel_tree(
         _vessel_tree(rng, pts[-1], nd, child_r, lung, depth - 1, out)
 
 
-def _paint(grid: Grid, vol: FloatArray, tissue: NDArray[np.uint8], inside, value, cls: int,  # type: ignore[no-untyped-def]
+def _paint(grid: Grid, vol: FloatArray, tissue: NDArray[np.uint8], inside: InsideFn,
+           value: float | ValueFn | FloatArray, cls: int,
            center: FloatArray | None = None, radius: float | None = None, ss: int = 2) -> None:
     """Render a shape (whole grid, or a ball's box) and composite it; update ``tissue``."""
     if center is None or radius is None:
@@ -169,7 +181,7 @@ def _paint(grid: Grid, vol: FloatArray, tissue: NDArray[np.uint8], inside, value
     tissue[sl][frac >= 0.5] = cls
 
 
-def _anatomy(rng: np.random.Generator, grid: Grid, vol: FloatArray, tissue: NDArray[np.uint8]) -> dict:
+def _anatomy(rng: np.random.Generator, grid: Grid, vol: FloatArray, tissue: NDArray[np.uint8]) -> dict[str, Any]:
     """Paint body, organs, lungs, vessels and bones; return the lung geometry for nodules."""
     t = CT_TISSUES
     x0, y0 = rng.uniform(-8.0, 8.0), rng.uniform(-6.0, 6.0)
@@ -177,8 +189,8 @@ def _anatomy(rng: np.random.Generator, grid: Grid, vol: FloatArray, tissue: NDAr
     ax, ay = rng.uniform(78.0, 88.0), rng.uniform(56.0, 64.0)
     fat = rng.uniform(6.0, 12.0)
 
-    def cyl(a: float, b: float, cx: float = x0, cy: float = y0):  # type: ignore[no-untyped-def]
-        return lambda p: ((p[:, 0] - cx) / a) ** 2 + ((p[:, 1] - cy) / b) ** 2 <= 1.0
+    def cyl(a: float, b: float, cx: float = x0, cy: float = y0) -> InsideFn:
+        return lambda p: np.asarray(((p[:, 0] - cx) / a) ** 2 + ((p[:, 1] - cy) / b) ** 2 <= 1.0)
 
     table_y = y0 - ay - rng.uniform(6.0, 10.0)
     _paint(grid, vol, tissue, lambda p: (np.abs(p[:, 1] - table_y) <= 3.0) & (np.abs(p[:, 0] - x0) <= 110.0),
@@ -213,10 +225,10 @@ def _anatomy(rng: np.random.Generator, grid: Grid, vol: FloatArray, tissue: NDAr
     # Spine: vertebral bodies (cortical shell + marrow) separated by discs; ribs; sternum.
     sp = np.array([x0, y0 - 0.62 * ay])
     for zc in np.arange(z_l - 120.0, z_l + 120.0, 27.0) + rng.uniform(0.0, 27.0):
-        def vert(p, zc=zc):  # type: ignore[no-untyped-def]
-            return (((p[:, 0] - sp[0]) ** 2 + (p[:, 1] - sp[1]) ** 2) <= 15.0**2) & (np.abs(p[:, 2] - zc) <= 11.0)
+        def vert(p: FloatArray, zc: float = zc) -> NDArray[np.bool_]:
+            return np.asarray(((p[:, 0] - sp[0]) ** 2 + (p[:, 1] - sp[1]) ** 2) <= 15.0**2) & (np.abs(p[:, 2] - zc) <= 11.0)
 
-        def vert_hu(p, zc=zc):  # type: ignore[no-untyped-def]
+        def vert_hu(p: FloatArray, zc: float = zc) -> FloatArray:
             rr = np.sqrt((p[:, 0] - sp[0]) ** 2 + (p[:, 1] - sp[1]) ** 2)
             return np.where((rr >= 12.5) | (np.abs(p[:, 2] - zc) >= 9.5), 900.0, 300.0)
 
@@ -239,7 +251,7 @@ def _anatomy(rng: np.random.Generator, grid: Grid, vol: FloatArray, tissue: NDAr
 
 
 def _nodules(rng: np.random.Generator, grid: Grid, vol: FloatArray, mask: NDArray[np.int16],
-             tissue: NDArray[np.uint8], geo: dict, scan_id: str, site: str) -> list[Lesion]:
+             tissue: NDArray[np.uint8], geo: dict[str, Any], scan_id: str, site: str) -> list[Lesion]:
     """Place and render 0–4 nodules inside the lungs; draw their malignancy labels."""
     n = int(rng.choice([0, 1, 2, 3, 4], p=[0.06, 0.3, 0.3, 0.2, 0.14]))
     placed: list[tuple[FloatArray, float]] = []

@@ -17,6 +17,8 @@ complex signal with Gaussian noise in both channels, σ = 2.5 % (a) or 4 % (b) o
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 from numpy.typing import NDArray
 
@@ -43,7 +45,9 @@ MRI_SITE_PARAMS: dict[str, dict[str, float]] = {
 UNLABELLED_FRACTION = 0.15
 
 
-def _tumour_value(rng: np.random.Generator, center: FloatArray, r: float, texture: str, calc: str):  # type: ignore[no-untyped-def]
+def _tumour_value(
+    rng: np.random.Generator, center: FloatArray, r: float, texture: str, calc: str
+) -> Callable[[FloatArray], FloatArray]:
     """Intensity function of a tumour (relative T1 units) from its texture and calcification."""
     calc_c = center + rng.uniform(-0.3, 0.3, size=3) * r
     calc_r = max(0.2 * r, 1.5)

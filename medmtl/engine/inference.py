@@ -24,7 +24,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from medmtl.errors import ConfigError, MedmtlError
+from medmtl.errors import CheckpointError, ConfigError, MedmtlError
 
 if TYPE_CHECKING:  # pragma: no cover
     from medmtl.io.types import Detection, Scan
@@ -339,6 +339,12 @@ class Predictor:
         self.roi_size = tuple(int(v) for v in card["patch_size"])
         self.decode = {k: card["decode"][k] for k in ("threshold", "nms_radius_mm", "max_lesions", "temperature")}
         self.decode.update(dict(decode_overrides or {}))
+        divisor = tuple(int(d) for d in getattr(model, "divisor", (1, 1, 1)))
+        if any(r % d for r, d in zip(self.roi_size, divisor)):
+            raise CheckpointError(
+                f"model card patch_size {list(self.roi_size)} is not a multiple of the network's stride"
+                f" {list(divisor)}; re-save the checkpoint with a patch size that is"
+            )
         self.model = model.to(self.device).eval()
         self._transforms = preprocess_transforms(self.spec)
 

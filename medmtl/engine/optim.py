@@ -89,12 +89,12 @@ def make_optimizer(
 ) -> torch.optim.Optimizer:
     """Build the optimizer over param groups (``lr``/``weight_decay`` per group when given).
 
-    Every group gets ``base_lr`` (its own ``lr`` or ``lr``). Groups without trainable
-    parameters are dropped.
+    Every group gets ``base_lr`` (its own ``lr`` or ``lr``). Empty groups are dropped;
+    parameters frozen for now stay (they get no gradient, which the optimizers skip).
     """
     clean = []
     for g in groups:
-        params = [p for p in g["params"] if p.requires_grad]
+        params = list(g["params"])
         if not params:
             continue
         g = dict(g)
@@ -104,7 +104,7 @@ def make_optimizer(
         g["base_lr"] = float(g["lr"])
         clean.append(g)
     if not clean:
-        raise ConfigError("no trainable parameter: the strategy froze everything; check strategy.name and strategy.params")
+        raise ConfigError("no parameter to optimise; check strategy.name and strategy.params")
     if name == "adamw":
         return torch.optim.AdamW(clean, lr=lr, weight_decay=weight_decay)
     if name == "adam":

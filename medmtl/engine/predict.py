@@ -176,6 +176,7 @@ def predict_folder(
         "decode": dict(predictor.decode),
         "adaptation_in_card": predictor.card.get("adaptation", []),
         "shift": shift_info,
+        "shard": list(shard) if shard is not None else None,
     }
     totals = dict.fromkeys(STAGES, 0.0)
     failures: list[dict[str, Any]] = []

@@ -90,28 +90,34 @@ class TrainingSession:
         self.total_steps = self.steps_per_epoch * cfg.train.epochs
 
     def _setup_strategy(self) -> None:
-        from medmtl.mtl.strategies import StrategySchedule
+        """Freeze/unfreeze per the transfer strategy; param groups, schedule and L2-SP."""
+        from medmtl.mtl.strategies import setup_transfer
 
-        self.schedule = StrategySchedule(self.cfg.strategy.name, **self.cfg.strategy.params)
-        self.schedule.attach(self.model)
-        self.regularizer = self.schedule.regularizer(self.model)
+        params = dict(self.cfg.strategy.params)
+        params.setdefault("pretrained_lr_mult", 0.1 if self.cfg.model.pretrained else 1.0)
+        self.plan = setup_transfer(
+            self.model, strategy=self.cfg.strategy.name, base_lr=self.cfg.train.learning_rate, **params
+        )
+        self.regularizer = self.plan.l2sp
 
-    def _build_optimizer(self, epoch: int, step: int) -> None:
-        """(Re)build optimizer + LR schedule for the strategy phase of ``epoch``."""
+    def _build_optimizer(self) -> None:
+        """Optimizer over every parameter that may ever train + the per-step LR schedule.
+
+        Parameters frozen in an epoch (linear probe phase of ``lp-ft``, ``gradual``) stay in
+        the optimizer without gradients, which AdamW/SGD skip, so no rebuild is needed.
+        """
         from medmtl.engine.optim import LRSchedule, make_optimizer
 
         t = self.cfg.train
-        groups = self.schedule.param_groups(self.model, epoch=epoch, base_lr=t.learning_rate, weight_decay=t.weight_decay)
+        groups = [dict(g) for g in self.plan.param_groups]
         if self.weighting.name not in SELF_STEPPING_WEIGHTINGS:
-            wparams = [p for p in self.weighting.parameters() if p.requires_grad]
+            wparams = list(self.weighting.parameters())
             if wparams:
                 groups.append({"params": wparams, "lr": t.learning_rate, "weight_decay": 0.0, "name": "weighting"})
         self.optimizer = make_optimizer(groups, name=t.optimizer, lr=t.learning_rate, weight_decay=t.weight_decay)
         self.lr_schedule = LRSchedule(
-            self.optimizer, total_steps=self.total_steps, warmup_steps=t.warmup_steps, kind=t.scheduler, step=step
+            self.optimizer, total_steps=self.total_steps, warmup_steps=t.warmup_steps, kind=t.scheduler, step=0
         )
-        self.phase = self.schedule.phase(epoch)
-        self.params = [p for g in self.optimizer.param_groups for p in g["params"]]
 
     def _context(self) -> StepContext:
         return StepContext(
@@ -121,7 +127,7 @@ class TrainingSession:
             scaler=self.scaler,
             weighting=self.weighting,
             shared_params=[p for p in self.model.shared_parameters() if p.requires_grad],
-            params=[p for p in self.params if p.requires_grad],
+            params=[p for g in self.optimizer.param_groups for p in g["params"] if p.requires_grad],
             device=self.device,
             amp_dtype={"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.amp),
             grad_clip=self.cfg.train.grad_clip,
@@ -129,6 +135,7 @@ class TrainingSession:
             regularizer=self.regularizer,
             conflict=self.tracker,
             conflict_every=self.cfg.train.conflict_every,
+            train_mode=self.plan.schedule.train,
         )
 
     # ------------------------------------------------------------------ data
@@ -218,11 +225,8 @@ class TrainingSession:
         weights = last / WEIGHTS_FILE
         if not weights.is_file() or sha256_file(weights) != card["weights_sha256"]:
             raise CheckpointError(f"cannot resume: '{weights}' is missing or does not match its card")
-        import json
-
-        meta_epoch = json.loads((last / "train_state.json").read_text(encoding="utf-8"))["meta"]["epoch"]
         self.model.load_state_dict(load_file(str(weights), device=str(self.device)), strict=True)
-        self._build_optimizer(meta_epoch, 0)
+        self._build_optimizer()
         meta = load_train_state(
             last, optimizer=self.optimizer, scheduler=self.lr_schedule, scaler=self.scaler, weighting=self.weighting
         )
@@ -252,7 +256,7 @@ class TrainingSession:
         if resume:
             meta = self._resume()
         else:
-            self._build_optimizer(0, 0)
+            self._build_optimizer()
             meta = {"epoch": -1, "step": 0, "best": None, "best_epoch": None, "bad_epochs": 0, "history": [],
                     "finished": False}
             if self.dist.is_main:
@@ -266,9 +270,8 @@ class TrainingSession:
             while epoch < cfg.train.epochs and not meta.get("finished"):
                 if stop_after_epochs is not None and done_here >= stop_after_epochs:
                     return self.out / "checkpoint"
-                if self.schedule.phase(epoch) != self.phase:
-                    logger.info("strategy phase %s from epoch %d", self.schedule.phase(epoch), epoch + 1)
-                    self._build_optimizer(epoch, step)
+                stages = self.plan.schedule.on_epoch_start(epoch, self.model, self.optimizer)
+                logger.debug("epoch %d: trainable encoder stages %s", epoch + 1, stages)
                 _reseed(cfg.seed, epoch)
                 batches = patch_batches(self._passes(epoch), cfg.train.batch_size, self.steps_per_epoch)
                 stats, step = train_epoch(self._context(), batches, steps=self.steps_per_epoch, epoch=epoch,

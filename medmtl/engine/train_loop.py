@@ -50,6 +50,8 @@ class StepContext:
         regularizer: optional extra loss (e.g. L2-SP) of the model, a scalar tensor.
         conflict: optional :class:`~medmtl.mtl.conflict.GradientConflictTracker`.
         conflict_every: measure conflict every N steps (0 = off).
+        train_mode: puts the model in training mode (the strategy's, which keeps frozen
+            BatchNorm layers in eval mode); default ``model.train()``.
     """
 
     model: torch.nn.Module
@@ -66,6 +68,7 @@ class StepContext:
     regularizer: Callable[[], torch.Tensor] | None = None
     conflict: Any = None
     conflict_every: int = 0
+    train_mode: Callable[[torch.nn.Module], Any] | None = None
 
 
 @dataclass
@@ -222,7 +225,10 @@ def train_epoch(
     """
     from tqdm import tqdm
 
-    ctx.model.train()
+    if ctx.train_mode is not None:
+        ctx.train_mode(ctx.model)
+    else:
+        ctx.model.train()
     stats = EpochStats()
     start = time.perf_counter()
     bar = tqdm(total=steps, desc=f"epoch {epoch + 1}", leave=False, disable=not progress or not ctx.dist.is_main)

@@ -122,7 +122,7 @@ def write_dicom_series(
     writer = sitk.ImageFileWriter()
     writer.KeepOriginalImageUIDOn()
     for k in range(arr.shape[2]):
-        sl = img[:, :, k]
+        sl = img[:, :, k : k + 1]  # a one-slice 3D image keeps the slice spacing
         for tag, value in common.items():
             sl.SetMetaData(tag, value)
         pos = img.TransformIndexToPhysicalPoint((0, 0, k))

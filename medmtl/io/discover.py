@@ -196,7 +196,7 @@ def discover_scans(root: str | Path) -> tuple[list[ScanRef], list[Skipped]]:
         types = dicom_types[(folder, uid)]
         if series_per_folder[folder] == 1 and broken.get(folder):
             # a missing slice would silently shorten the volume: refuse the whole series
-            bad_path, reason = broken[folder][0]
+            _bad_path, reason = broken[folder][0]
             skipped.append(Skipped(folder, f"DICOM series {uid}: {reason}", failed=True))
         elif any("LOCALIZER" in t for t in types):
             skipped.append(Skipped(folder, f"DICOM series {uid} ({len(files)} files) is a localizer/scout; skipped"))

@@ -89,6 +89,18 @@ class EfficientNetLite(nn.Module):
     """
 
     first_conv = "_conv_stem"
+    # submodules adopted from the MONAI network (declared for type checkers)
+    _conv_stem: nn.Module
+    _conv_stem_padding: nn.Module
+    _bn0: nn.Module
+    _blocks: nn.Sequential
+    _conv_head: nn.Module
+    _conv_head_padding: nn.Module
+    _bn1: nn.Module
+    _avg_pooling: nn.Module
+    _dropout: nn.Module
+    _fc: nn.Module
+    _swish: nn.Module
 
     def __init__(self, variant: str = "efficientnet-lite0", num_classes: int = 1000) -> None:
         from monai.networks.nets import EfficientNet
@@ -141,9 +153,9 @@ class EfficientNetLite(nn.Module):
         memory. Returns the state-dict keys removed. Call only on a network you own.
         """
         before = set(self.state_dict())
-        self._conv_head = nn.Identity()  # type: ignore[assignment]
-        self._bn1 = nn.Identity()  # type: ignore[assignment]
-        self._fc = nn.Identity()  # type: ignore[assignment]
+        self._conv_head = nn.Identity()
+        self._bn1 = nn.Identity()
+        self._fc = nn.Identity()
         return sorted(before - set(self.state_dict()))
 
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:

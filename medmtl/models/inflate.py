@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import nn
@@ -110,23 +111,26 @@ def batchnorm3d_from(bn: nn.BatchNorm2d) -> nn.BatchNorm3d:
     return out
 
 
+def _triple(v: Any) -> tuple[int, int, int]:
+    a, b = (v, v) if isinstance(v, int) else tuple(v)
+    return int(a), int(b), int(a)
+
+
 def _pool3d_from(pool: nn.Module, depth_kernel: bool) -> nn.Module:
+    """3D version of a 2D pooling module (window ``(k, k, k)``, or ``(k, k, 1)`` if not ``depth_kernel``)."""
     if isinstance(pool, nn.AdaptiveAvgPool2d | nn.AdaptiveMaxPool2d):
-        size = pool.output_size
-        sizes = (size, size, size) if isinstance(size, int) else (*size, size[0])
-        cls3 = nn.AdaptiveAvgPool3d if isinstance(pool, nn.AdaptiveAvgPool2d) else nn.AdaptiveMaxPool3d
-        return cls3(sizes)  # type: ignore[arg-type]
-
-    def triple(v: object) -> tuple[int, int, int]:
-        a, b = (v, v) if isinstance(v, int) else v  # type: ignore[misc]
-        return int(a), int(b), int(a)
-
-    k, s, p = triple(pool.kernel_size), triple(pool.stride), triple(pool.padding)  # type: ignore[attr-defined]
+        out: Any = pool.output_size
+        sizes = (out, out, out) if isinstance(out, int) else (out[0], out[1], out[0])
+        if isinstance(pool, nn.AdaptiveAvgPool2d):
+            return nn.AdaptiveAvgPool3d(sizes)
+        return nn.AdaptiveMaxPool3d(sizes)
+    p2: Any = pool
+    k, s, p = _triple(p2.kernel_size), _triple(p2.stride), _triple(p2.padding)
     if not depth_kernel:
         k, p = (k[0], k[1], 1), (p[0], p[1], 0)
     if isinstance(pool, nn.MaxPool2d):
-        return nn.MaxPool3d(k, s, p, ceil_mode=pool.ceil_mode)
-    return nn.AvgPool3d(k, s, p, ceil_mode=pool.ceil_mode, count_include_pad=pool.count_include_pad)  # type: ignore[attr-defined]
+        return nn.MaxPool3d(k, s, p, ceil_mode=bool(p2.ceil_mode))
+    return nn.AvgPool3d(k, s, p, ceil_mode=bool(p2.ceil_mode), count_include_pad=bool(p2.count_include_pad))
 
 
 def inflate_module(

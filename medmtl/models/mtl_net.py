@@ -73,13 +73,18 @@ class MultiTaskNet(nn.Module):
         self.encoder = encoder
         self.decoder = UNetDecoder(info, decoder_channels, norm=norm)
         c = self.decoder.out_channels
-        self.heads = nn.ModuleDict({name: nn.Conv3d(c, 1, kernel_size=1) for name in HEADS})
+        convs = {name: nn.Conv3d(c, 1, kernel_size=1) for name in HEADS}
+        init_bias = {
+            "heatmap": -math.log((1.0 - HEATMAP_PRIOR) / HEATMAP_PRIOR),
+            "log_diameter": math.log(INIT_DIAMETER_MM),
+            "malignancy": 0.0,
+        }
         with torch.no_grad():
-            for head in self.heads.values():
-                nn.init.normal_(head.weight, std=0.01)
-            self.heads["heatmap"].bias.fill_(-math.log((1.0 - HEATMAP_PRIOR) / HEATMAP_PRIOR))
-            self.heads["log_diameter"].bias.fill_(math.log(INIT_DIAMETER_MM))
-            self.heads["malignancy"].bias.zero_()
+            for name, conv in convs.items():
+                nn.init.normal_(conv.weight, std=0.01)
+                if conv.bias is not None:  # always true: built with bias
+                    conv.bias.fill_(init_bias[name])
+        self.heads = nn.ModuleDict(convs)
         self.divisor = _max_stride(info)
         #: the :func:`build_model` config this net was built from (empty when hand-built)
         self.build_config: dict[str, Any] = {}

@@ -172,7 +172,7 @@ class EncoderConfig:
         if extra:
             raise ConfigError(f"unknown encoder config keys {sorted(extra)}; allowed: {sorted(names)}")
         kw = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
-        return cls(**kw)
+        return cls(**kw)  # type: ignore[arg-type]
 
 
 class Encoder(nn.Module):
@@ -315,8 +315,8 @@ def create_encoder(
         net = with_input_channels(net, first_conv, net_in)
         report.channel_adapted.append(f"{first_conv}.weight")
 
-    strides = net.feature_strides  # type: ignore[union-attr]
-    channels = net.feature_channels  # type: ignore[union-attr]
+    strides: list[int] = list(net.feature_strides)  # type: ignore[arg-type]
+    channels: list[int] = list(net.feature_channels)  # type: ignore[arg-type]
     if adapter == "inflate":
         from medmtl.models.inflate import inflate_module, reinit_3d
 

@@ -56,7 +56,7 @@ class SliceWise(nn.Module):
             x = neighbour_slices(x)
         b, c, i, j, k = x.shape
         slices = x.permute(0, 4, 1, 2, 3).reshape(b * k, c, i, j)
-        chunks = [self.backbone.forward_features(s) for s in slices.split(self.max_slices)]
+        chunks = [self.backbone.forward_features(s) for s in slices.split(self.max_slices)]  # type: ignore[operator]
         out: list[torch.Tensor] = []
         for level in range(len(chunks[0])):
             f = torch.cat([ch[level] for ch in chunks], dim=0)

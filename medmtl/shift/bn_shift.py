@@ -26,20 +26,21 @@ from scipy import stats
 if TYPE_CHECKING:  # pragma: no cover
     import torch
     from torch import nn
+    from torch.nn.modules.batchnorm import _BatchNorm
 
 EPS = 1e-5
 TOP_K_PEAKS = 5
 
 
-def bn_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
+def bn_layers(model: nn.Module) -> list[tuple[str, _BatchNorm]]:
     """``(name, module)`` of every BatchNorm layer (1D/2D/3D, incl. SyncBatchNorm) that tracks
     running statistics, in module order."""
-    from torch.nn.modules.batchnorm import _BatchNorm
+    from torch.nn.modules.batchnorm import _BatchNorm as BN
 
     return [
         (name, m)
         for name, m in model.named_modules()
-        if isinstance(m, _BatchNorm) and m.track_running_stats and m.running_mean is not None
+        if isinstance(m, BN) and m.track_running_stats and m.running_mean is not None
     ]
 
 

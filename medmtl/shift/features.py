@@ -4,8 +4,8 @@ Feature-space shift tests compare cohorts in the representation a network actual
 (Rabanser et al., "Failing loudly: an empirical study of methods for detecting dataset
 shift", NeurIPS 2019, found pooled pretrained features + a kernel two-sample test to be the
 most reliable detector). Each scan is preprocessed with one fixed :class:`InputSpec`, the
-encoder runs on the whole volume (centre-cropped to ``max_shape`` voxels, edge-padded to a
-multiple of 32), and every feature level is global-average-pooled; the levels are
+encoder runs on the whole volume (centre-cropped to ``max_shape`` voxels; for a checkpoint's
+network edge-padded to a multiple of 32), and every feature level is global-average-pooled; the levels are
 concatenated into one vector of ``sum(C_l)`` floats.
 
 The extractor is either the embedded ImageNet EfficientNet-Lite0 with the ``inflate`` adapter
@@ -106,6 +106,8 @@ class FeatureExtractor:
         identity: JSON-safe description (encoder, adapter, weights hash, spec, crop); two
             feature matrices are comparable only when their identities are equal.
         max_shape: largest spatial shape fed to the encoder (centre crop), voxels.
+        pad_multiple: spatial sizes are edge-padded up to a multiple of this (32 when the
+            whole multi-task network runs on the volume: its decoder needs it).
         device: torch device string.
         cache_dir: optional folder where features are also cached on disk (``.npy``).
     """
@@ -116,6 +118,7 @@ class FeatureExtractor:
     max_shape: tuple[int, int, int] = DEFAULT_MAX_SHAPE
     device: str = "cpu"
     cache_dir: Path | None = None
+    pad_multiple: int = 1
     _cache: dict[str, NDArray[np.float32]] = field(default_factory=dict, repr=False)
 
     def prepare(self, scan: Scan) -> torch.Tensor:
@@ -127,7 +130,7 @@ class FeatureExtractor:
         img = preprocess_scan(scan, self.spec)
         x = torch.as_tensor(np.asarray(img.detach().cpu() if hasattr(img, "detach") else img), dtype=torch.float32)
         x = x.unsqueeze(0).to(self.device)
-        return center_crop_pad(x, self.max_shape)
+        return center_crop_pad(x, self.max_shape, self.pad_multiple)
 
     def _disk_path(self, key: str) -> Path | None:
         if self.cache_dir is None:
@@ -195,7 +198,9 @@ class FeatureExtractor:
         return np.stack(out)
 
 
-def extractor_identity(encoder: nn.Module, spec: InputSpec, kind: str, max_shape: Sequence[int]) -> dict[str, Any]:
+def extractor_identity(
+    encoder: nn.Module, spec: InputSpec, kind: str, max_shape: Sequence[int], pad_multiple: int = 1
+) -> dict[str, Any]:
     """JSON-safe identity of a feature extractor (see :class:`FeatureExtractor`)."""
     cfg = getattr(encoder, "config", None)
     return {
@@ -205,6 +210,7 @@ def extractor_identity(encoder: nn.Module, spec: InputSpec, kind: str, max_shape
         "weights_hash": module_hash(encoder),
         "input_spec": spec.to_dict(),
         "max_shape": [int(s) for s in max_shape],
+        "pad_multiple": int(pad_multiple),
         "pooling": "global-average per level, concatenated",
     }
 
@@ -250,8 +256,9 @@ def model_extractor(
     return FeatureExtractor(
         encoder=enc,
         spec=spec,
-        identity=extractor_identity(enc, spec, "checkpoint", ms),
+        identity=extractor_identity(enc, spec, "checkpoint", ms, PAD_MULTIPLE),
         max_shape=ms,  # type: ignore[arg-type]
         device=device,
         cache_dir=cache_dir,
+        pad_multiple=PAD_MULTIPLE,
     )

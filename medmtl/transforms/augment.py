@@ -170,7 +170,9 @@ class _RandAug(Randomizable, MapTransform):
         if not 0.0 <= prob <= 1.0:
             raise ConfigError(f"{type(self).__name__} prob={prob!r} invalid; must be in [0, 1]")
         self.prob = float(prob)
-        self.target_keys = [target_keys] if isinstance(target_keys, str) else list(target_keys)
+        self.target_keys: list[Hashable] = (
+            [target_keys] if isinstance(target_keys, str) else list(target_keys)  # type: ignore[arg-type]
+        )
 
     def randomize(self, data: Any = None) -> None:  # MONAI API; sampling happens in sample()
         pass

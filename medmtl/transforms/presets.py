@@ -15,6 +15,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, fields
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from medmtl.errors import ConfigError, did_you_mean
 from medmtl.transforms.intensity import validate_windows
 
@@ -194,7 +196,9 @@ def preprocess_transforms(spec: InputSpec, keys: Sequence[str] = ("image",)) -> 
         steps.append(MRNormalized(keys=ks, lower=spec.percentiles[0], upper=spec.percentiles[1]))
         if spec.mr_channels == "replicate":
             steps.append(RepeatChanneld(keys=ks, repeats=3))
-    steps.append(NormalizeIntensityd(keys=ks, subtrahend=spec.mean, divisor=spec.std, channel_wise=True))
+    steps.append(NormalizeIntensityd(
+            keys=ks, subtrahend=np.asarray(spec.mean), divisor=np.asarray(spec.std), channel_wise=True
+        ))
     return Compose(steps)
 
 

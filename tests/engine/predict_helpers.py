@@ -39,3 +39,11 @@ def make_scans(folder: Path, *, n: int = 2, site: str = "a", seed: int = 0, dico
     from medmtl.data.phantom import write_phantom_set
 
     return write_phantom_set(folder, kind="ct", site=site, n=n, seed=seed, shape=shape, dicom=dicom)
+
+
+def session_checkpoint(tmp_path_factory) -> Path:  # type: ignore[no-untyped-def]
+    """One checkpoint per test session, shared by every module that asks (built on first use)."""
+    folder = tmp_path_factory.getbasetemp() / "medmtl_predict_checkpoint"
+    if not (folder / "model_card.json").is_file():
+        make_checkpoint(folder)
+    return folder

@@ -22,10 +22,10 @@ from medmtl.io.read import read_scan
 from .conftest import LESION_LPS, SPACING
 
 
-def _lesion_center_lps(scan) -> np.ndarray:
-    arr = scan.image[0].numpy()
-    com = ndimage.center_of_mass(arr > 500)
-    return coords.voxel_to_lps(np.asarray(com), scan.image.affine.numpy())[0]
+def _lesion_center_lps(image) -> np.ndarray:
+    """Centre of the bright lesion of a ``(1, I, J, K)`` MetaTensor, LPS mm."""
+    com = ndimage.center_of_mass(image[0].numpy() > 500)
+    return coords.voxel_to_lps(np.asarray(com), image.affine.numpy())[0]
 
 
 @pytest.mark.parametrize("fmt", ["nifti", "mha", "dicom"])
@@ -35,7 +35,7 @@ def test_lesion_comes_back_at_same_lps_point(scene, fmt):
     scan = read_scan(ref)
     assert scan.image.shape[0] == 1 and scan.image.ndim == 4
     assert scan.image.dtype.is_floating_point
-    got = _lesion_center_lps(scan)
+    got = _lesion_center_lps(scan.image)
     np.testing.assert_allclose(got, LESION_LPS, atol=0.01)
     # the reverse direction: LPS point -> voxel index holds the lesion
     ijk = np.round(coords.lps_to_voxel(LESION_LPS, scan.image.affine.numpy())[0]).astype(int)
@@ -100,3 +100,17 @@ def test_label_mask_lesion_at_lps_point(scene, tmp_path, write_nifti):
     np.testing.assert_allclose(les.center_lps, LESION_LPS, atol=0.01)
     expected = (6 * 27 * SPACING[0] * SPACING[1] * SPACING[2] / math.pi) ** (1 / 3)
     assert les.diameter_mm == pytest.approx(expected, rel=1e-4)
+
+
+def test_monai_orientation_keeps_the_lesion_in_place(scene):
+    from monai.transforms import Orientation
+
+    refs, _ = discover_scans(scene.root)
+    arrays = []
+    for ref in refs:
+        ras = Orientation("RAS")(read_scan(ref).image)
+        assert coords.orientation_code(ras.affine.numpy()) == "RAS"
+        np.testing.assert_allclose(_lesion_center_lps(ras), LESION_LPS, atol=0.01)
+        arrays.append(ras[0].numpy())
+    np.testing.assert_array_equal(arrays[0], arrays[1])
+    np.testing.assert_array_equal(arrays[0], arrays[2])

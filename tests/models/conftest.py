@@ -17,7 +17,7 @@ def lite0_2d() -> Encoder:
 
 @pytest.fixture(scope="session")
 def depth_constant() -> tuple[torch.Tensor, torch.Tensor]:
-    """A 2D image ``(1, 3, 48, 40)`` and the same image repeated along K: ``(1, 3, 48, 40, 12)``."""
+    """A 2D image ``(1, 3, 40, 32)`` and the same image repeated along K: ``(1, 3, 40, 32, 8)``."""
     g = torch.Generator().manual_seed(0)
-    img = torch.randn(1, 3, 48, 40, generator=g)
-    return img, img.unsqueeze(-1).repeat(1, 1, 1, 1, 12)
+    img = torch.randn(1, 3, 40, 32, generator=g)
+    return img, img.unsqueeze(-1).repeat(1, 1, 1, 1, 8)

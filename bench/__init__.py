@@ -1,0 +1,1 @@
+"""Benchmarks of medmtl (speed, memory, learning quality); results in ``bench/RESULTS.md``."""

@@ -1,0 +1,201 @@
+"""``medmtl adapt``: adapt a checkpoint to an unlabelled target site; write a new checkpoint.
+
+Methods (each module cites its paper):
+
+* ``adabn`` — BN running statistics re-estimated on whole target volumes
+  (:mod:`medmtl.shift.adabn`, Li et al. 2016); only BN buffers change.
+* ``tent`` — entropy minimisation on BN affine parameters (:mod:`medmtl.shift.tent`, Wang
+  et al. 2021); only BN weights/biases change.
+* ``dann`` — domain-adversarial fine-tuning with gradient reversal (:mod:`medmtl.shift.dann`,
+  Ganin et al. 2016). It needs *labelled source* scans: ``source`` (a folder with an
+  ``annotations.csv``), else the card's ``train_config.data.root`` /
+  ``train_config.data.annotations``.
+* ``histmatch`` — histogram matching of target intensities to the source reference quantiles
+  (:mod:`medmtl.shift.harmonise`); the weights are unchanged, the step is stored in
+  ``card["harmonisation"]`` and applied at prediction time.
+* ``n4`` — N4 bias-field correction for MRI, stored the same way.
+
+The new card's ``adaptation`` list gains ``{method, parameters_changed, params,
+target_scans, n_target_scans, date, source_checkpoint}``.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import logging
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from medmtl.errors import ShiftError, unknown_name
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+    from torch import nn
+
+    from medmtl.io.types import Scan
+
+logger = logging.getLogger(__name__)
+
+METHODS = ("adabn", "tent", "dann", "histmatch", "n4")
+TENT_STEPS = 1
+TENT_LR = 1e-3
+DANN_STEPS = 20
+DANN_LR = 1e-4
+
+
+def prepare_volumes(scans: Sequence[Scan], card: Mapping[str, Any]) -> list[torch.Tensor]:
+    """Harmonise (per the card) and preprocess scans → ``(1, C, I, J, K)`` float32 tensors."""
+    import numpy as np
+    import torch
+
+    from medmtl.shift.harmonise import apply_harmonisation
+    from medmtl.shift.reference import as_input_spec
+    from medmtl.transforms.presets import preprocess_scan
+
+    spec = as_input_spec(card["input_spec"])
+    out = []
+    for s in scans:
+        img = preprocess_scan(apply_harmonisation(s, card), spec)
+        out.append(torch.as_tensor(np.asarray(img.detach().cpu()), dtype=torch.float32)[None])
+    return out
+
+
+def changed_tensors(before: Mapping[str, torch.Tensor], model: nn.Module) -> list[str]:
+    """Names of the state-dict tensors that differ from ``before``."""
+    import torch
+
+    after = model.state_dict()
+    return [k for k, v in before.items() if not torch.equal(v, after[k])]
+
+
+def _check_out(out: Path) -> None:
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise ShiftError(f"output '{out}' already exists and is not an empty folder; pass a new folder with -o.")
+
+
+def _dann_source(card: Mapping[str, Any], source: Path | None) -> tuple[list[Scan], list[Any]]:
+    from medmtl.io.annotations import read_annotations
+    from medmtl.io.read import load_folder
+
+    data = ((card.get("train_config") or {}).get("data") or {})
+    folder = source if source is not None else (Path(data["root"]) if data.get("root") else None)
+    if folder is None or not folder.is_dir():
+        raise ShiftError(
+            "--method dann needs labelled source scans: pass --source DIR (with annotations.csv); the card's "
+            f"train_config.data.root is {data.get('root')!r}."
+        )
+    ann = Path(data["annotations"]) if source is None and data.get("annotations") else folder / "annotations.csv"
+    if not ann.is_file():
+        raise ShiftError(f"--method dann needs an annotations.csv for the source scans; '{ann}' does not exist.")
+    scans, _ = load_folder(folder, progress=False)
+    if not scans:
+        raise ShiftError(f"--source folder '{folder}' holds no readable scans.")
+    return scans, read_annotations(ann)
+
+
+def run_adapt(
+    *,
+    checkpoint: Path,
+    target: Path,
+    method: str,
+    out: Path,
+    seed: int = 0,
+    source: Path | None = None,
+) -> Path:
+    """Adapt a checkpoint to unlabelled target scans and save the result as a new checkpoint.
+
+    Args:
+        checkpoint: source checkpoint folder.
+        target: folder of unlabelled target scans.
+        method: one of :data:`METHODS`.
+        out: new checkpoint folder (must not exist, or be empty).
+        seed: random seed.
+        source: labelled source scan folder for ``dann`` (default: the card's training data).
+
+    Returns:
+        The new checkpoint folder.
+
+    Raises:
+        ShiftError: unknown method, existing non-empty ``out``, modality mismatch, missing
+            reference statistics (histmatch) or source data (dann), ``n4`` on CT.
+    """
+    import numpy as np
+    import torch
+
+    from medmtl.engine.checkpoint import load_checkpoint, save_checkpoint
+    from medmtl.shift.report import load_cohort
+
+    if method not in METHODS:
+        raise unknown_name("adaptation method", method, METHODS)
+    checkpoint, target, out = Path(checkpoint), Path(target), Path(out)
+    _check_out(out)
+    torch.manual_seed(seed)
+    model, card = load_checkpoint(checkpoint, device="cpu")
+    scans = load_cohort(target, "target")
+    modality = card["input_spec"].get("modality", "CT")
+    if scans[0].modality != modality:
+        raise ShiftError(f"target scans are {scans[0].modality} but the checkpoint was trained on {modality}; "
+                         "adapt with scans of the same modality.")
+    patch = [int(v) for v in card["patch_size"]]
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    params: dict[str, Any] = {}
+    new_card = dict(card)
+    if method == "adabn":
+        from medmtl.shift.adabn import adabn
+
+        params["n_patches"] = adabn(model, prepare_volumes(scans, card), patch)
+        params["momentum"] = None
+    elif method == "tent":
+        from medmtl.shift.tent import tent
+
+        losses = tent(model, prepare_volumes(scans, card), patch, steps=TENT_STEPS, lr=TENT_LR, seed=seed)
+        params.update(steps=TENT_STEPS, lr=TENT_LR, entropy_first=losses[0], entropy_last=losses[-1],
+                      note="BN running statistics unchanged; affine parameters adapted under batch statistics")
+    elif method == "dann":
+        from medmtl.data.targets import build_targets
+        from medmtl.io.annotations import group_by_scan
+        from medmtl.io.coords import lps_to_voxel
+        from medmtl.shift.dann import dann
+        from medmtl.shift.reference import as_input_spec
+        from medmtl.transforms.presets import preprocess_scan
+
+        src_scans, lesions = _dann_source(card, source)
+        by_scan = group_by_scan(lesions)
+        spec = as_input_spec(card["input_spec"])
+        src_items = []
+        for s in src_scans:
+            img = preprocess_scan(s, spec)
+            les = by_scan.get(s.scan_id, [])
+            tmaps = {k: torch.as_tensor(np.asarray(v), dtype=torch.float32)[None] for k, v in build_targets(img, les).items()}
+            centres = [[int(round(c)) for c in lps_to_voxel(le.center_lps, np.asarray(img.affine))[0]] for le in les]
+            src_items.append((torch.as_tensor(np.asarray(img), dtype=torch.float32)[None], tmaps, centres))
+        history = dann(model, src_items, prepare_volumes(scans, card), patch, steps=DANN_STEPS, lr=DANN_LR, seed=seed)
+        params.update(steps=DANN_STEPS, lr=DANN_LR, source_scans=[s.scan_id for s in src_scans],
+                      final_domain_loss=history[-1]["domain"], final_task_loss=history[-1]["task"])
+    else:
+        from medmtl.shift.harmonise import harmonisation_record
+
+        if method == "n4" and modality != "MR":
+            raise ShiftError(f"--method n4 is for MRI bias fields; this checkpoint is {modality}. Use histmatch for CT.")
+        new_card["harmonisation"] = harmonisation_record(method, card.get("reference_stats"))
+        params.update({k: v for k, v in new_card["harmonisation"]["params"].items() if k != "quantiles"})
+    changed = changed_tensors(before, model)
+    record = {
+        "method": method,
+        "parameters_changed": changed if method not in ("histmatch", "n4") else ["card.harmonisation"],
+        "n_tensors_changed": len(changed),
+        "params": params,
+        "target_scans": [s.scan_id for s in scans],
+        "n_target_scans": len(scans),
+        "target_folder": str(target),
+        "source_checkpoint": str(checkpoint),
+        "seed": seed,
+        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+    new_card["adaptation"] = list(card.get("adaptation") or []) + [record]
+    for key in ("format_version", "medmtl_version", "versions", "weights_sha256", "created"):
+        new_card.pop(key, None)
+    folder = save_checkpoint(out, model, new_card)
+    logger.info("adapt %s: %d tensors changed, saved %s", method, len(changed), folder)
+    return folder

@@ -1,0 +1,360 @@
+"""``medmtl diagnose``: compare a source cohort (scan folder or checkpoint) with a target folder.
+
+The report combines (see each module for its method and paper):
+
+* data fingerprints and cohort effect sizes (:mod:`medmtl.shift.fingerprint`);
+* feature-space two-sample tests on pooled encoder features: kernel MMD (Gretton et al.
+  2012) and a domain-classifier test with the proxy A-distance (Lopez-Paz & Oquab 2017;
+  Ben-David et al. 2010) (:mod:`medmtl.shift.two_sample`);
+* BatchNorm-statistics shift per layer and, with a checkpoint, prediction shift
+  (:mod:`medmtl.shift.bn_shift`);
+* optionally LogME transferability of encoders × adapters (You et al. 2021,
+  :mod:`medmtl.shift.logme`).
+
+It writes ``report.json`` and a self-contained ``report.html`` (:mod:`medmtl.shift.html`).
+When the source is a checkpoint, its stored reference statistics stand in for the training
+scans, so a site can be checked without the training data.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from medmtl.errors import ShiftError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from torch import nn
+
+    from medmtl.io.types import Scan
+    from medmtl.shift.features import FeatureExtractor
+    from medmtl.transforms.presets import InputSpec
+
+logger = logging.getLogger(__name__)
+
+ALPHA = 0.05
+TSNE_MIN_SCANS = 30
+
+
+def is_checkpoint(path: Path) -> bool:
+    """Whether ``path`` is a checkpoint folder (holds ``model_card.json``)."""
+    return (path / "model_card.json").is_file()
+
+
+def load_cohort(folder: Path, role: str) -> list[Scan]:
+    """Load every scan of a folder; a folder without readable scans is a :class:`ShiftError`."""
+    from medmtl.io.read import load_folder
+
+    if not folder.is_dir():
+        raise ShiftError(f"--{role} folder '{folder}' does not exist; pass a folder of scans.")
+    scans, skipped = load_folder(folder, progress=False)
+    for s in skipped:
+        logger.warning("%s: skipped %s (%s)", role, s.path, s.reason)
+    if not scans:
+        raise ShiftError(f"--{role} folder '{folder}' holds no readable scans; pass a folder of NIfTI/DICOM/MHA/NRRD scans.")
+    modalities = sorted({s.modality for s in scans})
+    if len(modalities) > 1:
+        raise ShiftError(f"--{role} folder '{folder}' mixes modalities {modalities}; split it into one folder per modality.")
+    return scans
+
+
+def check_sizes(n_source: int, n_target: int) -> None:
+    """Cohorts need ≥ 2 scans (MMD); the classifier test needs ≥ 3 (it is skipped otherwise)."""
+    for role, n in (("source", n_source), ("target", n_target)):
+        if n < 2:
+            raise ShiftError(
+                f"the {role} cohort has {n} scan; shift tests need at least 2 scans per cohort "
+                f"(3 for the domain-classifier test); add scans to the {role}."
+            )
+
+
+def default_spec(modality: str) -> InputSpec:
+    """The default preprocessing spec of a modality."""
+    from medmtl.transforms.presets import default_ct_spec, default_mri_spec
+
+    return default_ct_spec() if modality == "CT" else default_mri_spec()
+
+
+def embedding(features: np.ndarray, seed: int) -> tuple[np.ndarray, str]:
+    """2D embedding of standardised features: t-SNE with ≥ 30 scans, else PCA."""
+    from medmtl.shift.two_sample import pca_reduce, standardise
+
+    z = standardise(features.astype(np.float64))
+    if len(z) >= TSNE_MIN_SCANS:
+        from sklearn.manifold import TSNE
+
+        pts = TSNE(n_components=2, perplexity=min(15.0, (len(z) - 1) / 3.0), random_state=seed,
+                   init="pca").fit_transform(pca_reduce(z, 20))
+        return pts, "t-SNE"
+    pts = pca_reduce(z, 2)
+    if pts.shape[1] < 2:
+        pts = np.concatenate([pts, np.zeros((len(pts), 1))], axis=1)
+    return pts, "PCA"
+
+
+def _bn_inputs(extractor: FeatureExtractor, scans: Sequence[Scan]) -> list[Any]:
+    return [extractor.prepare(s) for s in scans]
+
+
+def _verdict(tests: list[dict[str, Any]], effects: list[dict[str, Any]], hu_rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Plain-language verdict from the feature tests (Bonferroni over them) and fingerprints."""
+    feat = [t for t in tests if t.get("family") == "feature" and t.get("p_value") is not None]
+    ps = [float(t["p_value"]) for t in feat]
+    shift = bool(ps) and min(ps) * len(ps) < ALPHA
+    big = sorted((e for e in effects if e["large"]), key=lambda e: -abs(e["hedges_g"]))[:4]
+    parts = []
+    if shift:
+        parts.append(
+            "The target scans are distinguishable from the source in the encoder's feature space "
+            f"(smallest feature-test p = {min(ps):.3g}, Bonferroni-corrected over {len(ps)} tests, α = {ALPHA})."
+        )
+    elif ps:
+        parts.append(f"The feature-space tests do not separate target from source (smallest p = {min(ps):.3g}).")
+    if big:
+        parts.append("Largest fingerprint differences: " + ", ".join(
+            f"{e['field']} ({e['source_mean']:.3g} → {e['target_mean']:.3g}, g = {e['hedges_g']:.2f})" for e in big) + ".")
+    tgt_hu = next((h for h in hu_rows if h["cohort"] == "target"), None)
+    if tgt_hu and tgt_hu["n_flagged"]:
+        parts.append(
+            f"{tgt_hu['n_flagged']} of {tgt_hu['n_scans']} target scans have an HU calibration off by > 20 HU "
+            f"(median offset {tgt_hu['median_offset_hu']:+.0f} HU)."
+        )
+    if shift:
+        parts.append("Consider `medmtl adapt --method histmatch` (intensities) or `--method adabn` (BN statistics) "
+                     "before predicting on this site, or `medmtl predict --adapt auto`.")
+    return {"shift": shift, "min_p": min(ps) if ps else None, "text": " ".join(parts)}
+
+
+def _hu_rows(cohorts: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    rows = []
+    for name, fps in cohorts.items():
+        hu = [fp["hu_calibration"] for fp in fps if "hu_calibration" in fp]
+        if not hu:
+            continue
+        offs = [h["offset_hu"] for h in hu if h.get("offset_hu") is not None]
+        rows.append({"cohort": name, "n_scans": len(hu), "n_flagged": int(sum(bool(h["flag"]) for h in hu)),
+                     "median_offset_hu": float(np.median(offs)) if offs else None})
+    return rows
+
+
+def run_diagnose(
+    *,
+    source: Path,
+    target: Path,
+    out_dir: Path,
+    checkpoint: Path | None = None,
+    rank_encoders: bool = False,
+    n_permutations: int = 1000,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Measure domain shift between a source and a target cohort; write the report.
+
+    Args:
+        source: a scan folder, or a checkpoint folder whose ``reference_stats`` describe the
+            training data.
+        target: folder of target scans.
+        out_dir: where ``report.json`` and ``report.html`` are written.
+        checkpoint: optional checkpoint whose encoder extracts the features and whose heads
+            give prediction shift (default: the source checkpoint, else the ImageNet
+            EfficientNet-Lite0 ``inflate`` encoder).
+        rank_encoders: also rank encoders × adapters by LogME (needs ``annotations.csv`` in
+            the source folder, or else in the target folder).
+        n_permutations: permutations per test (≥ 200 to reach p < 0.01).
+        seed: random seed.
+
+    Returns:
+        The report dict (``verdict``, ``tests``, fingerprints, effect sizes, BN shift, ...).
+
+    Raises:
+        ShiftError: different modalities, a cohort with fewer than 2 scans, a checkpoint
+            without reference statistics, unreadable folders.
+    """
+    from medmtl import __version__
+    from medmtl.engine.checkpoint import load_checkpoint, read_card
+    from medmtl.io.writers import atomic_write_json, atomic_write_text
+    from medmtl.shift import bn_shift as bns
+    from medmtl.shift import html as hh
+    from medmtl.shift.features import default_extractor, model_extractor
+    from medmtl.shift.fingerprint import (
+        cohort_summary,
+        effect_sizes,
+        image_array,
+        intensity_histogram,
+        scan_fingerprint,
+    )
+    from medmtl.shift.reference import cohort_features_and_predictions, reference_features, require_reference
+    from medmtl.shift.two_sample import MIN_SCANS_CLASSIFIER, classifier_test, mmd_test
+
+    if n_permutations < 1:
+        raise ShiftError(f"--n-permutations must be >= 1, got {n_permutations}; use 1000 (>= 200 to reach p < 0.01).")
+    source, target, out_dir = Path(source), Path(target), Path(out_dir)
+    notes: list[str] = []
+    tgt_scans = load_cohort(target, "target")
+    modality = tgt_scans[0].modality
+
+    ref: dict[str, Any] | None = None
+    src_scans: list[Scan] = []
+    model: nn.Module | None = None
+    card: dict[str, Any] | None = None
+    if is_checkpoint(source):
+        card = read_card(source)
+        ref = require_reference(card, str(source))
+        src_modality = str(ref.get("modality"))
+        src_kind = "checkpoint"
+    else:
+        src_scans = load_cohort(source, "source")
+        src_modality = src_scans[0].modality
+        src_kind = "folder"
+    if src_modality != modality:
+        raise ShiftError(
+            f"source modality is {src_modality} but target modality is {modality}; compare cohorts of the same "
+            "modality (CT with CT, MR with MR)."
+        )
+    n_src = len(src_scans) if ref is None else int(ref["n_scans"])
+    check_sizes(n_src, len(tgt_scans))
+
+    # the feature extractor (and the network for BN / prediction shift)
+    ckpt_path = checkpoint if checkpoint is not None else (source if ref is not None else None)
+    if ckpt_path is not None:
+        model, mcard = load_checkpoint(ckpt_path, device="cpu")
+        card = card if card is not None and ckpt_path == source else mcard
+        from medmtl.shift.reference import as_input_spec
+
+        spec = as_input_spec(mcard["input_spec"])
+        extractor = model_extractor(model, spec)
+        if ref is not None and ref["features"]["extractor"].get("kind") == "pretrained":
+            ident = ref["features"]["extractor"]
+            extractor = default_extractor(as_input_spec(ident["input_spec"]), encoder_name=ident["encoder"],
+                                          adapter=ident["adapter"], max_shape=ident["max_shape"])
+    else:
+        spec = default_spec(modality)
+        extractor = default_extractor(spec)
+    if ref is not None and ref["features"]["extractor"].get("weights_hash") != extractor.identity["weights_hash"]:
+        notes.append("The checkpoint's encoder differs from the one that computed its reference features "
+                     "(e.g. after adaptation); feature tests compare slightly different extractors.")
+
+    # fingerprints
+    tgt_fps = [scan_fingerprint(s) for s in tgt_scans]
+    src_fps = [scan_fingerprint(s) for s in src_scans] if ref is None else list(ref["fingerprints"])
+    tgt_arrays = [image_array(s) for s in tgt_scans]
+    hists = {
+        "source": intensity_histogram([image_array(s) for s in src_scans], modality) if ref is None else ref["histogram"],
+        "target": intensity_histogram(tgt_arrays, modality),
+    }
+    effects = effect_sizes(src_fps, tgt_fps)
+
+    # features and prediction summaries
+    xt, pred_t = cohort_features_and_predictions(model, extractor, tgt_scans)
+    if ref is None:
+        xs, pred_s = cohort_features_and_predictions(model, extractor, src_scans)
+        src_ids = [s.scan_id for s in src_scans]
+    else:
+        xs, pred_s = reference_features(ref), ref.get("predictions")
+        src_ids = list(ref["scan_ids"])
+    if xs.shape[1] != xt.shape[1]:
+        raise ShiftError(f"reference features have {xs.shape[1]} dimensions but the extractor gives {xt.shape[1]}; "
+                         "re-save the checkpoint's reference statistics.")
+
+    tests: list[dict[str, Any]] = []
+    mmd = mmd_test(xs, xt, n_permutations=n_permutations, seed=seed)
+    tests.append({"name": "kernel MMD (Gaussian, median bandwidth)", "family": "feature", "statistic": mmd["statistic"],
+                  "p_value": mmd["p_value"], "detail": f"bandwidth {mmd['bandwidth']:.3g}", "result": mmd})
+    clf: dict[str, Any] | None = None
+    if min(len(xs), len(xt)) >= MIN_SCANS_CLASSIFIER:
+        clf = classifier_test(xs, xt, n_permutations=n_permutations, seed=seed)
+        tests.append({"name": "domain classifier (logistic, CV accuracy)", "family": "feature",
+                      "statistic": clf["accuracy"], "p_value": clf["p_value"],
+                      "detail": f"proxy A-distance {clf['proxy_a_distance']:.2f}, AUC {clf['auc']:.2f}", "result": clf})
+    else:
+        notes.append(f"Domain-classifier test skipped: it needs at least {MIN_SCANS_CLASSIFIER} scans per cohort "
+                     f"(source {len(xs)}, target {len(xt)}).")
+    for e in effects:
+        tests.append({"name": f"fingerprint: {e['field']} (Mann-Whitney)", "family": "fingerprint",
+                      "statistic": e["hedges_g"], "p_value": e["mann_whitney_p"], "detail": "statistic = Hedges' g"})
+
+    # BN shift (network of the extractor), prediction shift
+    bn_net = extractor.encoder
+    tgt_bn = bns.bn_shift(bn_net, _bn_inputs(extractor, tgt_scans))
+    src_bn = bns.bn_shift(bn_net, _bn_inputs(extractor, src_scans)) if src_scans else None
+    bn_report = {
+        "network": "checkpoint encoder" if model is not None else f"ImageNet {extractor.identity['encoder']} ({extractor.identity['adapter']})",
+        "target": tgt_bn,
+        "source": src_bn,
+        "target_mean_sym_kl": float(np.mean([r["sym_kl"] for r in tgt_bn])) if tgt_bn else None,
+        "source_mean_sym_kl": float(np.mean([r["sym_kl"] for r in src_bn])) if src_bn else None,
+    }
+    pred_rows = bns.prediction_shift(pred_s, pred_t) if pred_s and pred_t else []
+    for r in pred_rows:
+        tests.append({"name": f"prediction: {r['field']} (KS)", "family": "prediction", "statistic": r["ks"],
+                      "p_value": r["p_value"], "detail": f"median {r['source_median']:.3g} → {r['target_median']:.3g}"})
+
+    scores: list[dict[str, Any]] = []
+    if clf is not None:
+        scores = [{"scan_id": i, "cohort": "source", "score": v} for i, v in zip(src_ids, clf["target_score_source"])]
+        scores += [{"scan_id": s.scan_id, "cohort": "target", "score": v}
+                   for s, v in zip(tgt_scans, clf["target_score_target"])]
+
+    ranking = None
+    if rank_encoders:
+        ranking = _rank(src_scans, source, tgt_scans, target, spec)
+
+    pts, emb_method = embedding(np.concatenate([xs, xt]), seed)
+    cohorts = ["source"] * len(xs) + ["target"] * len(xt)
+    hu_rows = _hu_rows({"source": src_fps, "target": tgt_fps})
+    report: dict[str, Any] = {
+        "medmtl_version": __version__,
+        "modality": modality,
+        "alpha": ALPHA,
+        "n_permutations": n_permutations,
+        "seed": seed,
+        "source": {"path": str(source), "kind": src_kind, "n_scans": n_src, "scan_ids": src_ids},
+        "target": {"path": str(target), "n_scans": len(tgt_scans), "scan_ids": [s.scan_id for s in tgt_scans]},
+        "feature_extractor": extractor.identity,
+        "tests": [{k: v for k, v in t.items() if k != "result"} for t in tests],
+        "mmd": mmd,
+        "classifier": clf,
+        "fingerprints": {"source": src_fps, "target": tgt_fps,
+                         "source_summary": cohort_summary(src_fps), "target_summary": cohort_summary(tgt_fps)},
+        "effect_sizes": effects,
+        "hu_calibration": hu_rows,
+        "histograms": hists,
+        "embedding": {"method": emb_method, "points": pts.tolist(), "cohort": cohorts},
+        "bn_shift": bn_report,
+        "prediction_shift": pred_rows,
+        "target_scores": scores,
+        "encoder_ranking": ranking,
+        "notes": notes,
+    }
+    report["verdict"] = _verdict(tests, effects, hu_rows)
+    figures = {
+        "histogram": hh.histogram_figure(hists, "HU" if modality == "CT" else "a.u."),
+        "spacing": hh.spacing_figure({"source": src_fps, "target": tgt_fps}),
+        "embedding": hh.embedding_figure(pts.tolist(), cohorts, emb_method),
+    }
+    if tgt_bn:
+        figures["bn"] = hh.bn_figure(tgt_bn, src_bn)
+    page = hh.render_report({**report, "_figures": figures})
+    out_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out_dir / "report.json", report)
+    atomic_write_text(out_dir / "report.html", page)
+    logger.info("diagnose: %s", report["verdict"]["text"])
+    return report
+
+
+def _rank(src_scans: list[Scan], source: Path, tgt_scans: list[Scan], target: Path, spec: InputSpec) -> list[dict[str, Any]]:
+    """LogME ranking on the first labelled cohort (source folder, else target folder)."""
+    from medmtl.io.annotations import read_annotations
+    from medmtl.shift.logme import rank_encoders as _rank_encoders
+
+    for scans, folder in ((src_scans, source), (tgt_scans, target)):
+        ann = folder / "annotations.csv"
+        if scans and ann.is_file():
+            return _rank_encoders(scans, read_annotations(ann), spec)
+    raise ShiftError(
+        f"--rank-encoders needs labelled scans: neither '{source}' nor '{target}' holds a scan folder with an "
+        "annotations.csv; add one (seriesuid,coordX,coordY,coordZ,diameter_mm[,malignancy])."
+    )

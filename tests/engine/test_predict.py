@@ -1,0 +1,138 @@
+"""predict_folder on sample_data: tables, extents, maps in the input geometry, resume, DICOM vs NIfTI."""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import json
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from medmtl import api
+from medmtl.io import coords
+
+_spec = importlib.util.spec_from_file_location("medmtl_tests_predict_helpers",
+                                               Path(__file__).with_name("predict_helpers.py"))
+assert _spec is not None and _spec.loader is not None
+helpers = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(helpers)
+
+COLUMNS = ["seriesuid", "coordX", "coordY", "coordZ", "probability", "diameter_mm", "malignancy_prob"]
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return helpers.session_checkpoint(tmp_path_factory)
+
+
+def read_rows(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as fh:
+        reader = csv.DictReader(fh)
+        assert reader.fieldnames == COLUMNS
+        return list(reader)
+
+
+def check_tables(out: Path, input_dir: Path, scan_ids: list[str]) -> list[dict[str, str]]:
+    """Well-formed tables, lesions inside each scan's physical extent (through coords)."""
+    from medmtl.io.discover import discover_scans
+    from medmtl.io.read import read_scan
+
+    rows = read_rows(out / "predictions.csv")
+    assert {r["seriesuid"] for r in rows} <= set(scan_ids)
+    refs = {r.scan_id: r for r in discover_scans(input_dir)[0]}
+    pj = json.loads((out / "predictions.json").read_text())
+    assert sorted(pj["scans"]) == sorted(scan_ids)
+    for sid in scan_ids:
+        scan = read_scan(refs[sid])
+        mine = [r for r in rows if r["seriesuid"] == sid]
+        assert len(mine) == len(pj["scans"][sid]["lesions"])
+        for r in mine:
+            lps = [float(r["coordX"]), float(r["coordY"]), float(r["coordZ"])]
+            ijk = coords.lps_to_voxel(lps, scan.image.affine.numpy())
+            assert coords.inside_volume(ijk, scan.image.shape[-3:]).all(), (sid, lps)
+            assert 0.0 <= float(r["probability"]) <= 1.0 and 0.0 <= float(r["malignancy_prob"]) <= 1.0
+            assert float(r["diameter_mm"]) > 0
+        prov = pj["scans"][sid]["provenance"]
+        assert prov["weights_sha256"] and prov["device"] == "cpu" and prov["medmtl_version"]
+        assert set(pj["scans"][sid]["timings"]) >= {"read", "preprocess", "infer", "decode", "write"}
+    assert json.loads((out / "failures.json").read_text()) == []
+    return rows
+
+
+def test_predict_tables_maps_previews_and_resume(checkpoint: Path, sample_data: Path, tmp_path: Path) -> None:
+    src = sample_data / "ct_site_a"
+    ids = ["ct_a_0000", "ct_a_0001"]
+    out = tmp_path / "preds"
+    s1 = api.predict_folder(checkpoint=checkpoint, input_dir=src, out_dir=out, device="cpu", overlap=0.25,
+                            save_maps=True, preview=True, progress=False, scan_ids=ids)
+    assert (s1["n_scans"], s1["n_done"], s1["n_skipped"], s1["n_failed"]) == (2, 2, 0, 0)
+    rows = check_tables(out, src, ids)
+    assert len(rows) == 2 * helpers.DECODE["max_lesions"]
+    for sid in ids:
+        ref = nib.load(str(src / f"{sid}.nii.gz"))
+        for name in ("heatmap", "diameter", "malignancy"):
+            m = nib.load(str(out / "maps" / f"{sid}_{name}.nii.gz"))
+            assert m.shape == ref.shape
+            assert np.allclose(m.affine, ref.affine, atol=1e-4)
+        heat = np.asarray(nib.load(str(out / "maps" / f"{sid}_heatmap.nii.gz")).dataobj)
+        assert 0.0 <= heat.min() and heat.max() <= 1.0
+        assert (out / "previews" / f"{sid}_lesion1.png").stat().st_size > 1000
+    before = (out / "predictions.csv").read_text()
+
+    s2 = api.predict_folder(checkpoint=checkpoint, input_dir=src, out_dir=out, device="cpu", overlap=0.25,
+                            save_maps=True, preview=True, progress=False, scan_ids=ids)
+    assert (s2["n_done"], s2["n_skipped"], s2["n_failed"]) == (0, 2, 0)
+    assert s2["timings"]["infer"] == 0.0 and s2["timings"]["read"] == 0.0  # no work for complete scans
+    assert (out / "predictions.csv").read_text() == before
+
+
+def test_dicom_series_and_its_nifti_export_give_the_same_lesions(
+    checkpoint: Path, sample_data: Path, tmp_path: Path
+) -> None:
+    from medmtl.io.discover import discover_scans
+
+    uid = discover_scans(sample_data / "dicom_example")[0][0].scan_id
+    kw = dict(checkpoint=checkpoint, device="cpu", overlap=0.25, progress=False)
+    api.predict_folder(input_dir=sample_data / "dicom_example", out_dir=tmp_path / "dcm", **kw)
+    api.predict_folder(input_dir=sample_data / "dicom_example_nifti", out_dir=tmp_path / "nii", scan_ids=[uid], **kw)
+    a = read_rows(tmp_path / "dcm" / "predictions.csv")
+    b = read_rows(tmp_path / "nii" / "predictions.csv")
+    assert len(a) == len(b) == helpers.DECODE["max_lesions"]
+    for ra, rb in zip(a, b):
+        assert ra["seriesuid"] == rb["seriesuid"] == uid
+        pa = np.array([float(ra[c]) for c in ("coordX", "coordY", "coordZ")])
+        pb = np.array([float(rb[c]) for c in ("coordX", "coordY", "coordZ")])
+        assert np.linalg.norm(pa - pb) < 0.5  # mm
+        assert abs(float(ra["probability"]) - float(rb["probability"])) < 1e-3
+
+
+def test_adapt_auto_without_the_shift_gate_is_a_clear_error(checkpoint: Path, sample_data: Path,
+                                                            tmp_path: Path) -> None:
+    from medmtl.errors import MedmtlError
+
+    try:
+        import medmtl.shift.gate  # noqa: F401
+    except ImportError:
+        with pytest.raises(MedmtlError, match="--adapt auto is not available"):
+            api.predict_folder(checkpoint=checkpoint, input_dir=sample_data / "ct_site_b", out_dir=tmp_path,
+                               device="cpu", adapt="auto", progress=False, scan_ids=["ct_b_0000"])
+    with pytest.raises(MedmtlError, match="--adapt"):
+        api.predict_folder(checkpoint=checkpoint, input_dir=sample_data / "ct_site_b", out_dir=tmp_path,
+                           device="cpu", adapt="always", progress=False)
+
+
+def test_tiny_trained_checkpoint_on_site_b(request: pytest.FixtureRequest, sample_data: Path, tmp_path: Path) -> None:
+    """With the trainer's tiny checkpoint (when the fixture exists): well-formed tables, lesions inside."""
+    try:
+        tiny = request.getfixturevalue("tiny_checkpoint")
+    except pytest.FixtureLookupError:
+        pytest.skip("the tiny_checkpoint fixture is not available")
+    ids = ["ct_b_0000", "ct_b_0001"]
+    out = tmp_path / "tiny"
+    s = api.predict_folder(checkpoint=tiny, input_dir=sample_data / "ct_site_b", out_dir=out, device="cpu",
+                           overlap=0.25, progress=False, scan_ids=ids)
+    assert s["n_done"] == 2 and s["n_failed"] == 0
+    check_tables(out, sample_data / "ct_site_b", ids)

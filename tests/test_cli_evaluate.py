@@ -1,0 +1,76 @@
+"""`medmtl evaluate`: report files, hand-checked CPM, malformed tables named by row/column/value."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from medmtl.cli import main
+
+ANNOTATIONS = """seriesuid,coordX,coordY,coordZ,diameter_mm,malignancy,site
+A,0,0,0,10,1,s1
+A,50,0,0,6,0,s1
+C,0,0,0,8,,s2
+"""
+PREDICTIONS = """seriesuid,coordX,coordY,coordZ,probability,diameter_mm,malignancy_prob
+A,1,0,0,0.9,8,0.8
+A,2,0,0,0.8,100,0.0
+A,100,0,0,0.7,5,0.5
+A,52.9,0,0,0.5,6,0.3
+B,0,0,0,0.6,5,0.5
+"""
+
+
+@pytest.fixture()
+def tables(tmp_path: Path) -> tuple[Path, Path]:
+    (tmp_path / "ann.csv").write_text(ANNOTATIONS)
+    (tmp_path / "pred.csv").write_text(PREDICTIONS)
+    return tmp_path / "pred.csv", tmp_path / "ann.csv"
+
+
+def test_evaluate_writes_the_report(tables: tuple[Path, Path], tmp_path: Path) -> None:
+    pred, ann = tables
+    out = tmp_path / "eval"
+    r = CliRunner().invoke(main, ["evaluate", "--predictions", str(pred), "--annotations", str(ann), "-o", str(out),
+                                  "--n-bootstrap", "50", "--seed", "1"])
+    assert r.exit_code == 0, r.output
+    for name in ("metrics.json", "metrics.md", "froc.png", "bland_altman.png", "reliability.png"):
+        assert (out / name).stat().st_size > 0
+    m = json.loads((out / "metrics.json").read_text())
+    # scans A, B, C; lesions: A1 (0.9), A2 (0.5), C missed; FPs 0.7, 0.6 over 3 scans
+    assert m["counts"] == {"n_scans": 3, "n_lesions": 3, "n_predictions": 5, "n_detected": 2,
+                           "n_false_positives": 2, "n_ignored": 1, "n_scans_without_lesions": 1}
+    # curve: (0,1/3) (1/3,1/3) (2/3,1/3) (2/3,2/3): sens@1/8..1/2 = 1/3, @1..8 = 2/3
+    assert m["overall"]["cpm"]["value"] == pytest.approx((3 * (1 / 3) + 4 * (2 / 3)) / 7)
+    assert m["overall"]["diameter_mae_mm"]["value"] == pytest.approx(1.0)
+    assert m["overall"]["malignancy_auc"]["value"] == pytest.approx(1.0)
+    lo, hi = m["overall"]["cpm"]["ci95"]
+    assert lo <= m["overall"]["cpm"]["value"] <= hi
+    assert set(m["per_site"]) == {"s1", "s2", "unknown"}
+    assert "| cpm |" in (out / "metrics.md").read_text()
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("seriesuid,coordX,coordY,probability\nA,1,2,0.5\n", "lacks column(s) ['coordZ']"),
+        ("seriesuid,coordX,coordY,coordZ,probability\nA,1,2,3,0.5\nA,1,abc,3,0.5\n",
+         "row 3 column 'coordY' has 'abc'"),
+        ("seriesuid,coordX,coordY,coordZ,probability,malignancy_prob\nA,1,2,3,0.5,1.7\n",
+         "row 2 column 'malignancy_prob' has 1.7"),
+        ("seriesuid,coordX,coordY,coordZ,probability\nZ,1,2,3,0.5\n", "share no scan id"),
+    ],
+)
+def test_malformed_predictions_give_one_error_line(tables: tuple[Path, Path], tmp_path: Path, content: str,
+                                                   message: str) -> None:
+    _, ann = tables
+    bad = tmp_path / "bad.csv"
+    bad.write_text(content)
+    r = CliRunner().invoke(main, ["evaluate", "--predictions", str(bad), "--annotations", str(ann),
+                                  "-o", str(tmp_path / "e"), "--n-bootstrap", "0"])
+    assert r.exit_code == 1
+    assert r.output.startswith("Error: ") and message in r.output and r.output.count("\n") == 1
+    assert not (tmp_path / "e" / "metrics.json").exists()

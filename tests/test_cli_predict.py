@@ -1,0 +1,67 @@
+"""`medmtl predict`: a corrupt scan among good ones, exit codes, resume, device errors."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from medmtl.cli import main
+
+_spec = importlib.util.spec_from_file_location(
+    "medmtl_tests_predict_helpers", Path(__file__).parent / "engine" / "predict_helpers.py")
+assert _spec is not None and _spec.loader is not None
+helpers = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(helpers)
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return helpers.session_checkpoint(tmp_path_factory)
+
+
+def test_corrupt_scan_is_recorded_the_batch_goes_on_and_reruns_resume(
+    checkpoint: Path, sample_data: Path, tmp_path: Path
+) -> None:
+    scans = tmp_path / "scans"
+    scans.mkdir()
+    for sid in ("ct_b_0000", "ct_b_0001"):
+        shutil.copy(sample_data / "ct_site_b" / f"{sid}.nii.gz", scans)
+    (scans / "ct_b_bad.nii.gz").write_bytes(b"\x1f\x8b\x08\x00 this is not a NIfTI file" * 10)
+    out = tmp_path / "out"
+    args = ["predict", "--checkpoint", str(checkpoint), str(scans), "-o", str(out), "--device", "cpu",
+            "--overlap", "0.25", "--no-progress"]
+    r1 = CliRunner().invoke(main, args)
+    assert r1.exit_code == 1, r1.output
+    assert f"Error: 1 of 3 scans failed; see {out / 'failures.json'}" in r1.output
+    failures = json.loads((out / "failures.json").read_text())
+    assert [f["seriesuid"] for f in failures] == ["ct_b_bad"] and failures[0]["reason"]
+    assert (out / "scans" / "ct_b_0000.json").is_file() and (out / "scans" / "ct_b_0001.json").is_file()
+    rows = (out / "predictions.csv").read_text().splitlines()
+    assert len(rows) == 1 + 2 * helpers.DECODE["max_lesions"]
+
+    r2 = CliRunner().invoke(main, args)  # second run: nothing to redo for the complete scans
+    assert r2.exit_code == 1
+    assert "0 predicted, 2 already complete, 1 failed" in r2.output
+
+
+def test_usage_and_device_errors(checkpoint: Path, sample_data: Path, tmp_path: Path) -> None:
+    runner = CliRunner()
+    bad_amp = runner.invoke(main, ["predict", "--checkpoint", str(checkpoint), str(sample_data / "ct_site_b"),
+                                   "-o", str(tmp_path), "--amp", "fp8"])
+    assert bad_amp.exit_code == 2 and "fp8" in bad_amp.output
+    bad_dev = runner.invoke(main, ["predict", "--checkpoint", str(checkpoint), str(sample_data / "ct_site_b"),
+                                   "-o", str(tmp_path), "--device", "gpu0"])
+    assert bad_dev.exit_code == 2
+    if not torch.cuda.is_available():
+        r = runner.invoke(main, ["predict", "--checkpoint", str(checkpoint), str(sample_data / "ct_site_b"),
+                                 "-o", str(tmp_path), "--device", "cuda"])
+        assert r.exit_code == 1 and r.output.count("\n") == 1 and "no CUDA GPU" in r.output
+    missing = runner.invoke(main, ["predict", "--checkpoint", str(tmp_path / "nope"), str(sample_data), "-o",
+                                   str(tmp_path)])
+    assert missing.exit_code == 2

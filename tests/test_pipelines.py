@@ -1,0 +1,265 @@
+"""Pipelines: the demo end to end (``--fast``), the adaptation and transfer studies, run records.
+
+The end-to-end tests use tiny settings (``--fast``: one short epoch, few bootstrap
+replicates) so they check wiring and file contracts, not learning quality.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:  # the pipelines are run from the repository root (python -m pipelines.demo)
+    sys.path.insert(0, str(REPO))
+
+from pipelines import _common as C  # noqa: E402
+from pipelines import adaptation_study, demo, transfer_study  # noqa: E402
+
+SITE_A = C.REPO / "sample_data" / "ct_site_a"
+SITE_B = C.REPO / "sample_data" / "ct_site_b"
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _checkpoint_folder(p: Path) -> Path:
+    p = Path(p)
+    if (p / "model_card.json").is_file():
+        return p
+    if (p / "checkpoint" / "model_card.json").is_file():
+        return p / "checkpoint"
+    raise AssertionError(f"{p} holds no checkpoint")
+
+
+@pytest.fixture(scope="session")
+def pipeline_checkpoint(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The shared ``tiny_checkpoint`` fixture when conftest provides it, else a fast training run."""
+    try:
+        return _checkpoint_folder(request.getfixturevalue("tiny_checkpoint"))
+    except pytest.FixtureLookupError:
+        from medmtl import api
+
+        run = tmp_path_factory.mktemp("pipeline_ckpt") / "run"
+        return Path(api.train(config=C.REPO / "configs" / "demo.yaml", out_dir=run,
+                              overrides=[f"data.root={SITE_A}", "train.device=cpu", *demo.FAST_OVERRIDES]))
+
+
+def _write_metrics(path: Path, cpm: float, mae: float | None, auc: float | None) -> Path:
+    def entry(v: float | None) -> dict:
+        return {"value": v, "ci95": None if v is None else [v - 0.1, v + 0.1]}
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"overall": {"cpm": entry(cpm), "diameter_mae_mm": entry(mae),
+                                            "malignancy_auc": entry(auc)}}))
+    return path
+
+
+def _parse_table(text: str) -> dict[str, list[str]]:
+    """``condition → cells`` of a markdown table printed by a pipeline."""
+    out = {}
+    for line in text.splitlines():
+        if not line.startswith("| ") or line.startswith("| condition") or set(line) <= set("|- "):
+            continue
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        out[cells[0]] = cells[1:]
+    return out
+
+
+# --------------------------------------------------------------------------- unit: _common
+
+
+def test_split_ids_is_deterministic_and_disjoint() -> None:
+    ids = [f"s{i:02d}" for i in range(12)]
+    train, val, test = C.split_ids(list(reversed(ids)), n_test=3, n_val=2)
+    assert test == ["s09", "s10", "s11"] and val == ["s07", "s08"] and train == ids[:7]
+    assert C.split_ids(ids, n_test=0, n_val=3) == (ids[:9], ids[9:], [])
+    with pytest.raises(ValueError, match="need at least 6 scans"):
+        C.split_ids(ids[:5], n_test=3, n_val=2)
+
+
+def test_gap_closed_both_directions() -> None:
+    assert C.gap_closed(0.6, 0.4, 0.8) == pytest.approx(0.5)  # higher is better
+    assert C.gap_closed(3.0, 5.0, 1.0) == pytest.approx(0.5)  # MAE: lower is better
+    assert C.gap_closed(0.3, 0.4, 0.8) == pytest.approx(-0.25)  # adaptation hurt
+    assert C.gap_closed(0.5, 0.5, 0.5) is None
+    assert C.gap_closed(None, 0.4, 0.8) is None
+
+
+def test_bootstrap_mean_ci() -> None:
+    mean, ci = C.bootstrap_mean_ci([0.2, 0.4, 0.6, float("nan")], n_boot=500, seed=1)
+    assert mean == pytest.approx(0.4)
+    assert ci is not None and 0.2 <= ci[0] <= 0.4 <= ci[1] <= 0.6
+    assert C.bootstrap_mean_ci([0.3]) == (0.3, None)
+    assert C.bootstrap_mean_ci([]) == (None, None)
+
+
+def test_filter_annotations_keeps_only_given_scans(tmp_path: Path) -> None:
+    dst = C.filter_annotations(SITE_A / "annotations.csv", tmp_path / "a.csv", ["ct_a_0000", "ct_a_0011"])
+    import csv
+
+    rows = list(csv.DictReader(open(dst, encoding="utf-8")))
+    assert rows and {r["seriesuid"] for r in rows} <= {"ct_a_0000", "ct_a_0011"}
+    assert "diameter_mm" in rows[0] and "malignancy" in rows[0]
+
+
+def test_run_records_hash_every_input_file(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    (data / "sub").mkdir(parents=True)
+    (data / "a.txt").write_text("a")
+    (data / "sub" / "b.txt").write_text("b")
+    run = tmp_path / "run"
+    C.write_run_records(run, inputs={"data": data}, config={"seed": 3}, device="cpu")
+    inputs = json.loads((run / "inputs.json").read_text())
+    files = {f["path"]: f["sha256"] for f in inputs["inputs"]["data"]["files"]}
+    assert files == {"a.txt": C.sha256_file(data / "a.txt"), "sub/b.txt": C.sha256_file(data / "sub" / "b.txt")}
+    versions = json.loads((run / "versions.json").read_text())
+    assert {"python", "torch", "monai", "medmtl"} <= set(versions) and versions["device"] == "cpu"
+    assert "seed: 3" in (run / "config.yaml").read_text()
+
+
+def test_results_table_reads_metrics_json(tmp_path: Path) -> None:
+    a = _write_metrics(tmp_path / "a" / "metrics.json", 0.5, 2.25, None)
+    b = _write_metrics(tmp_path / "b" / "metrics.json", 0.125, 4.0, 0.75)
+    table = _parse_table(C.results_table([C.Row("A", a), C.Row("B", b)]))
+    assert table == {"A": ["0.500", "2.250", "n/a"], "B": ["0.125", "4.000", "0.750"]}
+    with_ci = _parse_table(C.results_table([C.Row("A", a)], with_ci=True))
+    assert with_ci["A"][0] == "0.500 [0.400, 0.600]"
+
+
+def test_demo_clear_outputs_keeps_user_files(tmp_path: Path) -> None:
+    out = tmp_path / "demo_out"
+    (out / "predictions" / "x").mkdir(parents=True)
+    (out / "README.md").write_text("old")
+    (out / "my_notes.txt").write_text("keep me")
+    demo.clear_outputs(out)
+    assert not (out / "predictions").exists() and not (out / "README.md").exists()
+    assert (out / "my_notes.txt").read_text() == "keep me"
+
+
+# --------------------------------------------------------------------------- unit: transfer grid
+
+
+def test_transfer_grid_expansion_and_names(tmp_path: Path) -> None:
+    points = transfer_study.expand({"adapter": ["inflate", "2.5d"], "seed": [0, 1], "pretrained": ["false"]})
+    assert len(points) == 4
+    assert {p.name for p in points} == {
+        "inflate__full__fixed__lf1__scratch__s0", "inflate__full__fixed__lf1__scratch__s1",
+        "2p5d__full__fixed__lf1__scratch__s0", "2p5d__full__fixed__lf1__scratch__s1",
+    }
+    assert "model.pretrained=false" in points[0].overrides()
+    assert "data.label_fraction=1.0" in points[0].overrides()
+    grid = tmp_path / "grid.yaml"
+    grid.write_text("grid:\n  adaptor: [inflate]\n")
+    with pytest.raises(ValueError, match="unknown axis.*adapter"):
+        transfer_study.load_grid(grid)
+    grid.write_text("gird: {}\n")
+    with pytest.raises(ValueError, match="unknown key"):
+        transfer_study.load_grid(grid)
+
+
+def test_transfer_aggregate_pools_seeds() -> None:
+    base = {"adapter": "inflate", "strategy": "full", "weighting": "fixed", "label_fraction": 1.0,
+            "pretrained": True, "mean_grad_cosine": 0.1}
+    recs = [dict(base, seed=s, cpm=v, cpm_ci95=None, diameter_mae_mm=2.0, diameter_mae_mm_ci95=None,
+                 malignancy_auc=None, malignancy_auc_ci95=None) for s, v in enumerate([0.2, 0.4, 0.6])]
+    (row,) = transfer_study.aggregate(recs)
+    assert row["n_seeds"] == 3 and row["ci_over"] == "seeds"
+    assert row["cpm"] == pytest.approx(0.4) and row["cpm_ci95"][0] <= 0.4 <= row["cpm_ci95"][1]
+    assert row["malignancy_auc"] is None
+    assert "inflate" in transfer_study.table([row])
+
+
+# --------------------------------------------------------------------------- end to end
+
+
+def test_demo_fast_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "demo_out"
+    out.mkdir()
+    (out / "keep.txt").write_text("user file")
+    rc = demo.main(["--out", str(out), "--fast", "--device", "cpu", "--methods", "adabn"])
+    printed = capsys.readouterr().out
+    assert rc == 0, printed
+    # the contract of demo_out
+    for rel in ("shift/report.html", "shift/report.json", "README.md", "results.json", "results.csv",
+                "config.yaml", "versions.json", "inputs.json", "train/checkpoint/model_card.json",
+                "figures/results.png", "figures/froc_all.png"):
+        assert (out / rel).is_file(), rel
+    assert (out / "keep.txt").read_text() == "user file"
+    keys = ["site_a_heldout", "site_b_none", "site_b_adabn"]
+    for key in keys:
+        assert (out / "predictions" / key / "predictions.csv").is_file()
+        assert (out / "metrics" / key / "metrics.json").is_file()
+    # the printed table equals metrics.json
+    results = json.loads((out / "results.json").read_text())
+    table = _parse_table(printed)
+    assert len(table) == len(keys)
+    for rec in results["conditions"]:
+        overall = json.loads((out / rec["metrics_json"]).read_text())["overall"]
+        expected = [C.fmt(overall[k]["value"]) for k, _, _ in C.METRICS]
+        assert table[rec["condition"]] == expected
+    inputs = json.loads((out / "inputs.json").read_text())
+    assert set(inputs["inputs"]) == {"source", "target", "config"}
+    assert set(inputs["heldout_ids"]).isdisjoint(inputs["train_ids"])
+    readme = (out / "README.md").read_text()
+    assert "site B + AdaBN" in readme and "figures/results.png" in readme
+
+
+def test_adaptation_study_with_checkpoint(tmp_path: Path, pipeline_checkpoint: Path) -> None:
+    out = tmp_path / "adapt"
+    rc = adaptation_study.main(["--out", str(out), "--checkpoint", str(pipeline_checkpoint), "--methods",
+                                "none,adabn", "--fast", "--device", "cpu"])
+    assert rc == 0
+    results = json.loads((out / "results.json").read_text())
+    methods = [r["method"] for r in results["rows"]]
+    assert methods == ["reference", "none", "adabn"]
+    adabn = results["rows"][2]
+    assert "cpm_gap_closed" in adabn
+    for rel in ("versions.json", "inputs.json", "results.md", "results.csv", "seed_0/adabn/done.json",
+                "seed_0/adabn/checkpoint/model_card.json", "seed_0/none/metrics/metrics.json"):
+        assert (out / rel).is_file(), rel
+    # a rerun reuses finished steps
+    stamp = (out / "seed_0" / "adabn" / "done.json").stat().st_mtime_ns
+    assert adaptation_study.main(["--out", str(out), "--checkpoint", str(pipeline_checkpoint), "--methods",
+                                  "none,adabn", "--fast", "--device", "cpu"]) == 0
+    assert (out / "seed_0" / "adabn" / "done.json").stat().st_mtime_ns == stamp
+
+
+def test_transfer_study_tiniest_grid(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "transfer"
+    rc = transfer_study.main(["--out", str(out), "--fast", "--device", "cpu", "--n-test", "2", "--n-val", "1"])
+    printed = capsys.readouterr().out
+    assert rc == 0, printed
+    (run,) = sorted((out / "runs").iterdir())
+    for rel in ("config.yaml", "versions.json", "inputs.json", "train/checkpoint/model_card.json",
+                "predictions/predictions.csv", "metrics/metrics.json", "done.json"):
+        assert (run / rel).is_file(), rel
+    results = json.loads((out / "results.json").read_text())
+    (row,) = results["rows"]
+    metrics = json.loads((run / "metrics" / "metrics.json").read_text())["overall"]
+    assert row["cpm"] == metrics["cpm"]["value"]
+    assert row["ci_over"] == "scans"
+    assert "inflate" in printed
+
+
+@pytest.mark.slow
+def test_transfer_study_two_seeds_gives_seed_intervals(tmp_path: Path) -> None:
+    out = tmp_path / "transfer2"
+    assert transfer_study.main(["--out", str(out), "--fast", "--device", "cpu", "--seeds", "0,1",
+                                "--n-test", "2", "--n-val", "1"]) == 0
+    (row,) = json.loads((out / "results.json").read_text())["rows"]
+    assert row["n_seeds"] == 2 and row["ci_over"] == "seeds"
+    assert row["cpm"] is None or math.isfinite(row["cpm"])
+
+
+def test_bad_usage_is_one_line_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    grid = tmp_path / "g.yaml"
+    grid.write_text("grid:\n  weightings: [fixed]\n")
+    assert transfer_study.main(["--out", str(tmp_path / "t"), "--grid", str(grid)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error:") and "weightings" in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "t").exists()
