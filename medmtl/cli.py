@@ -7,39 +7,14 @@ Exit codes: 0 success, 1 a scan or the job failed (one ``Error:`` line), 2 usage
 
 from __future__ import annotations
 
-import functools
 import logging
-import sys
-from collections.abc import Callable
-from typing import Any, TypeVar
 
 import click
 
 from medmtl import __version__
+from medmtl.commands._common import CONTEXT_SETTINGS, handle_errors
 
-F = TypeVar("F", bound=Callable[..., Any])
-
-CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
-
-
-def handle_errors(func: F) -> F:
-    """Turn :class:`medmtl.errors.MedmtlError` into one ``Error:`` line and exit code 1."""
-
-    @functools.wraps(func)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from medmtl.errors import MedmtlError
-
-        try:
-            return func(*args, **kwargs)
-        except MedmtlError as exc:
-            click.echo(f"Error: {exc}", err=True)
-            sys.exit(1)
-        except KeyboardInterrupt:
-            click.echo("Error: interrupted by the user", err=True)
-            sys.exit(130)
-
-    return wrapper  # type: ignore[return-value]
-
+__all__ = ["main", "handle_errors"]
 
 @click.group(context_settings=CONTEXT_SETTINGS)
 @click.version_option(__version__, "--version", prog_name="medmtl")
@@ -70,3 +45,7 @@ def _register_commands() -> None:
 
 
 _register_commands()
+
+
+if __name__ == "__main__":  # python -m medmtl.cli
+    main()

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import click
 
-from medmtl.cli import handle_errors
+from medmtl.commands._common import handle_errors
 
 _DEVICE_HELP = "auto (CUDA if available, else CPU), cpu, cuda or cuda:N."
 

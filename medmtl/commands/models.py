@@ -6,7 +6,7 @@ import json
 
 import click
 
-from medmtl.cli import handle_errors
+from medmtl.commands._common import handle_errors
 
 COMMANDS: list[click.Command] = []
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from medmtl.cli import handle_errors
+from medmtl.commands._common import handle_errors
 
 _METHODS = ("adabn", "tent", "dann", "histmatch", "n4")
 

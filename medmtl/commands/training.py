@@ -10,7 +10,7 @@ from pathlib import Path
 
 import click
 
-from medmtl.cli import handle_errors
+from medmtl.commands._common import handle_errors
 
 
 @click.command("train")

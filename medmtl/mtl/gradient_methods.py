@@ -31,7 +31,7 @@ from medmtl.mtl.weighting import Weighting, _check_number, register_weighting
 
 log = logging.getLogger(__name__)
 
-__all__ = ["GradientMethod", "PCGrad", "UPGrad", "CAGrad", "EnumerationProjector", "private_leaves"]
+__all__ = ["GradientMethod", "PCGrad", "UPGrad", "CAGrad", "EnumerationProjector", "all_reduce_grads", "private_leaves"]
 
 
 def private_leaves(losses: Sequence[torch.Tensor], exclude: Sequence[torch.Tensor]) -> list[torch.Tensor]:
@@ -282,3 +282,21 @@ class CAGrad(GradientMethod):
         lam = sqrt_phi / gw_norm
         coef = (np.full(m, 1.0 / m) + lam * w) / (1.0 + self.c**2)
         return torch.as_tensor(coef, dtype=torch.float64)
+
+
+def all_reduce_grads(params: Sequence[nn.Parameter]) -> None:
+    """Average ``.grad`` over DDP processes (no-op without an initialised process group).
+
+    Gradient methods write ``.grad`` themselves, which bypasses DDP's reducer hooks: under
+    DDP the trainer runs ``combine`` inside ``ddp_model.no_sync()`` and then calls this on
+    all trainable parameters before ``optimizer.step()``.
+    """
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    world = dist.get_world_size()
+    for p in params:
+        if p.grad is not None:
+            dist.all_reduce(p.grad)
+            p.grad.div_(world)

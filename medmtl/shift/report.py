@@ -53,7 +53,7 @@ def load_cohort(folder: Path, role: str) -> list[Scan]:
         raise ShiftError(f"--{role} folder '{folder}' does not exist; pass a folder of scans.")
     scans, skipped = load_folder(folder, progress=False)
     for s in skipped:
-        logger.warning("%s: skipped %s (%s)", role, s.path, s.reason)
+        logger.info("%s: skipped %s (%s)", role, s.path, s.reason)
     if not scans:
         raise ShiftError(f"--{role} folder '{folder}' holds no readable scans; pass a folder of NIfTI/DICOM/MHA/NRRD scans.")
     modalities = sorted({s.modality for s in scans})

@@ -72,6 +72,7 @@ def tent(
         p.requires_grad_(True)
     initial = copy.deepcopy([p.detach().clone() for p in params])
     saved_mom = [m.momentum for m in layers]
+    saved_count = [None if m.num_batches_tracked is None else m.num_batches_tracked.clone() for m in layers]
     was_training = model.training
     model.eval()
     for m in layers:
@@ -97,8 +98,10 @@ def tent(
                 opt.step()
                 losses.append(float(loss.detach()))
     finally:
-        for m, mom in zip(layers, saved_mom):
+        for m, mom, count in zip(layers, saved_mom, saved_count):
             m.momentum = mom
+            if count is not None and m.num_batches_tracked is not None:
+                m.num_batches_tracked.copy_(count)
         for p in model.parameters():
             p.requires_grad_(flags[id(p)])
         model.train(was_training)
