@@ -140,18 +140,20 @@ def clear_outputs(out: Path) -> None:
 
 
 class _Timer:
-    """Wall-clock seconds of each named step."""
+    """Wall-clock and CPU seconds (this process, all threads) of each named step."""
 
     def __init__(self) -> None:
         self.steps: dict[str, float] = {}
+        self.cpu: dict[str, float] = {}
         self._t0 = time.perf_counter()
 
     def run(self, name: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
         logger.info("── %s", name)
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.process_time()
         result = fn(*args, **kwargs)
         self.steps[name] = round(time.perf_counter() - t, 2)
-        logger.info("   %s done in %.1f s", name, self.steps[name])
+        self.cpu[name] = round(time.process_time() - c, 2)
+        logger.info("   %s done in %.1f s (%.1f CPU s)", name, self.steps[name], self.cpu[name])
         return result
 
     @property
@@ -253,7 +255,7 @@ def run_demo(
 
     # --- 6. figures, tables, summary ----------------------------------------------------
     figures = timer.run("figures", make_figures, out, conditions)
-    results = summarize(out, conditions, shift=shift, timings=timer.steps, total_s=timer.total,
+    results = summarize(out, conditions, shift=shift, timings=timer.steps, cpu_s=timer.cpu, total_s=timer.total,
                         device=resolved_device, fast=fast, train_ids=train_ids, heldout_ids=heldout_ids,
                         figures=figures, n_bootstrap=n_boot)
     return results
@@ -272,6 +274,7 @@ def summarize(
     *,
     shift: dict[str, Any],
     timings: dict[str, float],
+    cpu_s: dict[str, float],
     total_s: float,
     device: str,
     fast: bool,
@@ -303,6 +306,7 @@ def summarize(
         "conditions": records,
         "shift_verdict": verdict,
         "timings_s": timings,
+        "cpu_s": cpu_s,
         "total_s": total_s,
         "device": device,
         "fast": fast,
@@ -335,7 +339,8 @@ def readme_text(out: Path, conditions: Sequence[Condition], results: dict[str, A
         if f"{C.METRICS[0][0]}_gap_closed" in rec:
             gap_rows.append([rec["condition"], *(C.fmt(rec.get(f"{k}_gap_closed"), 2) for k, _, _ in C.METRICS)])
     gap = C.markdown_table(["condition", *(h for _, h, _ in C.METRICS)], gap_rows) if gap_rows else "(no adaptation run)"
-    steps = C.markdown_table(["step", "seconds"], [[k, f"{v:.1f}"] for k, v in results["timings_s"].items()])
+    steps = C.markdown_table(["step", "wall s", "CPU s"], [[k, f"{v:.1f}", f"{results['cpu_s'].get(k, float('nan')):.1f}"]
+                                                        for k, v in results["timings_s"].items()])
     figs = "\n".join(f"- [{f.name}](figures/{f.name})" for f in figures) or "- (none)"
     per_cond = "\n".join(
         f"- {c.title}: [predictions.csv](predictions/{c.key}/predictions.csv), "

@@ -36,6 +36,8 @@ HU_EXPECTED: dict[str, tuple[float, tuple[float, float]]] = {
     "fat": (-100.0, (-220.0, -20.0)),
     "soft_tissue": (20.0, (-20.0, 140.0)),
 }
+G_CAP = 99.0
+"""|Hedges' g| is capped here (constant cohorts)."""
 HU_TOLERANCE = 20.0
 """A measured tissue mode further than this from its expected value (HU) raises a flag."""
 
@@ -313,7 +315,8 @@ def hedges_g(a: Sequence[float], b: Sequence[float]) -> float:
     """Hedges' g (bias-corrected Cohen's d) of ``b`` relative to ``a``.
 
     ``d = (mean_b − mean_a) / s_pooled``; ``g = d · (1 − 3 / (4(n_a + n_b) − 9))``.
-    Zero when both groups are constant and equal; ±inf is avoided by a tiny variance floor.
+    Zero when both groups are constant and equal; capped at ±:data:`G_CAP` (two constant,
+    different cohorts would otherwise give an infinite value).
     """
     xa = np.asarray(a, dtype=np.float64)
     xb = np.asarray(b, dtype=np.float64)
@@ -324,7 +327,8 @@ def hedges_g(a: Sequence[float], b: Sequence[float]) -> float:
     diff = float(xb.mean() - xa.mean())
     scale = math.sqrt(max(pooled, 1e-12 * (1.0 + diff * diff)))
     d = diff / scale
-    return d * (1.0 - 3.0 / (4.0 * (na + nb) - 9.0))
+    g = d * (1.0 - 3.0 / (4.0 * (na + nb) - 9.0))
+    return float(np.clip(g, -G_CAP, G_CAP))
 
 
 def effect_sizes(

@@ -109,19 +109,22 @@ def test_dicom_series_and_its_nifti_export_give_the_same_lesions(
         assert abs(float(ra["probability"]) - float(rb["probability"])) < 1e-3
 
 
-def test_adapt_auto_without_the_shift_gate_is_a_clear_error(checkpoint: Path, sample_data: Path,
-                                                            tmp_path: Path) -> None:
+def test_adapt_auto_records_the_shift_gate_decision(checkpoint: Path, sample_data: Path, tmp_path: Path) -> None:
     from medmtl.errors import MedmtlError
 
+    kw = dict(checkpoint=checkpoint, input_dir=sample_data / "ct_site_b", device="cpu", progress=False,
+              overlap=0.0, scan_ids=["ct_b_0000"])
     try:
         import medmtl.shift.gate  # noqa: F401
     except ImportError:
         with pytest.raises(MedmtlError, match="--adapt auto is not available"):
-            api.predict_folder(checkpoint=checkpoint, input_dir=sample_data / "ct_site_b", out_dir=tmp_path,
-                               device="cpu", adapt="auto", progress=False, scan_ids=["ct_b_0000"])
+            api.predict_folder(out_dir=tmp_path / "a", adapt="auto", **kw)
+    else:
+        api.predict_folder(out_dir=tmp_path / "a", adapt="auto", **kw)
+        shift = json.loads((tmp_path / "a" / "predictions.json").read_text())["run"]["shift"]
+        assert shift["action"] in ("none", "adabn", "skipped") and "reason" in shift
     with pytest.raises(MedmtlError, match="--adapt"):
-        api.predict_folder(checkpoint=checkpoint, input_dir=sample_data / "ct_site_b", out_dir=tmp_path,
-                           device="cpu", adapt="always", progress=False)
+        api.predict_folder(out_dir=tmp_path / "b", adapt="always", **kw)
 
 
 def test_tiny_trained_checkpoint_on_site_b(request: pytest.FixtureRequest, sample_data: Path, tmp_path: Path) -> None:
