@@ -289,6 +289,7 @@ def adapt(
     method: str,
     out: str | Path,
     seed: int = 0,
+    source: str | Path | None = None,
 ) -> Path:
     """Adapt a checkpoint to an unlabelled target site; returns the new checkpoint folder.
 
@@ -298,6 +299,8 @@ def adapt(
         method: ``adabn``, ``tent``, ``dann``, ``histmatch`` or ``n4``.
         out: new checkpoint folder (must not exist or be empty).
         seed: random seed.
+        source: ``dann`` only: labelled source scans (with ``annotations.csv``); default: the
+            training data named in the checkpoint's card.
 
     Example:
         >>> adapt(checkpoint="runs/tiny/checkpoint", target="sample_data/ct_site_b",
@@ -306,5 +309,10 @@ def adapt(
     from medmtl.shift.adapt import run_adapt
 
     return run_adapt(
-        checkpoint=Path(checkpoint), target=Path(target), method=method, out=Path(out), seed=seed
+        checkpoint=Path(checkpoint),
+        target=Path(target),
+        method=method,
+        out=Path(out),
+        seed=seed,
+        source=Path(source) if source is not None else None,
     )

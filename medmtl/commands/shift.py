@@ -71,14 +71,9 @@ def adapt_cmd(checkpoint: Path, target: Path, method: str, out: Path, source: Pa
     """
     if source is not None and method != "dann":
         raise click.UsageError("--source is only used by --method dann")
-    if source is None:
-        from medmtl import api
+    from medmtl import api
 
-        folder = api.adapt(checkpoint=checkpoint, target=target, method=method, out=out, seed=seed)
-    else:
-        from medmtl.shift.adapt import run_adapt
-
-        folder = run_adapt(checkpoint=checkpoint, target=target, method=method, out=out, seed=seed, source=source)
+    folder = api.adapt(checkpoint=checkpoint, target=target, method=method, out=out, seed=seed, source=source)
     click.echo(f"adapted checkpoint: {folder}")
 
 

@@ -26,7 +26,7 @@ def test_shapes_match_feature_info_and_grads_are_finite(name: str, adapter: str)
     pretrained = find_weights(info.weights) is not None
     torch.manual_seed(0)
     enc = create_encoder(name, adapter=adapter, pretrained=pretrained)
-    size = (2, 3, 32, 32) if adapter == "2d" else ((2, 3, 32, 32, 2) if adapter == "2.5d" else (2, 3, 32, 32, 8))
+    size = (2, 3, 32, 32) if adapter == "2d" else ((2, 3, 16, 16, 2) if adapter == "2.5d" else (2, 3, 16, 16, 8))
     x = torch.randn(*size, requires_grad=True)
     feats = enc(x)
     assert len(feats) == len(enc.feature_info)
