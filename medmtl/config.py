@@ -55,6 +55,8 @@ class DataConfig:
         cache_rate: share of preprocessed training items kept in memory by ``CacheDataset``.
         num_workers: data-loader workers (0 = in the main process; deterministic on CPU).
         resample_nonuniform: resample scans with non-uniform slice spacing instead of skipping.
+        reference_scans: training scans summarised into the card's reference statistics
+            (for later shift checks without the training data).
     """
 
     root: str = "sample_data/ct_site_a"
@@ -67,6 +69,7 @@ class DataConfig:
     cache_rate: float = 1.0
     num_workers: int = 0
     resample_nonuniform: bool = False
+    reference_scans: int = 32
 
 
 @dataclass
@@ -461,6 +464,7 @@ def validate_config(cfg: TrainConfig, *, source: str = "<config>", base_dirs: Se
     _check_range(0.0 < d.label_fraction <= 1.0, "data.label_fraction", d.label_fraction, "(0, 1]", source)
     _check_range(0.0 <= d.cache_rate <= 1.0, "data.cache_rate", d.cache_rate, "[0, 1]", source)
     _check_range(d.num_workers >= 0, "data.num_workers", d.num_workers, ">= 0", source)
+    _check_range(d.reference_scans >= 1, "data.reference_scans", d.reference_scans, ">= 1", source)
     _check_range(d.max_scans is None or d.max_scans >= 1, "data.max_scans", d.max_scans, ">= 1 or null", source)
     if (d.train_ids is None) != (d.val_ids is None) and d.train_ids is None:
         raise ConfigError(f"data.val_ids in {source} needs data.train_ids as well; give both lists or neither")

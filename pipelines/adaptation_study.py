@@ -42,6 +42,7 @@ FAST_OVERRIDES = (
     "train.patch_size=[32, 32, 32]",
     "train.conflict_every=0",
     "validation.calibrate=false",
+    "data.reference_scans=1",
 )
 
 

@@ -87,6 +87,7 @@ FAST_OVERRIDES = (
     "train.conflict_every=1",
     "validation.every=1",
     "validation.calibrate=false",
+    "data.reference_scans=2",
 )
 
 
@@ -121,6 +122,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--n-bootstrap", type=int, default=None, help="bootstrap replicates (default 1000, fast 50)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="extra training-config override (repeatable), e.g. --set train.epochs=4")
+    p.add_argument("--checkpoint", type=Path, default=None,
+                   help="use this trained checkpoint instead of training (step 2 skipped); its held-out scans are"
+                   " the card's validation ids when recorded, else the last --n-heldout scans")
     p.add_argument("--skip-diagnose", action="store_true", help="do not run the shift report")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     return p
@@ -174,6 +178,7 @@ def run_demo(
     n_bootstrap: int | None = None,
     overrides: Sequence[str] = (),
     diagnose: bool = True,
+    checkpoint: Path | None = None,
 ) -> dict[str, Any]:
     """Run the whole demo into ``out`` (see the module docstring); returns ``results.json``'s dict.
 
@@ -189,6 +194,7 @@ def run_demo(
         n_bootstrap: bootstrap replicates of the evaluation (default 1000; 50 with ``fast``).
         overrides: extra ``key=value`` training-config overrides.
         diagnose: write the shift report.
+        checkpoint: an already trained checkpoint to use instead of training.
     """
     from medmtl import api
 
@@ -202,6 +208,13 @@ def run_demo(
     # --- split and config -------------------------------------------------------------
     ids = C.scan_ids(source)
     train_ids, heldout_ids, _ = C.split_ids(ids, n_test=0, n_val=n_heldout)
+    if checkpoint is not None:
+        checkpoint = Path(checkpoint).resolve()
+        data_cfg = (_read_card(checkpoint).get("train_config") or {}).get("data") or {}
+        if data_cfg.get("val_ids") and data_cfg.get("train_ids"):
+            train_ids, heldout_ids = sorted(data_cfg["train_ids"]), sorted(data_cfg["val_ids"])
+        else:
+            train_ids = sorted(set(ids) - set(heldout_ids))
     all_overrides = [
         f"data.root={source}",
         f"data.annotations={source / 'annotations.csv'}",
@@ -211,10 +224,10 @@ def run_demo(
         *(FAST_OVERRIDES if fast else ()),
         *overrides,
     ]
-    cfg = C.resolve_config(config, all_overrides)
+    cfg = C.resolve_config(config, all_overrides) if checkpoint is None else _read_card(checkpoint).get("train_config")
     C.write_run_records(
         out,
-        inputs={"source": source, "target": target, "config": config},
+        inputs={"source": source, "target": target, **({"checkpoint": checkpoint} if checkpoint else {"config": config})},
         config=cfg,
         device=resolved_device,
         extra={"train_ids": train_ids, "heldout_ids": heldout_ids, "methods": list(methods), "fast": fast,
@@ -230,7 +243,10 @@ def run_demo(
                           n_permutations=100 if fast else 1000, seed=0)
 
     # --- 2. training --------------------------------------------------------------------
-    ckpt = Path(timer.run("train", api.train, config=config, out_dir=out / "train", overrides=all_overrides))
+    if checkpoint is None:
+        ckpt = Path(timer.run("train", api.train, config=config, out_dir=out / "train", overrides=all_overrides))
+    else:
+        ckpt = checkpoint
 
     # --- 3. adaptation ------------------------------------------------------------------
     conditions = [
@@ -257,8 +273,18 @@ def run_demo(
     figures = timer.run("figures", make_figures, out, conditions)
     results = summarize(out, conditions, shift=shift, timings=timer.steps, cpu_s=timer.cpu, total_s=timer.total,
                         device=resolved_device, fast=fast, train_ids=train_ids, heldout_ids=heldout_ids,
-                        figures=figures, n_bootstrap=n_boot)
+                        figures=figures, n_bootstrap=n_boot, checkpoint=ckpt, trained=checkpoint is None)
     return results
+
+
+def _read_card(checkpoint: Path) -> dict[str, Any]:
+    """A checkpoint's ``model_card.json`` (plain JSON, see DESIGN.md → Checkpoint)."""
+    path = Path(checkpoint) / "model_card.json"
+    if not path.is_file():
+        from medmtl.errors import MedmtlError
+
+        raise MedmtlError(f"--checkpoint '{checkpoint}' holds no model_card.json; pass a checkpoint folder")
+    return dict(json.loads(path.read_text(encoding="utf-8")))
 
 
 # --------------------------------------------------------------------------- summary
@@ -282,6 +308,8 @@ def summarize(
     heldout_ids: Sequence[str],
     figures: Sequence[Path],
     n_bootstrap: int,
+    checkpoint: Path,
+    trained: bool,
 ) -> dict[str, Any]:
     """Write ``results.csv``, ``results.json`` and ``README.md``; return the results dict."""
     ref = _overall(out / "metrics" / "site_a_heldout" / "metrics.json")
@@ -313,6 +341,8 @@ def summarize(
         "train_ids": list(train_ids),
         "heldout_ids": list(heldout_ids),
         "n_bootstrap": n_bootstrap,
+        "checkpoint": str(checkpoint),
+        "trained": trained,
     }
     C.write_json(out / "results.json", results)
     C.write_text(out / "README.md", readme_text(out, conditions, results, figures))
@@ -347,6 +377,13 @@ def readme_text(out: Path, conditions: Sequence[Condition], results: dict[str, A
         f"[metrics.md](metrics/{c.key}/metrics.md), [FROC](metrics/{c.key}/froc.png)"
         for c in conditions
     )
+    if results.get("trained", True):
+        training = f"""**Training**: the multi-task net (detection + diameter + malignancy heads) fine-tuned from the
+   embedded ImageNet EfficientNet-Lite0 (inflated to 3D) on {len(results['train_ids'])} site A scans
+   ([config.yaml](config.yaml), [train/metrics.csv](train/metrics.csv),
+   [train/gradient_conflict.csv](train/gradient_conflict.csv), checkpoint in `train/checkpoint/`)."""
+    else:
+        training = f"**Training skipped**: the given checkpoint `{results['checkpoint']}` was used."
     fast_note = ("\n> **--fast smoke run**: one tiny epoch; the numbers below only show that everything runs.\n"
                  if results["fast"] else "")
     return f"""# medmtl demo results
@@ -355,10 +392,7 @@ What ran (`python -m pipelines.demo`, device `{results['device']}`, {results['to
 
 1. **Domain-shift report**, site A (`sample_data/ct_site_a`) vs site B (`sample_data/ct_site_b`):
    [shift/report.html](shift/report.html) ([report.json](shift/report.json)). Verdict: {_verdict_text(results['shift_verdict'])}
-2. **Training**: the multi-task net (detection + diameter + malignancy heads) fine-tuned from the
-   embedded ImageNet EfficientNet-Lite0 (inflated to 3D) on {len(results['train_ids'])} site A scans
-   ([config.yaml](config.yaml), [train/metrics.csv](train/metrics.csv),
-   [train/gradient_conflict.csv](train/gradient_conflict.csv), checkpoint in `train/checkpoint/`).
+2. {training}
    Held out of training: {', '.join(results['heldout_ids'])} (also the validation split that picks the best
    epoch and fits the malignancy temperature, so their numbers are a slightly optimistic in-domain reference).
 3. **Adaptation to site B without labels**: {', '.join(c.title for c in conditions[2:]) or 'none'}
@@ -544,7 +578,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         results = run_demo(
             out=args.out, device=args.device, fast=args.fast, config=args.config, source=args.source,
             target=args.target, methods=methods, n_heldout=args.n_heldout, n_bootstrap=args.n_bootstrap,
-            overrides=args.overrides, diagnose=not args.skip_diagnose,
+            overrides=args.overrides, diagnose=not args.skip_diagnose, checkpoint=args.checkpoint,
         )
     except MedmtlError as exc:
         print(f"error: {exc}", file=sys.stderr)

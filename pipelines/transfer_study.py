@@ -68,6 +68,7 @@ FAST_OVERRIDES = (
     "train.patch_size=[32, 32, 32]",
     "train.conflict_every=1",
     "validation.calibrate=false",
+    "data.reference_scans=1",
 )
 
 

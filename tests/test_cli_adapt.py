@@ -1,9 +1,17 @@
-"""``medmtl adapt`` through the CLI: AdaBN changes only BN buffers, histmatch is recorded in the
-card and brings target percentiles to the source reference, bad inputs get one error line."""
+"""``medmtl adapt`` through the CLI: AdaBN changes only BN buffers; histmatch is recorded in the
+card, brings target percentiles to the source reference and is applied by the predictor; DANN
+fine-tunes the encoder end to end; N4 is recorded for MRI and applied at prediction; bad inputs
+get one error line.
+
+The checkpoints are untrained (ImageNet-initialised) on a coarse 6 mm grid, built once per
+session (``tests/shift/helpers.py``), so each adaptation takes seconds.
+"""
 
 from __future__ import annotations
 
 import importlib.util
+import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -23,11 +31,18 @@ HISTMATCH_TOLERANCE_HU = 15.0
 
 @pytest.fixture(scope="module")
 def setup(sample_data: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("adapt")
-    a = helpers.copy_scans(sample_data / "ct_site_a", root / "a", 3)
-    b = helpers.copy_scans(sample_data / "ct_site_b", root / "b", 2)
-    b1 = helpers.copy_scans(sample_data / "ct_site_b", root / "b1", 1)
-    return {"a": a, "b": b, "b1": b1, "ckpt": helpers.make_checkpoint(root / "ckpt", a)}
+    return helpers.shared_setup(sample_data, tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def mri(sample_data: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Two MRI scans and an MRI checkpoint whose own preprocessing does *not* run N4."""
+    from medmtl.transforms.presets import default_mri_spec
+
+    root = tmp_path_factory.mktemp("mri")
+    scans = helpers.copy_scans(sample_data / "mri", root / "scans", 2)
+    spec = default_mri_spec(spacing=helpers.TEST_SPACING_MM, n4=False)
+    return {"scans": scans, "ckpt": helpers.make_checkpoint(root / "ckpt", None, spec=spec)}
 
 
 def _run(args: list[str]) -> tuple[int, str]:
@@ -54,8 +69,9 @@ def test_adabn_changes_only_bn_buffers(setup: dict[str, Path], tmp_path: Path) -
     assert card["reference_stats"] is not None
 
 
-def test_histmatch_recorded_and_within_tolerance(setup: dict[str, Path], tmp_path: Path) -> None:
-    from medmtl.engine.checkpoint import read_card
+def test_histmatch_recorded_within_tolerance_and_applied_by_predictor(setup: dict[str, Path], tmp_path: Path) -> None:
+    from medmtl.engine.checkpoint import load_checkpoint, read_card
+    from medmtl.engine.inference import Predictor
     from medmtl.io.read import load_folder
     from medmtl.shift.fingerprint import body_mask, image_array
     from medmtl.shift.harmonise import apply_harmonisation
@@ -66,6 +82,7 @@ def test_histmatch_recorded_and_within_tolerance(setup: dict[str, Path], tmp_pat
     assert code == 0, text
     card = read_card(out)
     assert card["harmonisation"]["method"] == "histmatch"
+    assert card["adaptation"][-1]["parameters_changed"] == ["card.harmonisation"]
     q = card["reference_stats"]["quantiles"]
     ref_p = np.interp([0.1, 0.5, 0.9], q["levels"], q["values"])
     scans, _ = load_folder(setup["b"], progress=False)
@@ -76,6 +93,89 @@ def test_histmatch_recorded_and_within_tolerance(setup: dict[str, Path], tmp_pat
         got = np.percentile(after[mask], [10, 50, 90])
         np.testing.assert_allclose(got, ref_p, atol=HISTMATCH_TOLERANCE_HU)
         assert np.abs(np.percentile(before[mask], [10, 50, 90]) - ref_p).max() > np.abs(got - ref_p).max()
+
+    # the predictor applies the card's harmonisation: its network input moves towards site A's
+    src_scans, _ = load_folder(setup["a"], progress=False)
+    plain = Predictor(*load_checkpoint(setup["ckpt"]), device="cpu")
+    matched = Predictor(*load_checkpoint(out), device="cpu")
+    levels = [10, 50, 90]
+
+    def pct(pred: Predictor, scan_list: list) -> np.ndarray:
+        return np.mean([np.percentile(pred.preprocess(s).image.numpy(), levels, axis=(1, 2, 3)) for s in scan_list],
+                       axis=0)
+
+    src = pct(plain, src_scans)
+    dist_plain = np.abs(pct(plain, scans) - src).mean()
+    dist_matched = np.abs(pct(matched, scans) - src).mean()
+    assert dist_matched < 0.6 * dist_plain, (dist_plain, dist_matched)
+
+
+def test_dann_end_to_end(setup: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import medmtl.shift.adapt as adapt_mod
+    from medmtl import api
+    from medmtl.engine.checkpoint import load_checkpoint
+
+    monkeypatch.setattr(adapt_mod, "DANN_STEPS", 2)
+    out = tmp_path / "dann"
+    code, text = _run(["adapt", "--checkpoint", str(setup["ckpt"]), "--target", str(setup["b"]),
+                       "--method", "dann", "--source", str(setup["a"]), "-o", str(out)])
+    assert code == 0, text
+    assert (out / "model.safetensors").is_file()
+    m0, _ = load_checkpoint(setup["ckpt"])
+    m1, card = load_checkpoint(out)
+    rec = card["adaptation"][-1]
+    assert rec["method"] == "dann" and rec["params"]["steps"] == 2 and len(rec["params"]["source_scans"]) == 3
+    assert rec["n_target_scans"] == 2 and np.isfinite(rec["params"]["final_domain_loss"])
+    s0, s1 = m0.state_dict(), m1.state_dict()
+    enc_changed = [k for k in s0 if k.startswith("encoder.") and k.endswith("weight") and not torch.equal(s0[k], s1[k])]
+    assert enc_changed, "DANN did not change any encoder weight"
+    # the adapted heads still detect and are evaluable
+    summary = api.predict_folder(checkpoint=out, input_dir=setup["b"], out_dir=tmp_path / "pred", device="cpu",
+                                 progress=False, overlap=0.0)
+    assert summary["n_done"] == 2 and summary["n_failed"] == 0
+    metrics = api.evaluate(predictions=tmp_path / "pred" / "predictions.csv",
+                           annotations=setup["b"] / "annotations.csv", out_dir=tmp_path / "eval", n_bootstrap=20)
+    assert "cpm" in metrics["overall"]
+    assert json.loads((tmp_path / "eval" / "metrics.json").read_text())["overall"]["cpm"]["value"] is not None
+
+
+def test_n4_recorded_and_applied_by_predictor(mri: dict[str, Path], tmp_path: Path) -> None:
+    from medmtl.engine.checkpoint import load_checkpoint, read_card
+    from medmtl.engine.inference import Predictor
+    from medmtl.io.read import load_folder
+    from medmtl.shift.fingerprint import body_mask, image_array, spacing_of
+    from medmtl.shift.harmonise import n4_correct
+
+    out = tmp_path / "n4"
+    code, text = _run(["adapt", "--checkpoint", str(mri["ckpt"]), "--target", str(mri["scans"]),
+                       "--method", "n4", "-o", str(out)])
+    assert code == 0, text
+    card = read_card(out)
+    assert card["harmonisation"]["method"] == "n4"
+    rec = card["adaptation"][-1]
+    assert rec["method"] == "n4" and rec["parameters_changed"] == ["card.harmonisation"] and rec["n_target_scans"] == 2
+    scan = load_folder(mri["scans"], progress=False)[0][0]
+    plain = Predictor(*load_checkpoint(mri["ckpt"]), device="cpu").preprocess(scan).image
+    corrected = Predictor(*load_checkpoint(out), device="cpu")
+    got = corrected.preprocess(scan).image
+    assert not torch.allclose(got, plain, atol=1e-3)
+    # exactly the N4-corrected scan through the unchanged preprocessing
+    arr = image_array(scan)
+    expect_arr = n4_correct(arr, body_mask(arr, "MR"), spacing_of(scan.image.affine))
+    image = scan.image.clone()
+    image[0] = torch.as_tensor(expect_arr)
+    expect = corrected._transforms({"image": image})["image"]
+    np.testing.assert_allclose(got.numpy(), np.asarray(expect), atol=1e-4)
+
+    # a checkpoint whose preprocessing already runs N4 is refused with one line
+    twice = tmp_path / "ckpt_n4"
+    shutil.copytree(mri["ckpt"], twice)
+    card0 = json.loads((twice / "model_card.json").read_text())
+    card0["input_spec"]["n4"] = True
+    (twice / "model_card.json").write_text(json.dumps(card0))
+    code, text = _run(["adapt", "--checkpoint", str(twice), "--target", str(mri["scans"]),
+                       "--method", "n4", "-o", str(tmp_path / "n4b")])
+    assert code != 0 and "already runs N4" in text and text.count("Error:") == 1
 
 
 def test_bad_adapt_inputs(setup: dict[str, Path], tmp_path: Path) -> None:

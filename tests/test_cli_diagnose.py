@@ -1,4 +1,5 @@
-"""``medmtl diagnose`` through the CLI: a self-contained HTML report, and clear bad-input errors."""
+"""``medmtl diagnose`` through the CLI: a self-contained HTML report, prediction-level tests with
+``--checkpoint``, LogME ranking with ``--rank-encoders``, and clear bad-input errors."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import json
 import re
 from pathlib import Path
 
+import numpy as np
 import pytest
 from click.testing import CliRunner
 
@@ -17,6 +19,12 @@ assert _spec is not None and _spec.loader is not None
 helpers = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(helpers)
 copy_scans, make_checkpoint = helpers.copy_scans, helpers.make_checkpoint
+
+
+@pytest.fixture(scope="module")
+def shared(sample_data: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """3 annotated site-A scans, 2 site-B scans and a coarse (6 mm) checkpoint (built once per session)."""
+    return helpers.shared_setup(sample_data, tmp_path_factory)
 
 
 def _run(args: list[str]) -> tuple[int, str]:
@@ -83,3 +91,36 @@ def test_checkpoint_without_reference_stats(cohorts: dict[str, Path], tmp_path: 
     assert code != 0
     errs = _error_lines(text)
     assert len(errs) == 1 and "no reference statistics" in errs[0] and "compute_reference_stats" in errs[0]
+
+
+def test_checkpoint_gives_prediction_level_tests(shared: dict[str, Path], tmp_path: Path) -> None:
+    out = tmp_path / "rep"
+    code, text = _run(["diagnose", "--source", str(shared["a"]), "--target", str(shared["b"]), "-o", str(out),
+                       "--checkpoint", str(shared["ckpt"]), "--n-permutations", "200"])
+    assert code == 0, text
+    report = json.loads((out / "report.json").read_text())
+    assert report["feature_extractor"]["kind"] == "checkpoint"
+    assert report["bn_shift"]["network"] == "checkpoint encoder"
+    pred = [t for t in report["tests"] if t["family"] == "prediction"]
+    fields = {r["field"] for r in report["prediction_shift"]}
+    assert len(pred) == len(report["prediction_shift"]) >= 3, fields
+    assert all(0.0 < t["p_value"] <= 1.0 and 0.0 <= t["statistic"] <= 1.0 for t in pred)  # KS statistic and p
+    page = (out / "report.html").read_text()
+    assert all(t["name"].split(" (")[0] in page for t in pred)
+    # 2 scans per side: the classifier test is skipped with a note, the MMD test still runs
+    assert any("classifier test skipped" in n for n in report["notes"])
+    assert report["mmd"]["p_value"] is not None
+
+
+def test_rank_encoders(shared: dict[str, Path], tmp_path: Path) -> None:
+    out = tmp_path / "rank"
+    code, text = _run(["diagnose", "--source", str(shared["a"]), "--target", str(shared["b"]), "-o", str(out),
+                       "--checkpoint", str(shared["ckpt"]), "--rank-encoders", "--n-permutations", "20"])
+    assert code == 0, text
+    rows = json.loads((out / "report.json").read_text())["encoder_ranking"]
+    scored = [r for r in rows if "error" not in r]
+    # the embedded encoder has weights: every 3D adapter of it is ranked
+    assert {(r["encoder"], r["adapter"]) for r in scored} >= {("efficientnet-lite0", a) for a in ("inflate", "acs", "2.5d")}
+    means = [r["logme_mean"] for r in scored]
+    assert all(m is not None and np.isfinite(m) for m in means) and means == sorted(means, reverse=True)
+    assert all(r["n_lesions"] >= 2 and np.isfinite(r["logme_size"]) for r in scored)

@@ -45,8 +45,22 @@ def pipeline_checkpoint(request: pytest.FixtureRequest, tmp_path_factory: pytest
         from medmtl import api
 
         run = tmp_path_factory.mktemp("pipeline_ckpt") / "run"
+        tiny = C.REPO / "configs" / "tiny.yaml"
+        if tiny.is_file():
+            return Path(api.train(config=tiny, out_dir=run, overrides=["train.device=cpu"]))
         return Path(api.train(config=C.REPO / "configs" / "demo.yaml", out_dir=run,
                               overrides=[f"data.root={SITE_A}", "train.device=cpu", *demo.FAST_OVERRIDES]))
+
+
+def _subset(src: Path, dst: Path, ids: list[str]) -> Path:
+    """A scan folder with only ``ids`` of ``src`` (NIfTI files + filtered annotations)."""
+    import shutil
+
+    dst.mkdir(parents=True)
+    for sid in ids:
+        shutil.copy2(src / f"{sid}.nii.gz", dst / f"{sid}.nii.gz")
+    C.filter_annotations(src / "annotations.csv", dst / "annotations.csv", ids)
+    return dst
 
 
 def _write_metrics(path: Path, cpm: float, mae: float | None, auc: float | None) -> Path:
@@ -177,61 +191,88 @@ def test_transfer_aggregate_pools_seeds() -> None:
 # --------------------------------------------------------------------------- end to end
 
 
-def test_demo_fast_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    out = tmp_path / "demo_out"
-    out.mkdir()
-    (out / "keep.txt").write_text("user file")
-    rc = demo.main(["--out", str(out), "--fast", "--device", "cpu", "--methods", "adabn"])
-    printed = capsys.readouterr().out
-    assert rc == 0, printed
-    # the contract of demo_out
-    for rel in ("shift/report.html", "shift/report.json", "README.md", "results.json", "results.csv",
-                "config.yaml", "versions.json", "inputs.json", "train/checkpoint/model_card.json",
-                "figures/results.png", "figures/froc_all.png"):
-        assert (out / rel).is_file(), rel
-    assert (out / "keep.txt").read_text() == "user file"
-    keys = ["site_a_heldout", "site_b_none", "site_b_adabn"]
-    for key in keys:
-        assert (out / "predictions" / key / "predictions.csv").is_file()
-        assert (out / "metrics" / key / "metrics.json").is_file()
-    # the printed table equals metrics.json
+def _check_printed_table(out: Path, printed: str, n_conditions: int) -> None:
+    """Every number the demo printed equals the one in that condition's metrics.json."""
     results = json.loads((out / "results.json").read_text())
     table = _parse_table(printed)
-    assert len(table) == len(keys)
+    assert len(table) == n_conditions == len(results["conditions"])
     for rec in results["conditions"]:
         overall = json.loads((out / rec["metrics_json"]).read_text())["overall"]
         expected = [C.fmt(overall[k]["value"]) for k, _, _ in C.METRICS]
         assert table[rec["condition"]] == expected
+
+
+def test_demo_with_checkpoint(tmp_path: Path, pipeline_checkpoint: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The demo's steps after training, on the tiny checkpoint and two site B scans (the full
+    --fast demo, with training and the shift report, is the slow test below)."""
+    target = _subset(SITE_B, tmp_path / "site_b", ["ct_b_0000", "ct_b_0001"])
+    out = tmp_path / "demo_out"
+    out.mkdir()
+    (out / "keep.txt").write_text("user file")
+    args = ["--out", str(out), "--fast", "--device", "cpu", "--checkpoint", str(pipeline_checkpoint),
+            "--target", str(target), "--methods", "histmatch", "--skip-diagnose", "--n-heldout", "2"]
+    assert demo.main(args) == 0
+    printed = capsys.readouterr().out
+    keys = ["site_a_heldout", "site_b_none", "site_b_histmatch"]
+    for key in keys:
+        assert (out / "predictions" / key / "predictions.csv").is_file()
+        assert (out / "metrics" / key / "metrics.json").is_file()
+    for rel in ("README.md", "results.json", "results.csv", "versions.json", "inputs.json",
+                "figures/results.png", "figures/froc_all.png", "adapted/histmatch/model_card.json"):
+        assert (out / rel).is_file(), rel
+    assert (out / "keep.txt").read_text() == "user file"
+    _check_printed_table(out, printed, len(keys))
+    results = json.loads((out / "results.json").read_text())
+    assert set(results["heldout_ids"]).isdisjoint(results["train_ids"])
+    assert results["trained"] is False
+    inputs = json.loads((out / "inputs.json").read_text())
+    assert set(inputs["inputs"]) == {"source", "target", "checkpoint"}
+    assert "site B + histogram matching" in (out / "README.md").read_text()
+
+
+@pytest.mark.slow
+def test_demo_fast_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``python -m pipelines.demo --fast``: every step, training and shift report included."""
+    out = tmp_path / "demo_out"
+    rc = demo.main(["--out", str(out), "--fast", "--device", "cpu", "--methods", "adabn"])
+    printed = capsys.readouterr().out
+    assert rc == 0, printed
+    for rel in ("shift/report.html", "shift/report.json", "README.md", "results.json", "results.csv",
+                "config.yaml", "versions.json", "inputs.json", "train/checkpoint/model_card.json",
+                "train/gradient_conflict.csv", "figures/results.png", "figures/froc_all.png"):
+        assert (out / rel).is_file(), rel
+    _check_printed_table(out, printed, 3)
     inputs = json.loads((out / "inputs.json").read_text())
     assert set(inputs["inputs"]) == {"source", "target", "config"}
     assert set(inputs["heldout_ids"]).isdisjoint(inputs["train_ids"])
-    readme = (out / "README.md").read_text()
-    assert "site B + AdaBN" in readme and "figures/results.png" in readme
+    assert "site B + AdaBN" in (out / "README.md").read_text()
 
 
 def test_adaptation_study_with_checkpoint(tmp_path: Path, pipeline_checkpoint: Path) -> None:
     out = tmp_path / "adapt"
-    rc = adaptation_study.main(["--out", str(out), "--checkpoint", str(pipeline_checkpoint), "--methods",
-                                "none,adabn", "--fast", "--device", "cpu"])
+    target = _subset(SITE_B, tmp_path / "site_b", ["ct_b_0000", "ct_b_0001"])
+    args = ["--out", str(out), "--checkpoint", str(pipeline_checkpoint), "--target", str(target),
+            "--methods", "none,histmatch", "--fast", "--device", "cpu", "--n-heldout", "2"]
+    rc = adaptation_study.main(args)
     assert rc == 0
     results = json.loads((out / "results.json").read_text())
     methods = [r["method"] for r in results["rows"]]
-    assert methods == ["reference", "none", "adabn"]
-    adabn = results["rows"][2]
-    assert "cpm_gap_closed" in adabn
-    for rel in ("versions.json", "inputs.json", "results.md", "results.csv", "seed_0/adabn/done.json",
-                "seed_0/adabn/checkpoint/model_card.json", "seed_0/none/metrics/metrics.json"):
+    assert methods == ["reference", "none", "histmatch"]
+    assert "cpm_gap_closed" in results["rows"][2]
+    for rel in ("versions.json", "inputs.json", "results.md", "results.csv", "seed_0/histmatch/done.json",
+                "seed_0/histmatch/checkpoint/model_card.json", "seed_0/none/metrics/metrics.json"):
         assert (out / rel).is_file(), rel
     # a rerun reuses finished steps
-    stamp = (out / "seed_0" / "adabn" / "done.json").stat().st_mtime_ns
-    assert adaptation_study.main(["--out", str(out), "--checkpoint", str(pipeline_checkpoint), "--methods",
-                                  "none,adabn", "--fast", "--device", "cpu"]) == 0
-    assert (out / "seed_0" / "adabn" / "done.json").stat().st_mtime_ns == stamp
+    stamp = (out / "seed_0" / "histmatch" / "done.json").stat().st_mtime_ns
+    assert adaptation_study.main(args) == 0
+    assert (out / "seed_0" / "histmatch" / "done.json").stat().st_mtime_ns == stamp
 
 
 def test_transfer_study_tiniest_grid(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "transfer"
-    rc = transfer_study.main(["--out", str(out), "--fast", "--device", "cpu", "--n-test", "2", "--n-val", "1"])
+    data = _subset(SITE_A, tmp_path / "site_a", ["ct_a_0000", "ct_a_0001", "ct_a_0002", "ct_a_0003"])
+    rc = transfer_study.main(["--out", str(out), "--data", str(data), "--fast", "--device", "cpu",
+                              "--n-test", "1", "--n-val", "1"])
     printed = capsys.readouterr().out
     assert rc == 0, printed
     (run,) = sorted((out / "runs").iterdir())
@@ -249,8 +290,9 @@ def test_transfer_study_tiniest_grid(tmp_path: Path, capsys: pytest.CaptureFixtu
 @pytest.mark.slow
 def test_transfer_study_two_seeds_gives_seed_intervals(tmp_path: Path) -> None:
     out = tmp_path / "transfer2"
-    assert transfer_study.main(["--out", str(out), "--fast", "--device", "cpu", "--seeds", "0,1",
-                                "--n-test", "2", "--n-val", "1"]) == 0
+    data = _subset(SITE_A, tmp_path / "site_a", ["ct_a_0000", "ct_a_0001", "ct_a_0002", "ct_a_0003"])
+    assert transfer_study.main(["--out", str(out), "--data", str(data), "--fast", "--device", "cpu",
+                                "--seeds", "0,1", "--n-test", "1", "--n-val", "1"]) == 0
     (row,) = json.loads((out / "results.json").read_text())["rows"]
     assert row["n_seeds"] == 2 and row["ci_over"] == "seeds"
     assert row["cpm"] is None or math.isfinite(row["cpm"])

@@ -298,7 +298,10 @@ def load_training_data(cfg: TrainConfig, *, progress: bool = False) -> TrainingD
     d = cfg.data
     scans, skipped = load_folder(Path(d.root), resample_nonuniform=d.resample_nonuniform, progress=progress)
     for s in skipped:
-        logger.warning("skipped %s: %s", s.path, s.reason)
+        if getattr(s, "failed", False):
+            logger.warning("could not read %s: %s", s.path, s.reason)
+        else:
+            logger.debug("skipped %s: %s", s.path, s.reason)
     scans = sorted(scans, key=lambda s: s.scan_id)
     if d.max_scans is not None:
         scans = scans[: d.max_scans]

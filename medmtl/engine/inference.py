@@ -362,7 +362,7 @@ class Predictor:
         return str(self.card.get("weights_sha256", ""))
 
     def preprocess(self, scan: Scan) -> PreparedScan:
-        """Apply the card's preprocessing (orientation, spacing, windows, normalisation).
+        """Harmonise (per the card) and preprocess a scan (orientation, spacing, windows, normalisation).
 
         Thread-safe: it touches no model state, so it can run in a prefetch thread.
 
@@ -375,8 +375,11 @@ class Predictor:
                 f"scan '{scan.scan_id}' is {scan.modality} but the checkpoint expects {spec_modality};"
                 " use a checkpoint trained on that modality"
             )
+        from medmtl.shift.harmonise import apply_harmonisation
+
         t0 = time.perf_counter()
-        out = self._transforms({"image": scan.image})["image"]
+        # the card's intensity harmonisation (``medmtl adapt --method histmatch|n4``) comes first
+        out = self._transforms({"image": apply_harmonisation(scan, self.card).image})["image"]
         affine = np.asarray(out.affine.detach().cpu().numpy() if hasattr(out, "affine") else scan.image.affine,
                             dtype=np.float64)
         image = out.detach().as_subclass(torch.Tensor).float().contiguous()

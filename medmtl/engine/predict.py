@@ -160,14 +160,16 @@ def predict_folder(
     out_dir = Path(out_dir)
     (out_dir / "scans").mkdir(parents=True, exist_ok=True)
     sha = predictor.weights_sha256
+    resume = pio.resume_key(predictor.card, adapt)  # adapted BN / harmonisation change results too
     pending = [r for r in refs if not pio.is_complete(out_dir, r.scan_id, sha, need_maps=save_maps,
-                                                       need_previews=preview)]
+                                                       need_previews=preview, resume=resume)]
     n_skipped = len(refs) - len(pending)
     shift_info = _maybe_adapt(predictor, pending, adapt) if pending else None
     provenance = {
         "medmtl_version": __version__,
         "checkpoint": str(checkpoint),
         "weights_sha256": sha,
+        "resume_key": resume,
         "device": str(predictor.device),
         "amp": predictor.amp,
         "tta": predictor.tta,

@@ -9,7 +9,8 @@ Layout of ``out_dir``::
     predictions.csv / predictions.json / failures.json   merged by :func:`merge_outputs`
 
 A scan is *complete* when its record exists with ``status == "complete"``, the same weights
-SHA-256 and every output file it lists; a rerun skips it.
+SHA-256, the same adaptation state (:func:`resume_key`: the card's adaptation and
+harmonisation records and the ``--adapt`` mode) and every output file it lists; a rerun skips it.
 """
 
 from __future__ import annotations
@@ -78,12 +79,29 @@ def load_record(path: Path) -> dict[str, Any] | None:
     return rec if isinstance(rec, dict) else None
 
 
-def is_complete(out_dir: Path, scan_id: str, weights_sha256: str, *, need_maps: bool, need_previews: bool) -> bool:
-    """Whether a scan's outputs in ``out_dir`` are complete for these weights and options."""
+def resume_key(card: Mapping[str, Any], adapt: str) -> str:
+    """Hash of what, besides the weights, changes a scan's predictions: the card's
+    ``adaptation`` and ``harmonisation`` records and the ``--adapt`` mode (SHA-256, 16 hex).
+
+    A rerun reuses a scan's record only when this key matches too (see :func:`is_complete`).
+    """
+    import hashlib
+
+    state = {"weights_sha256": card.get("weights_sha256"), "adaptation": card.get("adaptation") or [],
+             "harmonisation": card.get("harmonisation"), "adapt": adapt}
+    return hashlib.sha256(json.dumps(state, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def is_complete(out_dir: Path, scan_id: str, weights_sha256: str, *, need_maps: bool, need_previews: bool,
+                resume: str | None = None) -> bool:
+    """Whether a scan's outputs in ``out_dir`` are complete for these weights and options
+    (and, when ``resume`` is given, for the same :func:`resume_key`)."""
     rec = load_record(record_path(out_dir, scan_id))
     if rec is None or rec.get("status") != "complete" or rec.get("format") != RECORD_FORMAT:
         return False
     if rec.get("seriesuid") != scan_id or rec.get("weights_sha256") != weights_sha256:
+        return False
+    if resume is not None and (rec.get("provenance") or {}).get("resume_key") != resume:
         return False
     outputs = rec.get("outputs", {})
     if need_maps and not outputs.get("maps"):

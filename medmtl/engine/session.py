@@ -58,6 +58,9 @@ class TrainingSession:
         self.amp = amp
         self.dist = dist
         self.progress = bool(cfg.train.progress) and dist.is_main
+        #: (epoch, result) of the latest validation in this process, reused when it is the best
+        self._last_val: tuple[int, Any] | None = None
+        self._trained_epoch: int | None = None
 
     # ------------------------------------------------------------------ set-up
     def _setup(self) -> None:
@@ -289,6 +292,7 @@ class TrainingSession:
                         max_lesions=cfg.decode.max_lesions, progress=self.progress,
                     )
                     row.update(res.metrics)
+                    self._last_val = (epoch, res)
                 stop = self._early_stopping(meta, row, epoch) if self.dist.is_main else False
                 stop = bool(ddp.broadcast_object(stop, self.dist))
                 conflict = self.tracker.end_epoch(epoch) if self.tracker is not None else None
@@ -310,6 +314,7 @@ class TrainingSession:
                 logger.info("epoch %d/%d: loss %.4f%s", epoch + 1, cfg.train.epochs, row["loss"],
                             f", cpm {row['cpm']:.3f}" if row.get("cpm") is not None else "")
                 done_here += 1
+                self._trained_epoch = epoch
                 epoch += 1
                 if stop:
                     logger.info("early stopping after epoch %d (no improvement for %d epochs)", epoch,
@@ -372,25 +377,34 @@ class TrainingSession:
 
         cfg = self.cfg
         best = self.out / "checkpoint"
-        if (best / WEIGHTS_FILE).is_file():
+        hist = [r for r in self._history() if r.get("best")]
+        best_epoch = int(hist[-1]["epoch"]) - 1 if hist else None
+        reuse = (
+            self._last_val is not None
+            and self._last_val[0] == best_epoch
+            and self._trained_epoch == best_epoch  # the model in memory is the best one
+        )
+        if not reuse and (best / WEIGHTS_FILE).is_file():
             self.model.load_state_dict(load_file(str(best / WEIGHTS_FILE), device=str(self.device)), strict=True)
         temperature, metrics = 1.0, {}
         if self.val_volumes:
             start = time.perf_counter()
-            res = validate(
-                self.model, self.val_volumes, patch_size=cfg.train.patch_size, overlap=cfg.validation.overlap,
-                sw_batch_size=cfg.validation.sw_batch_size, device=self.device, amp=self.amp,
-                threshold=cfg.decode.threshold, nms_radius_mm=cfg.decode.nms_radius_mm,
-                max_lesions=cfg.decode.max_lesions, progress=False,
-            )
+            if reuse:
+                assert self._last_val is not None
+                res = self._last_val[1]
+            else:
+                res = validate(
+                    self.model, self.val_volumes, patch_size=cfg.train.patch_size, overlap=cfg.validation.overlap,
+                    sw_batch_size=cfg.validation.sw_batch_size, device=self.device, amp=self.amp,
+                    threshold=cfg.decode.threshold, nms_radius_mm=cfg.decode.nms_radius_mm,
+                    max_lesions=cfg.decode.max_lesions, progress=False,
+                )
             metrics = dict(res.metrics)
             if cfg.validation.calibrate:
                 temperature = fit_malignancy_temperature(res)
             logger.info("final validation in %.1f s: %s", time.perf_counter() - start, metrics)
         reference = self._reference_stats()
-        hist = [r for r in self._history() if r.get("best")]
-        epoch = int(hist[-1]["epoch"]) - 1 if hist else 0
-        card = self._card(epoch=epoch, metrics=metrics, temperature=temperature, reference=reference)
+        card = self._card(epoch=best_epoch if best_epoch is not None else 0, metrics=metrics, temperature=temperature, reference=reference)
         save_checkpoint(best, self.model, card)
 
     def _history(self) -> list[dict[str, Any]]:
@@ -411,7 +425,8 @@ class TrainingSession:
         train = [s for s in self.data.scans if s.scan_id in set(self.data.train_ids)]
         if not train:
             return None
-        return compute_reference_stats(model=self.model, scans=train, input_spec=self.data.spec, max_scans=32)
+        return compute_reference_stats(model=self.model, scans=train, input_spec=self.data.spec,
+                                       max_scans=self.cfg.data.reference_scans)
 
 
 __all__ = ["TrainingSession"]

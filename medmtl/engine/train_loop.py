@@ -233,8 +233,15 @@ def train_epoch(
     start = time.perf_counter()
     bar = tqdm(total=steps, desc=f"epoch {epoch + 1}", leave=False, disable=not progress or not ctx.dist.is_main)
     try:
+        t_data = time.perf_counter()
         for batch in batches:
+            t_step = time.perf_counter()
             losses, weights, norm = train_step(ctx, batch, global_step)
+            logger.debug(
+                "step %d: data %.2f s, step %.2f s, losses %s", global_step, t_step - t_data,
+                time.perf_counter() - t_step, {k: round(v, 4) for k, v in losses.items()},
+            )
+            t_data = time.perf_counter()
             global_step += 1
             stats.add(losses, weights, norm)
             bar.update(1)

@@ -27,6 +27,9 @@ from medmtl.data.dataset import VolumeItem
 
 logger = logging.getLogger(__name__)
 
+#: Fewer labelled validation lesions than this (or one class only) keep ``T = 1``.
+MIN_CALIBRATION_LESIONS = 8
+
 
 @dataclass
 class ValidationResult:
@@ -174,14 +177,24 @@ def _finite_or_none(v: Any) -> float | None:
 
 
 def fit_malignancy_temperature(result: ValidationResult) -> float:
-    """Temperature ``T`` of ``sigmoid(logit / T)`` fitted on the validation lesions (1.0 if unfit)."""
+    """Temperature ``T`` of ``sigmoid(logit / T)`` fitted on the validation lesions.
+
+    Returns ``1.0`` (no change) when fewer than :data:`MIN_CALIBRATION_LESIONS` labelled
+    lesions or a single class are available: a temperature fitted on a handful of lesions
+    would be noise.
+    """
     from medmtl.metrics import fit_temperature
 
-    if result.logits.size == 0:
+    n = int(result.logits.size)
+    if n < MIN_CALIBRATION_LESIONS or len(set(result.labels.tolist())) < 2:
+        logger.warning(
+            "malignancy temperature kept at 1.0: %d labelled validation lesions (need >= %d, both classes)",
+            n, MIN_CALIBRATION_LESIONS,
+        )
         return 1.0
     t = float(fit_temperature(result.logits, result.labels))
     logger.info("malignancy temperature %.3f from %d labelled validation lesions", t, result.logits.size)
     return t
 
 
-__all__ = ["ValidationResult", "fit_malignancy_temperature", "logits_at_lesions", "validate"]
+__all__ = ["MIN_CALIBRATION_LESIONS", "ValidationResult", "fit_malignancy_temperature", "logits_at_lesions", "validate"]

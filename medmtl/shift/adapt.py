@@ -118,7 +118,8 @@ def run_adapt(
 
     Raises:
         ShiftError: unknown method, existing non-empty ``out``, modality mismatch, missing
-            reference statistics (histmatch) or source data (dann), ``n4`` on CT.
+            reference statistics (histmatch) or source data (dann), ``n4`` on CT or on a
+            checkpoint whose preprocessing already runs N4.
     """
     import numpy as np
     import torch
@@ -178,6 +179,9 @@ def run_adapt(
 
         if method == "n4" and modality != "MR":
             raise ShiftError(f"--method n4 is for MRI bias fields; this checkpoint is {modality}. Use histmatch for CT.")
+        if method == "n4" and card["input_spec"].get("n4"):
+            raise ShiftError("--method n4: the checkpoint's preprocessing already runs N4 (model card input_spec.n4 "
+                             "= true), so a second correction would add nothing; use --method histmatch or adabn.")
         new_card["harmonisation"] = harmonisation_record(method, card.get("reference_stats"))
         params.update({k: v for k, v in new_card["harmonisation"]["params"].items() if k != "quantiles"})
     changed = changed_tensors(before, model)

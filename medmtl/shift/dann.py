@@ -74,6 +74,30 @@ def grl_schedule(progress: float) -> float:
     return 2.0 / (1.0 + math.exp(-10.0 * progress)) - 1.0
 
 
+def pad_to_patch(x: torch.Tensor, patch_size: Sequence[int], *, mode: str = "replicate") -> tuple[torch.Tensor, list[int]]:
+    """Pad a ``(1, C, I, J, K)`` volume symmetrically so that every axis holds at least one patch.
+
+    Args:
+        x: the volume.
+        patch_size: patch size in voxels.
+        mode: ``"replicate"`` (images) or ``"constant"`` (zeros: target maps and masks).
+
+    Returns:
+        The padded volume (``x`` itself when no axis is short) and the voxels added before
+        each spatial axis (to shift voxel coordinates).
+    """
+    import torch.nn.functional as F
+
+    before = [max(int(p) - int(s), 0) // 2 for s, p in zip(x.shape[-3:], patch_size)]
+    extra = [max(int(p) - int(s), 0) for s, p in zip(x.shape[-3:], patch_size)]
+    if not any(extra):
+        return x, before
+    pads: list[int] = []
+    for e, b in zip(reversed(extra), reversed(before)):
+        pads.extend([b, e - b])
+    return F.pad(x, pads, mode=mode), before
+
+
 def random_patch(x: torch.Tensor, patch_size: Sequence[int], gen: torch.Generator,
                  centre: Sequence[int] | None = None) -> tuple[slice, ...]:
     """Spatial slices of a random patch (around ``centre`` ± a quarter patch when given)."""
@@ -105,10 +129,10 @@ def dann(
     Args:
         model: ``MultiTaskNet`` (``.encoder`` returns the feature levels).
         source: ``(volume (1, C, I, J, K), targets {name: (1, 1, I, J, K)}, lesion voxel
-            centres)`` per labelled source scan (volumes at least one patch large).
+            centres)`` per labelled source scan (volumes smaller than a patch are padded).
         target: unlabelled target volumes ``(1, C, I, J, K)``.
         patch_size: patch size in voxels.
-        steps: optimisation steps (one source and one target patch each).
+        steps: optimisation steps (one source and one target patch each, in one batch).
         lr: Adam learning rate.
         domain_weight: weight of the domain loss.
         seed: sampling seed.
@@ -131,23 +155,30 @@ def dann(
     captured: list[Any] = []
     hook = encoder.register_forward_hook(lambda _m, _i, out: captured.append(out))
     history: list[dict[str, float]] = []
+    padded = []
+    for vol, tmaps, centres in source:
+        pv, before = pad_to_patch(vol, patch_size)
+        pt = {k: pad_to_patch(v, patch_size, mode="constant")[0] for k, v in tmaps.items()}
+        padded.append((pv, pt, [[int(c) + b for c, b in zip(ctr, before)] for ctr in centres]))
     model.train()
     try:
         for step in range(steps):
-            vol, tmaps, centres = source[int(torch.randint(0, len(source), (1,), generator=gen))]
+            vol, tmaps, centres = padded[int(torch.randint(0, len(padded), (1,), generator=gen))]
             centre = centres[int(torch.randint(0, len(centres), (1,), generator=gen))] if (
                 len(centres) and float(torch.rand(1, generator=gen)) < 0.5) else None
             sl = random_patch(vol, patch_size, gen, centre)
             xs = vol[(slice(None), slice(None)) + sl]
             ts = {k: v[(slice(None), slice(None)) + sl] for k, v in tmaps.items()}
             xt = tgt_patches[int(torch.randint(0, len(tgt_patches), (1,), generator=gen))]
+            # one pass over the (source, target) pair: BatchNorm sees a batch of 2 (a batch of
+            # one 1×1×1 deepest level cannot be batch-normalised) and both domains share it
             captured.clear()
-            out = model(xs)
-            fs = pooled_features(captured[-1])
-            ft = pooled_features(encoder(xt))
+            out_both = model(torch.cat([xs, xt]))
+            out = {k: v[:1] for k, v in out_both.items()}
+            feats = pooled_features(captured[-1])
             lam = grl_schedule(step / max(steps - 1, 1))
             head.grl.lam = lam
-            logits = head(torch.cat([fs, ft]))
+            logits = head(feats)
             dom_y = torch.tensor([[0.0], [1.0]])
             l_dom = F.binary_cross_entropy_with_logits(logits, dom_y)
             l_task = sum(task_losses(out, ts).values())
@@ -155,7 +186,7 @@ def dann(
             opt.zero_grad(set_to_none=True)
             loss.backward()  # type: ignore[union-attr]
             opt.step()
-            history.append({"task": float(l_task), "domain": float(l_dom), "lambda": lam})
+            history.append({"task": float(l_task.detach()), "domain": float(l_dom.detach()), "lambda": lam})
     finally:
         hook.remove()
         model.eval()
