@@ -117,6 +117,18 @@ def inspect(
     )
 
 
+def list_encoders() -> list[dict[str, Any]]:
+    """One row per registered encoder: adapters, weight source, found/missing, path, SHA256, licence.
+
+    Example:
+        >>> [row["name"] for row in list_encoders()]  # doctest: +SKIP
+        ['efficientnet-lite0', ...]
+    """
+    from medmtl.models.registry import describe_encoders
+
+    return describe_encoders()
+
+
 def train(
     *,
     config: str | Path,

@@ -21,9 +21,9 @@ def encoders(as_json: bool) -> None:
     Weights are never downloaded: an encoder is pretrained from a file passed as weights=...,
     from $MEDMTL_WEIGHTS_DIR (e.g. resnet18.pth) or from a package that ships them.
     """
-    from medmtl.models.registry import describe_encoders
+    from medmtl import api
 
-    rows = describe_encoders()
+    rows = api.list_encoders()
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
