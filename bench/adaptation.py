@@ -178,7 +178,7 @@ def calibration(out: Path, *, sizes: Sequence[int], n_draws: int, n_permutations
         alarms = {"mmd": 0, "classifier": 0}
         power05 = {"mmd": 0, "classifier": 0}
         power01 = {"mmd": 0, "classifier": 0}
-        for d in range(n_draws):
+        for _ in range(n_draws):
             pa = rng.permutation(len(xa))
             s, t = xa[pa[:n]], xa[pa[n : 2 * n]]
             tb = xb[rng.permutation(len(xb))[:n]]

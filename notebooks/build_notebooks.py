@@ -20,6 +20,7 @@ from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 HERE = Path(__file__).resolve().parent
 
 SETUP = '''\
+%matplotlib inline
 import os
 from pathlib import Path
 
@@ -86,7 +87,7 @@ def quickstart() -> nbformat.NotebookNode:
                           "axis and `j` the anterior–posterior one."),
         new_code_cell(
             'from medmtl.io.coords import lps_to_voxel\n'
-            'from matplotlib.patches import Circle\n\n'
+            'from matplotlib.patches import Ellipse\n\n'
             'ann = pd.read_csv(SITE_A / "annotations.csv")\n'
             'scan = next(s for s in scans if s.scan_id in set(ann["seriesuid"]))\n'
             'lesions = ann[ann["seriesuid"] == scan.scan_id].reset_index(drop=True)\n'
@@ -105,7 +106,7 @@ def quickstart() -> nbformat.NotebookNode:
             '             ("coronal, j=%d" % j, vol[:, j, :].T, (i, k), (spacing[0], spacing[2]))]\n'
             '    for ax, (name, img, (x, y), (sx, sy)) in zip(axes, views):\n'
             '        ax.imshow(img, cmap="gray", vmin=-1000, vmax=400, origin="lower", aspect=sy / sx)\n'
-            '        ax.add_patch(Circle((x, y), radius=diameter_mm / 2 / sx, fill=False, color="red", lw=1.5))\n'
+            '        ax.add_patch(Ellipse((x, y), width=diameter_mm / sx, height=diameter_mm / sy, fill=False, color="red", lw=1.5))\n'
             '        for (px, py, pz), label in extra:\n'
             '            pos = (px, py) if name.startswith("axial") else (px, pz)\n'
             '            ax.plot(*pos, "+", color="yellow", ms=12, mew=2)\n'
@@ -161,6 +162,21 @@ def domain_shift() -> nbformat.NotebookNode:
         ),
         new_code_cell(SETUP),
         new_code_cell(GET_CHECKPOINT),
+        new_code_cell(
+            'import shutil\n\n'
+            'def first_scans(src: Path, n: int, dst: Path) -> Path:\n'
+            '    """A copy of the first n scans of a folder with their annotations (for the quick test run)."""\n'
+            '    dst.mkdir(parents=True, exist_ok=True)\n'
+            '    ids = sorted(p.name[: -len(".nii.gz")] for p in src.glob("*.nii.gz"))[:n]\n'
+            '    for i in ids:\n'
+            '        shutil.copy2(src / f"{i}.nii.gz", dst / f"{i}.nii.gz")\n'
+            '    ann = pd.read_csv(src / "annotations.csv")\n'
+            '    ann[ann["seriesuid"].isin(ids)].to_csv(dst / "annotations.csv", index=False)\n'
+            '    return dst\n\n'
+            'if FAST:  # smoke test: 3 scans per site\n'
+            '    SITE_A, SITE_B = first_scans(SITE_A, 3, OUT / "site_a"), first_scans(SITE_B, 3, OUT / "site_b")\n'
+            'print(SITE_A, SITE_B)'
+        ),
         new_markdown_cell("## 1. Diagnose site A vs site B"),
         new_code_cell(
             'report = api.diagnose(source=SITE_A, target=SITE_B, out_dir=OUT / "shift", checkpoint=ckpt,\n'

@@ -25,3 +25,17 @@ def repo_root() -> Path:
 def sample_data() -> Path:
     """The committed ``sample_data/`` folder."""
     return SAMPLE_DATA
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A checkpoint folder trained briefly with ``configs/tiny.yaml`` (once per session).
+
+    The run folder (``metrics.csv``, ``last/``, ``tb/`` ...) is the checkpoint's parent.
+    """
+    from medmtl.config import load_config
+    from medmtl.engine.trainer import run_training
+
+    cfg = load_config(REPO / "configs" / "tiny.yaml", ["train.progress=false"])
+    run = tmp_path_factory.mktemp("tiny_run") / "run"
+    return run_training(cfg, run)

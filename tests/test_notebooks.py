@@ -35,6 +35,9 @@ def notebook_checkpoint(request: pytest.FixtureRequest, tmp_path_factory: pytest
         from medmtl import api
 
         run = tmp_path_factory.mktemp("nb_ckpt") / "run"
+        tiny = REPO / "configs" / "tiny.yaml"
+        if tiny.is_file():
+            return Path(api.train(config=tiny, out_dir=run, overrides=["train.device=cpu"]))
         return Path(api.train(
             config=REPO / "configs" / "demo.yaml", out_dir=run,
             overrides=[f"data.root={REPO / 'sample_data' / 'ct_site_a'}", "train.device=cpu", "train.epochs=1",
@@ -68,7 +71,7 @@ def test_notebook_runs_without_error(
     monkeypatch.setenv("MEDMTL_NB_CHECKPOINT", str(notebook_checkpoint))
     monkeypatch.setenv("MEDMTL_NB_OUT", str(tmp_path / "out"))
     monkeypatch.setenv("MEDMTL_REPO", str(REPO))
-    monkeypatch.setenv("MPLBACKEND", "Agg")
+    monkeypatch.delenv("MPLBACKEND", raising=False)  # the notebooks draw inline (%matplotlib inline)
     monkeypatch.setenv("OMP_NUM_THREADS", os.environ.get("OMP_NUM_THREADS", "2"))
     nb = nbformat.read(str(path), as_version=4)
     client = NotebookClient(nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}})

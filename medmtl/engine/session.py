@@ -82,6 +82,13 @@ class TrainingSession:
                 f"train.patch_size {cfg.train.patch_size} must be divisible by {list(div)} (the encoder's stride"
                 f" per axis); e.g. {[max(d, (p // d) * d) for p, d in zip(cfg.train.patch_size, div)]}"
             )
+        deepest = math.prod(p // d for p, d in zip(cfg.train.patch_size, div))
+        if cfg.train.batch_size * deepest < 2:
+            raise ConfigError(
+                f"train.batch_size {cfg.train.batch_size} with train.patch_size {cfg.train.patch_size} leaves one value"
+                " per channel at the encoder's deepest level, which BatchNorm cannot train on; use"
+                " train.batch_size >= 2 or a larger patch"
+            )
         self.model.to(self.device)
         self.weighting = create_weighting(cfg.weighting.name, tasks=TASKS, **cfg.weighting.params).to(self.device)
         self.tracker = GradientConflictTracker(TASKS) if cfg.train.conflict_every > 0 else None

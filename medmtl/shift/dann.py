@@ -181,7 +181,7 @@ def dann(
             logits = head(feats)
             dom_y = torch.tensor([[0.0], [1.0]])
             l_dom = F.binary_cross_entropy_with_logits(logits, dom_y)
-            l_task = sum(task_losses(out, ts).values())
+            l_task = torch.stack(list(task_losses(out, ts).values())).sum()
             loss = l_task + domain_weight * l_dom
             opt.zero_grad(set_to_none=True)
             loss.backward()  # type: ignore[union-attr]

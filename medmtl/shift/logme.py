@@ -135,15 +135,18 @@ def lesion_features(
         img = preprocess_scan(scan, spec)
         x = torch.as_tensor(np.asarray(img.detach().cpu()), dtype=torch.float32)[None]
         x = F.pad(x, [half] * 6, mode="replicate")
+        patches: list[torch.Tensor] = []
         for les in todo:
             ijk = np.round(lps_to_voxel(les.center_lps, np.asarray(img.affine))[0]).astype(int) + half
             sl = tuple(slice(int(c) - half, int(c) - half + patch_voxels) for c in ijk)
             patch = x[(slice(None), slice(None)) + sl]
             if tuple(patch.shape[2:]) != (patch_voxels,) * 3:
                 continue
-            with torch.inference_mode():
-                rows.append(pool_levels(encoder(patch))[0])
+            patches.append(patch)
             kept.append(les)
+        if patches:  # one batched pass per scan (eval mode: identical to one pass per patch)
+            with torch.inference_mode():
+                rows.extend(pool_levels(encoder(torch.cat(patches))))
     if not rows:
         return np.zeros((0, 0)), []
     return np.stack(rows).astype(np.float64), kept
