@@ -264,7 +264,7 @@ def transfer_mtl() -> nbformat.NotebookNode:
             '    train_ids, val_ids, test_ids = train_ids[:3], val_ids[:1], test_ids[:1]\n'
             'ann = pd.read_csv(SITE_A / "annotations.csv")\n'
             'ann[ann["seriesuid"].isin(test_ids)].to_csv(OUT / "test_annotations.csv", index=False)\n'
-            'common = [f"data.root={SITE_A}", f"data.train_ids={train_ids}", f"data.val_ids={val_ids}",\n'
+            'common = [f"data.root={SITE_A}", "data.max_scans=null", f"data.train_ids={train_ids}", f"data.val_ids={val_ids}",\n'
             '          f"train.epochs={EPOCHS}", "train.conflict_every=1", *FAST_OVERRIDES]\n'
             'print("train", len(train_ids), "val", val_ids, "test", test_ids)'
         ),

@@ -112,6 +112,7 @@ def run_study(
     base_overrides = [
         f"data.root={source}",
         f"data.annotations={source / 'annotations.csv'}",
+        "data.max_scans=null",
         f"data.train_ids={C.id_list(train_ids)}",
         f"data.val_ids={C.id_list(heldout_ids)}",
         f"train.device={device}",

@@ -218,6 +218,7 @@ def run_demo(
     all_overrides = [
         f"data.root={source}",
         f"data.annotations={source / 'annotations.csv'}",
+        "data.max_scans=null",
         f"data.train_ids={C.id_list(train_ids)}",
         f"data.val_ids={C.id_list(heldout_ids)}",
         f"train.device={device}",

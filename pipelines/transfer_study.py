@@ -156,6 +156,7 @@ def run_point(
         overrides = [
             f"data.root={data}",
             f"data.annotations={data / 'annotations.csv'}",
+            "data.max_scans=null",
             f"data.train_ids={C.id_list(train_ids)}",
             f"data.val_ids={C.id_list(val_ids)}",
             f"train.device={device}",

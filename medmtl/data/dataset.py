@@ -320,14 +320,14 @@ def load_training_data(cfg: TrainConfig, *, progress: bool = False) -> TrainingD
     train_ids, val_ids = split_scan_ids(
         [s.scan_id for s in scans], val_fraction=d.val_fraction, seed=cfg.seed, train_ids=d.train_ids, val_ids=d.val_ids
     )
-    items = {}
-    for s in scans:
-        les = list(by_scan.get(s.scan_id, []))
-        items[s.scan_id] = {
-            "image": s.image,
+    items: dict[str, dict[str, Any]] = {}
+    for scan in scans:
+        les = list(by_scan.get(scan.scan_id, []))
+        items[scan.scan_id] = {
+            "image": scan.image,
             "lesions": les,
             "labelled": [flag_of.get(id(x), True) for x in les],
-            "scan_id": s.scan_id,
+            "scan_id": scan.scan_id,
         }
     return TrainingData(
         spec=input_spec_from_config(cfg),

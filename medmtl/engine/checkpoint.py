@@ -139,7 +139,7 @@ def _complete_card(model: MultiTaskNet, card: dict[str, Any]) -> dict[str, Any]:
     if "model" not in out:
         out["model"] = model_config(model)
     if "encoder" not in out:
-        out["encoder"] = model.encoder.config.to_dict()
+        out["encoder"] = model.encoder.config.to_dict()  # type: ignore[union-attr,operator]
     out.setdefault("train_config", None)
     out.setdefault("reference_stats", None)
     out.setdefault("adaptation", [])

@@ -159,7 +159,7 @@ class TrainingSession:
         def make(n_pass: int) -> Iterator[list[dict[str, torch.Tensor]]]:
             sub = epoch * 1000 + n_pass
             self.train_ds.set_epoch(sub)
-            sampler = DistributedSampler(
+            sampler: DistributedSampler[Any] = DistributedSampler(
                 self.train_ds,
                 num_replicas=self.dist.world_size,
                 rank=self.dist.rank,
@@ -189,7 +189,7 @@ class TrainingSession:
         c = self.cfg
         mcfg = model_config(self.model)
         return {
-            "encoder": self.model.encoder.config.to_dict(),
+            "encoder": self.model.encoder.config.to_dict(),  # type: ignore[union-attr,operator]
             "model": mcfg,
             "input_spec": self.data.spec.to_dict(),
             "patch_size": list(c.train.patch_size),

@@ -27,6 +27,7 @@ import random
 import shutil
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -160,7 +161,7 @@ def write_run_header(cfg: TrainConfig, out: Path, *, device: torch.device, amp: 
     from medmtl.io.writers import atomic_write_json
 
     save_resolved_config(cfg, out / "config.yaml")
-    versions = library_versions()
+    versions: dict[str, Any] = dict(library_versions())
     versions.update(
         {
             "device": str(device),

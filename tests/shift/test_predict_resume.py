@@ -27,25 +27,30 @@ def test_resume_key_tracks_adaptation_state(setup: dict[str, Path], tmp_path: Pa
 
     hm = api.adapt(checkpoint=setup["ckpt"], target=setup["b"], method="histmatch", out=tmp_path / "hm")
     base_card, hm_card = read_card(setup["ckpt"]), read_card(hm)
-    assert base_card["weights_sha256"] == hm_card["weights_sha256"]  # histmatch leaves the weights alone
     assert pio.resume_key(base_card, "off") != pio.resume_key(hm_card, "off")
     assert pio.resume_key(base_card, "off") != pio.resume_key(base_card, "auto")
     assert pio.resume_key(base_card, "off") == pio.resume_key(read_card(setup["ckpt"]), "off")
 
     out = tmp_path / "pred"
+    sha = base_card["weights_sha256"]
     kw = {"input_dir": setup["b"], "out_dir": out, "device": "cpu", "progress": False, "overlap": 0.0}
     first = api.predict_folder(checkpoint=setup["ckpt"], **kw)
     assert first["n_done"] == 2 and first["n_skipped"] == 0
     again = api.predict_folder(checkpoint=setup["ckpt"], **kw)
     assert again["n_done"] == 0 and again["n_skipped"] == 2
-    # same weights hash, but harmonised inputs: every scan is predicted again
+    # same weights, different adaptation state: the record is not reused
+    flags = {"need_maps": False, "need_previews": False}
+    assert pio.is_complete(out, "ct_b_0000", sha, resume=pio.resume_key(base_card, "off"), **flags)
+    assert not pio.is_complete(out, "ct_b_0000", sha, resume=pio.resume_key(hm_card | {"weights_sha256": sha}, "off"),
+                               **flags)
+    # the drift gate may adapt BN statistics: results of --adapt auto are not those of --adapt off
+    auto = api.predict_folder(checkpoint=setup["ckpt"], adapt="auto", **kw)
+    assert auto["n_done"] == 2 and auto["n_skipped"] == 0
+    rec = json.loads(pio.record_path(out, "ct_b_0000").read_text())
+    assert rec["provenance"]["shift"] is not None and rec["provenance"]["resume_key"] == pio.resume_key(base_card, "auto")
+    # a harmonised checkpoint's predictions are redone and carry its key
     harmonised = api.predict_folder(checkpoint=hm, **kw)
     assert harmonised["n_done"] == 2 and harmonised["n_skipped"] == 0
     rec = json.loads(pio.record_path(out, "ct_b_0000").read_text())
     assert rec["provenance"]["resume_key"] == pio.resume_key(hm_card, "off")
     assert api.predict_folder(checkpoint=hm, **kw)["n_skipped"] == 2
-    # the drift gate may adapt BN statistics: results of --adapt auto are not those of --adapt off
-    auto = api.predict_folder(checkpoint=hm, adapt="auto", **kw)
-    assert auto["n_done"] == 2 and auto["n_skipped"] == 0
-    rec = json.loads(pio.record_path(out, "ct_b_0000").read_text())
-    assert rec["provenance"]["shift"] is not None and rec["provenance"]["resume_key"] == pio.resume_key(hm_card, "auto")
