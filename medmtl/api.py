@@ -135,6 +135,7 @@ def train(
     out_dir: str | Path,
     overrides: Sequence[str] = (),
     resume: bool = False,
+    overwrite: bool = False,
 ) -> Path:
     """Train the multi-task model from a YAML config; returns the checkpoint folder.
 
@@ -143,6 +144,7 @@ def train(
         out_dir: run folder (resolved config, metrics CSV, TensorBoard events, checkpoints).
         overrides: ``key=value`` strings, e.g. ``("train.epochs=2", "data.root=...")``.
         resume: continue from ``out_dir``'s last checkpoint.
+        overwrite: replace medmtl's files in an existing, non-empty run folder (default: refuse).
 
     Example:
         >>> ckpt = train(config="configs/tiny.yaml", out_dir="runs/tiny")  # doctest: +SKIP
@@ -151,7 +153,7 @@ def train(
     from medmtl.engine.trainer import run_training
 
     cfg = load_config(Path(config), overrides=list(overrides))
-    return run_training(cfg, Path(out_dir), resume=resume)
+    return run_training(cfg, Path(out_dir), resume=resume, overwrite=overwrite)
 
 
 def predict_folder(

@@ -42,7 +42,7 @@ SITE_B = REPO / "sample_data" / "ct_site_b"
 CONFIG = REPO / "configs" / ("tiny.yaml" if (REPO / "configs" / "tiny.yaml").is_file() else "demo.yaml")
 # --fast settings: a smoke test of the notebook, the numbers mean nothing
 FAST_OVERRIDES = ["train.epochs=1", "train.steps_per_epoch=2", "train.patch_size=[32, 32, 32]",
-                  "validation.calibrate=false", "data.reference_scans=2"] if FAST else []
+                  "validation.calibrate=false", "data.reference_scans=1"] if FAST else []
 print(f"medmtl {medmtl.__version__}  repo={REPO}  fast={FAST}  out={OUT}")'''
 
 GET_CHECKPOINT = '''\
@@ -260,8 +260,8 @@ def transfer_mtl() -> nbformat.NotebookNode:
             '}\n'
             'ids = sorted(pd.read_csv(SITE_A / "annotations.csv")["seriesuid"].unique())\n'
             'train_ids, val_ids, test_ids = ids[:-4], ids[-4:-2], ids[-2:]\n'
-            'if FAST:  # smoke test: 3 training scans, 1 validation and 1 test scan\n'
-            '    train_ids, val_ids, test_ids = train_ids[:3], val_ids[:1], test_ids[:1]\n'
+            'if FAST:  # smoke test: 2 training scans, 1 validation and 1 test scan\n'
+            '    train_ids, val_ids, test_ids = train_ids[:2], val_ids[:1], test_ids[:1]\n'
             'ann = pd.read_csv(SITE_A / "annotations.csv")\n'
             'ann[ann["seriesuid"].isin(test_ids)].to_csv(OUT / "test_annotations.csv", index=False)\n'
             'common = [f"data.root={SITE_A}", "data.max_scans=null", f"data.train_ids={train_ids}", f"data.val_ids={val_ids}",\n'

@@ -592,8 +592,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"medmtl demo — results (device {results['device']}{', --fast: numbers meaningless' if args.fast else ''})")
     print(print_table(out))
     print(f"shift verdict: {_verdict_text(results['shift_verdict'])}")
-    print(f"wrote {out} (README.md, shift/report.html, predictions/, metrics/, figures/) "
-          f"in {time.perf_counter() - t0:.0f} s")
+    parts = [name for name in ("README.md", "shift/report.html", "predictions/", "metrics/", "figures/")
+             if (out / name).exists()]
+    print(f"wrote {out} ({', '.join(parts)}) in {time.perf_counter() - t0:.0f} s")
     return 0
 
 

@@ -58,13 +58,7 @@ def train_cmd(config: Path, out_dir: Path, overrides: tuple[str, ...], resume: b
 
     if resume and overwrite:
         raise ConfigError("--resume and --overwrite exclude each other; pass one of them")
-    if overwrite and os.environ.get("RANK", "0") == "0":
-        from medmtl.config import load_config
-        from medmtl.engine.trainer import prepare_run_dir
-
-        load_config(config, overrides=list(overrides))  # a bad config fails before anything is removed
-        prepare_run_dir(out_dir.resolve(), resume=False, overwrite=True, is_main=True)
-    ckpt = api.train(config=config, out_dir=out_dir, overrides=list(overrides), resume=resume)
+    ckpt = api.train(config=config, out_dir=out_dir, overrides=list(overrides), resume=resume, overwrite=overwrite)
     if os.environ.get("RANK", "0") == "0":
         click.echo(f"checkpoint: {ckpt}")
 
