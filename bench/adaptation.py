@@ -55,7 +55,7 @@ logger = logging.getLogger("bench.adaptation")
 def cpu_model() -> str:
     """The CPU model name (``/proc/cpuinfo``), else :func:`platform.processor`."""
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
+        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8").splitlines():
             if line.startswith("model name"):
                 return line.split(":", 1)[1].strip()
     except OSError:
@@ -264,9 +264,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                                          n_draws=20 if args.fast else 100, n_permutations=200 if args.fast else 500)
     res["wall_s"] = round(time.perf_counter() - t0, 1)
     res["load_average"] = [round(load0, 1), round(os.getloadavg()[0], 1)]
-    (out / "results.json").write_text(json.dumps(res, indent=2, default=str))
+    (out / "results.json").write_text(json.dumps(res, indent=2, default=str), encoding="utf-8")
     md = markdown(res)
-    (out / "results.md").write_text(md)
+    (out / "results.md").write_text(md, encoding="utf-8")
     sys.stdout.write(md)
     sys.stdout.write(f"\nwall {res['wall_s']} s; outputs in {out}\n")
     return 0

@@ -32,7 +32,7 @@ ADAPTERS_3D = ("2.5d", "inflate", "acs")
 
 def _cpu_model() -> str:
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
+        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8").splitlines():
             if line.startswith("model name"):
                 return line.split(":", 1)[1].strip()
     except OSError:
@@ -183,9 +183,9 @@ def main(argv: list[str] | None = None) -> None:
     md = to_markdown(results, deviations, args.sizes, args.note)
     print(md)
     if args.out is not None:
-        existing = args.out.read_text() if args.out.exists() else "# Benchmark results\n"
+        existing = args.out.read_text(encoding="utf-8") if args.out.exists() else "# Benchmark results\n"
         tmp = args.out.with_suffix(".tmp")
-        tmp.write_text(existing.rstrip("\n") + "\n\n" + md)
+        tmp.write_text(existing.rstrip("\n") + "\n\n" + md, encoding="utf-8")
         tmp.replace(args.out)
 
 

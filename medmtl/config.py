@@ -35,6 +35,7 @@ OPTIMIZERS = ("adamw", "adam", "sgd")
 SCHEDULERS = ("cosine", "constant", "step")
 MONITORS = ("cpm", "loss")
 AUGMENT_STRENGTHS = ("none", "light", "medium", "strong")
+SAMPLING_MODES = ("random", "lesions")
 MODALITIES = ("CT", "MR")
 
 
@@ -139,6 +140,11 @@ class TrainSection:
         patch_size: training patch ``[I, J, K]`` in preprocessed voxels.
         samples_per_scan: patches drawn from a scan each time it is visited.
         pos_fraction: share of patches centred on a lesion (pos:neg = f : 1-f), in [0, 1].
+        sampling: how training patches are drawn: ``random`` (``samples_per_scan`` patches,
+            positive/negative by ``pos_fraction``, ``RandCropByPosNegLabeld``) or ``lesions``
+            (one patch centred on every lesion of the scan, shifted to fit inside the volume,
+            no jitter; a lesion-free scan gives its central patch). ``lesions`` is a fixed
+            set of patches, e.g. to check that the network can overfit a few scans.
         learning_rate: peak learning rate (> 0).
         weight_decay: AdamW/SGD weight decay (≥ 0).
         optimizer: ``adamw``, ``adam`` or ``sgd``.
@@ -150,6 +156,9 @@ class TrainSection:
         augment: strength of the scanner-artifact augmentations of training patches:
             ``none``, ``light``, ``medium`` or ``strong``.
         deterministic: ``torch.use_deterministic_algorithms(True, warn_only=True)``.
+        freeze_bn: keep the encoder's BatchNorm layers in eval mode while training (the
+            pretrained running statistics normalise; their affine parameters still train).
+            Avoids the train/eval mismatch of batch statistics from 2–4 small 3D patches.
         conflict_every: measure gradient conflict every N steps (0 = off).
         progress: show tqdm progress bars.
     """
@@ -160,6 +169,7 @@ class TrainSection:
     patch_size: list[int] = field(default_factory=lambda: [64, 64, 32])
     samples_per_scan: int = 2
     pos_fraction: float = 0.5
+    sampling: str = "random"
     learning_rate: float = 1e-3
     weight_decay: float = 1e-4
     optimizer: str = "adamw"
@@ -170,6 +180,7 @@ class TrainSection:
     device: str = "auto"
     augment: str = "medium"
     deterministic: bool = True
+    freeze_bn: bool = False
     conflict_every: int = 10
     progress: bool = True
 
@@ -463,6 +474,7 @@ def validate_config(cfg: TrainConfig, *, source: str = "<config>", base_dirs: Se
     _check_choice(t.optimizer, "train.optimizer", OPTIMIZERS, source)
     _check_choice(t.scheduler, "train.scheduler", SCHEDULERS, source)
     _check_choice(t.augment, "train.augment", AUGMENT_STRENGTHS, source)
+    _check_choice(t.sampling, "train.sampling", SAMPLING_MODES, source)
     if not (t.device in ("auto", "cpu", "cuda") or t.device.startswith("cuda:")):
         raise ConfigError(f"train.device = '{t.device}' in {source} is not allowed; allowed: auto, cpu, cuda, cuda:N")
     _check_range(0.0 <= d.val_fraction < 1.0, "data.val_fraction", d.val_fraction, "[0, 1), e.g. 0.25", source)

@@ -452,9 +452,12 @@ def make_figures(out: Path, conditions: Sequence[Condition]) -> list[Path]:
             ci = e["ci95"] or [v, v]
             los.append(0.0 if v is None or ci[0] is None else max(v - ci[0], 0.0))
             his.append(0.0 if v is None or ci[1] is None else max(ci[1] - v, 0.0))
-            labels.append(cond.title.replace(", ", "\n").replace(" + ", "\n+ "))
+            labels.append(cond.title.replace(", ", "\n").replace(" + ", "\n+ ").replace(" (", "\n("))
         ax.bar(range(len(vals)), vals, yerr=[los, his], capsize=3,
                color=["#4c72b0", "#dd8452", "#55a868", "#c44e52", "#8172b3"][: len(vals)])
+        for i, v in enumerate(vals):
+            if v != v:  # NaN: the metric is undefined (e.g. no detected labelled lesion)
+                ax.text(i, 0, "n/a", ha="center", va="bottom", fontsize=8)
         ax.set_xticks(range(len(vals)), labels, fontsize=7)
         ax.set_title(f"{title} ({'higher' if higher else 'lower'} is better)", fontsize=9)
     fig.tight_layout()

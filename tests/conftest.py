@@ -27,15 +27,36 @@ def sample_data() -> Path:
     return SAMPLE_DATA
 
 
+#: The session's tiny run: ``configs/tiny.yaml`` made lean for the suite. 3 scans (2 train,
+#: 1 validation at overlap 0), 2 epochs of 2 steps, one gradient-conflict measurement per
+#: epoch, validation only after the last epoch, reference statistics of 1 scan.
+TINY_FIXTURE_OVERRIDES = (
+    "data.max_scans=3",
+    "data.reference_scans=1",
+    "train.steps_per_epoch=2",
+    "train.conflict_every=2",
+    "train.progress=false",
+    "validation.every=2",
+    "validation.overlap=0.0",
+)
+
+
 @pytest.fixture(scope="session")
-def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def tiny_overrides() -> list[str]:
+    """The ``--set`` overrides of the session's tiny run (see :data:`TINY_FIXTURE_OVERRIDES`)."""
+    return list(TINY_FIXTURE_OVERRIDES)
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory, tiny_overrides: list[str]) -> Path:
     """A checkpoint folder trained briefly with ``configs/tiny.yaml`` (once per session).
 
-    The run folder (``metrics.csv``, ``last/``, ``tb/`` ...) is the checkpoint's parent.
+    The run folder (``metrics.csv``, ``last/``, ``tb/`` ...) is the checkpoint's parent; the
+    resume test continues the same config from scratch and compares against it.
     """
     from medmtl.config import load_config
     from medmtl.engine.trainer import run_training
 
-    cfg = load_config(REPO / "configs" / "tiny.yaml", ["train.progress=false"])
+    cfg = load_config(REPO / "configs" / "tiny.yaml", tiny_overrides)
     run = tmp_path_factory.mktemp("tiny_run") / "run"
     return run_training(cfg, run)

@@ -59,7 +59,7 @@ class Case:
 
 
 def empty_folder(d):
-    (d / "notes.md").write_text("no scans")
+    (d / "notes.md").write_text("no scans", encoding="utf-8")
     return []
 
 
@@ -118,7 +118,7 @@ def nan_voxels(d):
 
 def _with_table(d, text, name="annotations.csv"):
     _nifti(d / "scans" / "s1.nii.gz")
-    (d / name).write_text(text)
+    (d / name).write_text(text, encoding="utf-8")
     return ["--annotations", str(d / name)]
 
 
@@ -227,7 +227,7 @@ def test_one_corrupt_among_good_json_is_complete(tmp_path):
 
 @pytest.mark.parametrize(("args", "words"), [(["nope"], "does not exist"), (["file.txt"], "is a file")])
 def test_bad_folder_argument_is_a_usage_error(tmp_path, monkeypatch, args, words):
-    (tmp_path / "file.txt").write_text("x")
+    (tmp_path / "file.txt").write_text("x", encoding="utf-8")
     monkeypatch.chdir(tmp_path)
     result = CliRunner().invoke(main, ["inspect", *args])
     assert result.exit_code == 2

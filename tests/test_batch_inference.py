@@ -22,7 +22,7 @@ _spec.loader.exec_module(helpers)
 
 
 def rows(path: Path) -> list[dict[str, str]]:
-    with open(path, newline="") as fh:
+    with open(path, newline="", encoding="utf-8") as fh:
         return list(csv.DictReader(fh))
 
 
@@ -41,7 +41,7 @@ def test_two_gloo_processes_match_one_process(tmp_path_factory: pytest.TempPathF
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            "-m", "pipelines.batch_inference", "--checkpoint", str(ckpt), str(scans), "-o", str(multi),
            "--overlap", "0.25", "--cpu"]
-    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, encoding="utf-8", timeout=240)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "merged 3 scans (0 failed, 0 missing)" in proc.stderr
     a, b = rows(single / "predictions.csv"), rows(multi / "predictions.csv")
@@ -55,6 +55,6 @@ def test_two_gloo_processes_match_one_process(tmp_path_factory: pytest.TempPathF
     # each rank did its own round-robin share of the sorted scans
     import json
 
-    shards = {s: json.loads((multi / "scans" / f"{s}.json").read_text())["provenance"]["shard"]
+    shards = {s: json.loads((multi / "scans" / f"{s}.json").read_text(encoding="utf-8"))["provenance"]["shard"]
               for s in ("ct_b_0000", "ct_b_0001", "ct_b_0002")}
     assert shards == {"ct_b_0000": [0, 2], "ct_b_0001": [1, 2], "ct_b_0002": [0, 2]}

@@ -136,7 +136,7 @@ def test_dann_end_to_end(setup: dict[str, Path], tmp_path: Path, monkeypatch: py
     metrics = api.evaluate(predictions=tmp_path / "pred" / "predictions.csv",
                            annotations=setup["b"] / "annotations.csv", out_dir=tmp_path / "eval", n_bootstrap=20)
     assert "cpm" in metrics["overall"]
-    assert json.loads((tmp_path / "eval" / "metrics.json").read_text())["overall"]["cpm"]["value"] is not None
+    assert json.loads((tmp_path / "eval" / "metrics.json").read_text(encoding="utf-8"))["overall"]["cpm"]["value"] is not None
 
 
 def test_n4_recorded_and_applied_by_predictor(mri: dict[str, Path], tmp_path: Path) -> None:
@@ -170,9 +170,9 @@ def test_n4_recorded_and_applied_by_predictor(mri: dict[str, Path], tmp_path: Pa
     # a checkpoint whose preprocessing already runs N4 is refused with one line
     twice = tmp_path / "ckpt_n4"
     shutil.copytree(mri["ckpt"], twice)
-    card0 = json.loads((twice / "model_card.json").read_text())
+    card0 = json.loads((twice / "model_card.json").read_text(encoding="utf-8"))
     card0["input_spec"]["n4"] = True
-    (twice / "model_card.json").write_text(json.dumps(card0))
+    (twice / "model_card.json").write_text(json.dumps(card0), encoding="utf-8")
     code, text = _run(["adapt", "--checkpoint", str(twice), "--target", str(mri["scans"]),
                        "--method", "n4", "-o", str(tmp_path / "n4b")])
     assert code != 0 and "already runs N4" in text and text.count("Error:") == 1
@@ -181,7 +181,7 @@ def test_n4_recorded_and_applied_by_predictor(mri: dict[str, Path], tmp_path: Pa
 def test_bad_adapt_inputs(setup: dict[str, Path], tmp_path: Path) -> None:
     busy = tmp_path / "busy"
     busy.mkdir()
-    (busy / "x.txt").write_text("x")
+    (busy / "x.txt").write_text("x", encoding="utf-8")
     code, text = _run(["adapt", "--checkpoint", str(setup["ckpt"]), "--target", str(setup["b"]),
                        "--method", "adabn", "-o", str(busy)])
     assert code != 0 and "already exists" in text and text.count("Error:") == 1

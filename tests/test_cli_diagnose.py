@@ -52,8 +52,8 @@ def test_report_is_self_contained(cohorts: dict[str, Path], tmp_path: Path) -> N
     code, text = _run(["diagnose", "--source", str(cohorts["a"]), "--target", str(cohorts["b"]), "-o", str(out),
                        "--n-permutations", "50"])
     assert code == 0, text
-    page = (out / "report.html").read_text()
-    report = json.loads((out / "report.json").read_text())
+    page = (out / "report.html").read_text(encoding="utf-8")
+    report = json.loads((out / "report.json").read_text(encoding="utf-8"))
     assert not re.search(r"https?://", page)
     assert "<script" not in page and "<link" not in page
     srcs = re.findall(r'src="([^"]*)"', page)
@@ -98,14 +98,14 @@ def test_checkpoint_gives_prediction_level_tests(shared: dict[str, Path], tmp_pa
     code, text = _run(["diagnose", "--source", str(shared["a"]), "--target", str(shared["b"]), "-o", str(out),
                        "--checkpoint", str(shared["ckpt"]), "--n-permutations", "200"])
     assert code == 0, text
-    report = json.loads((out / "report.json").read_text())
+    report = json.loads((out / "report.json").read_text(encoding="utf-8"))
     assert report["feature_extractor"]["kind"] == "checkpoint"
     assert report["bn_shift"]["network"] == "checkpoint encoder"
     pred = [t for t in report["tests"] if t["family"] == "prediction"]
     fields = {r["field"] for r in report["prediction_shift"]}
     assert len(pred) == len(report["prediction_shift"]) >= 3, fields
     assert all(0.0 < t["p_value"] <= 1.0 and 0.0 <= t["statistic"] <= 1.0 for t in pred)  # KS statistic and p
-    page = (out / "report.html").read_text()
+    page = (out / "report.html").read_text(encoding="utf-8")
     assert all(t["name"].split(" (")[0] in page for t in pred)
     # 2 scans per side: the classifier test is skipped with a note, the MMD test still runs
     assert any("classifier test skipped" in n for n in report["notes"])
@@ -117,7 +117,7 @@ def test_rank_encoders(shared: dict[str, Path], tmp_path: Path) -> None:
     code, text = _run(["diagnose", "--source", str(shared["a"]), "--target", str(shared["b"]), "-o", str(out),
                        "--checkpoint", str(shared["ckpt"]), "--rank-encoders", "--n-permutations", "20"])
     assert code == 0, text
-    rows = json.loads((out / "report.json").read_text())["encoder_ranking"]
+    rows = json.loads((out / "report.json").read_text(encoding="utf-8"))["encoder_ranking"]
     scored = [r for r in rows if "error" not in r]
     # the embedded encoder has weights: every 3D adapter of it is ranked
     assert {(r["encoder"], r["adapter"]) for r in scored} >= {("efficientnet-lite0", a) for a in ("inflate", "acs", "2.5d")}

@@ -26,8 +26,8 @@ B,0,0,0,0.6,5,0.5
 
 @pytest.fixture()
 def tables(tmp_path: Path) -> tuple[Path, Path]:
-    (tmp_path / "ann.csv").write_text(ANNOTATIONS)
-    (tmp_path / "pred.csv").write_text(PREDICTIONS)
+    (tmp_path / "ann.csv").write_text(ANNOTATIONS, encoding="utf-8")
+    (tmp_path / "pred.csv").write_text(PREDICTIONS, encoding="utf-8")
     return tmp_path / "pred.csv", tmp_path / "ann.csv"
 
 
@@ -39,7 +39,7 @@ def test_evaluate_writes_the_report(tables: tuple[Path, Path], tmp_path: Path) -
     assert r.exit_code == 0, r.output
     for name in ("metrics.json", "metrics.md", "froc.png", "bland_altman.png", "reliability.png"):
         assert (out / name).stat().st_size > 0
-    m = json.loads((out / "metrics.json").read_text())
+    m = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
     # scans A, B, C; lesions: A1 (0.9), A2 (0.5), C missed; FPs 0.7, 0.6 over 3 scans
     assert m["counts"] == {"n_scans": 3, "n_lesions": 3, "n_predictions": 5, "n_detected": 2,
                            "n_false_positives": 2, "n_ignored": 1, "n_scans_without_lesions": 1}
@@ -50,7 +50,7 @@ def test_evaluate_writes_the_report(tables: tuple[Path, Path], tmp_path: Path) -
     lo, hi = m["overall"]["cpm"]["ci95"]
     assert lo <= m["overall"]["cpm"]["value"] <= hi
     assert set(m["per_site"]) == {"s1", "s2", "unknown"}
-    assert "| cpm |" in (out / "metrics.md").read_text()
+    assert "| cpm |" in (out / "metrics.md").read_text(encoding="utf-8")
 
 
 @pytest.mark.parametrize(
@@ -68,7 +68,7 @@ def test_malformed_predictions_give_one_error_line(tables: tuple[Path, Path], tm
                                                    message: str) -> None:
     _, ann = tables
     bad = tmp_path / "bad.csv"
-    bad.write_text(content)
+    bad.write_text(content, encoding="utf-8")
     r = CliRunner().invoke(main, ["evaluate", "--predictions", str(bad), "--annotations", str(ann),
                                   "-o", str(tmp_path / "e"), "--n-bootstrap", "0"])
     assert r.exit_code == 1

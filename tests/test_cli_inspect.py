@@ -26,7 +26,7 @@ def _folder(tmp_path: Path) -> Path:
     sitk.WriteImage(mr, str(tmp_path / "mr_case.mha"))
     (tmp_path / "masks").mkdir()
     nib.save(nib.Nifti1Image(np.zeros((32, 32, 8), np.uint8), affine), str(tmp_path / "masks" / "ct_case_lesions.nii.gz"))
-    (tmp_path / "annotations.csv").write_text("seriesuid,coordX,coordY,coordZ,diameter_mm\nct_case,-3,-20,20,5\n")
+    (tmp_path / "annotations.csv").write_text("seriesuid,coordX,coordY,coordZ,diameter_mm\nct_case,-3,-20,20,5\n", encoding="utf-8")
     return tmp_path
 
 

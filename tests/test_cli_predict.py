@@ -39,10 +39,10 @@ def test_corrupt_scan_is_recorded_the_batch_goes_on_and_reruns_resume(
     r1 = CliRunner().invoke(main, args)
     assert r1.exit_code == 1, r1.output
     assert f"Error: 1 of 3 scans failed; see {out / 'failures.json'}" in r1.output
-    failures = json.loads((out / "failures.json").read_text())
+    failures = json.loads((out / "failures.json").read_text(encoding="utf-8"))
     assert [f["seriesuid"] for f in failures] == ["ct_b_bad"] and failures[0]["reason"]
     assert (out / "scans" / "ct_b_0000.json").is_file() and (out / "scans" / "ct_b_0001.json").is_file()
-    rows = (out / "predictions.csv").read_text().splitlines()
+    rows = (out / "predictions.csv").read_text(encoding="utf-8").splitlines()
     assert len(rows) == 1 + 2 * helpers.DECODE["max_lesions"]
 
     r2 = CliRunner().invoke(main, args)  # second run: nothing to redo for the complete scans

@@ -73,11 +73,11 @@ def test_patch_larger_than_scans(tmp_path: Path) -> None:
 def test_non_empty_out_and_bad_resume(tmp_path: Path) -> None:
     out_dir = tmp_path / "run"
     out_dir.mkdir()
-    (out_dir / "x.txt").write_text("keep")
+    (out_dir / "x.txt").write_text("keep", encoding="utf-8")
     code, out = _run(["train", "--config", str(TINY), "--out", str(out_dir)])
     _assert_one_error(code, out, r"is not empty; pass --resume")
     code, out = _run(["train", "--config", str(TINY), "--out", str(out_dir), "--resume"])
     _assert_one_error(code, out, r"cannot resume")
     code, out = _run(["train", "--config", str(TINY), "--out", str(out_dir), "--resume", "--overwrite"])
     _assert_one_error(code, out, r"exclude each other")
-    assert (out_dir / "x.txt").read_text() == "keep"
+    assert (out_dir / "x.txt").read_text(encoding="utf-8") == "keep"

@@ -69,7 +69,7 @@ def _write_metrics(path: Path, cpm: float, mae: float | None, auc: float | None)
 
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({"overall": {"cpm": entry(cpm), "diameter_mae_mm": entry(mae),
-                                            "malignancy_auc": entry(auc)}}))
+                                            "malignancy_auc": entry(auc)}}), encoding="utf-8")
     return path
 
 
@@ -124,16 +124,16 @@ def test_filter_annotations_keeps_only_given_scans(tmp_path: Path) -> None:
 def test_run_records_hash_every_input_file(tmp_path: Path) -> None:
     data = tmp_path / "data"
     (data / "sub").mkdir(parents=True)
-    (data / "a.txt").write_text("a")
+    (data / "a.txt").write_text("a", encoding="utf-8")
     (data / "sub" / "b.txt").write_text("b")
     run = tmp_path / "run"
     C.write_run_records(run, inputs={"data": data}, config={"seed": 3}, device="cpu")
-    inputs = json.loads((run / "inputs.json").read_text())
+    inputs = json.loads((run / "inputs.json").read_text(encoding="utf-8"))
     files = {f["path"]: f["sha256"] for f in inputs["inputs"]["data"]["files"]}
     assert files == {"a.txt": C.sha256_file(data / "a.txt"), "sub/b.txt": C.sha256_file(data / "sub" / "b.txt")}
-    versions = json.loads((run / "versions.json").read_text())
+    versions = json.loads((run / "versions.json").read_text(encoding="utf-8"))
     assert {"python", "torch", "monai", "medmtl"} <= set(versions) and versions["device"] == "cpu"
-    assert "seed: 3" in (run / "config.yaml").read_text()
+    assert "seed: 3" in (run / "config.yaml").read_text(encoding="utf-8")
 
 
 def test_results_table_reads_metrics_json(tmp_path: Path) -> None:
@@ -148,11 +148,11 @@ def test_results_table_reads_metrics_json(tmp_path: Path) -> None:
 def test_demo_clear_outputs_keeps_user_files(tmp_path: Path) -> None:
     out = tmp_path / "demo_out"
     (out / "predictions" / "x").mkdir(parents=True)
-    (out / "README.md").write_text("old")
-    (out / "my_notes.txt").write_text("keep me")
+    (out / "README.md").write_text("old", encoding="utf-8")
+    (out / "my_notes.txt").write_text("keep me", encoding="utf-8")
     demo.clear_outputs(out)
     assert not (out / "predictions").exists() and not (out / "README.md").exists()
-    assert (out / "my_notes.txt").read_text() == "keep me"
+    assert (out / "my_notes.txt").read_text(encoding="utf-8") == "keep me"
 
 
 # --------------------------------------------------------------------------- unit: transfer grid
@@ -168,10 +168,10 @@ def test_transfer_grid_expansion_and_names(tmp_path: Path) -> None:
     assert "model.pretrained=false" in points[0].overrides()
     assert "data.label_fraction=1.0" in points[0].overrides()
     grid = tmp_path / "grid.yaml"
-    grid.write_text("grid:\n  adaptor: [inflate]\n")
+    grid.write_text("grid:\n  adaptor: [inflate]\n", encoding="utf-8")
     with pytest.raises(ValueError, match="unknown axis.*adapter"):
         transfer_study.load_grid(grid)
-    grid.write_text("gird: {}\n")
+    grid.write_text("gird: {}\n", encoding="utf-8")
     with pytest.raises(ValueError, match="unknown key"):
         transfer_study.load_grid(grid)
 
@@ -193,11 +193,11 @@ def test_transfer_aggregate_pools_seeds() -> None:
 
 def _check_printed_table(out: Path, printed: str, n_conditions: int) -> None:
     """Every number the demo printed equals the one in that condition's metrics.json."""
-    results = json.loads((out / "results.json").read_text())
+    results = json.loads((out / "results.json").read_text(encoding="utf-8"))
     table = _parse_table(printed)
     assert len(table) == n_conditions == len(results["conditions"])
     for rec in results["conditions"]:
-        overall = json.loads((out / rec["metrics_json"]).read_text())["overall"]
+        overall = json.loads((out / rec["metrics_json"]).read_text(encoding="utf-8"))["overall"]
         expected = [C.fmt(overall[k]["value"]) for k, _, _ in C.METRICS]
         assert table[rec["condition"]] == expected
 
@@ -208,7 +208,7 @@ def test_demo_with_checkpoint(tmp_path: Path, pipeline_checkpoint: Path, capsys:
     target = _subset(SITE_B, tmp_path / "site_b", ["ct_b_0000", "ct_b_0001"])
     out = tmp_path / "demo_out"
     out.mkdir()
-    (out / "keep.txt").write_text("user file")
+    (out / "keep.txt").write_text("user file", encoding="utf-8")
     args = ["--out", str(out), "--fast", "--device", "cpu", "--checkpoint", str(pipeline_checkpoint),
             "--target", str(target), "--methods", "histmatch", "--skip-diagnose", "--n-heldout", "2"]
     assert demo.main(args) == 0
@@ -220,14 +220,14 @@ def test_demo_with_checkpoint(tmp_path: Path, pipeline_checkpoint: Path, capsys:
     for rel in ("README.md", "results.json", "results.csv", "versions.json", "inputs.json",
                 "figures/results.png", "figures/froc_all.png", "adapted/histmatch/model_card.json"):
         assert (out / rel).is_file(), rel
-    assert (out / "keep.txt").read_text() == "user file"
+    assert (out / "keep.txt").read_text(encoding="utf-8") == "user file"
     _check_printed_table(out, printed, len(keys))
-    results = json.loads((out / "results.json").read_text())
+    results = json.loads((out / "results.json").read_text(encoding="utf-8"))
     assert set(results["heldout_ids"]).isdisjoint(results["train_ids"])
     assert results["trained"] is False
-    inputs = json.loads((out / "inputs.json").read_text())
+    inputs = json.loads((out / "inputs.json").read_text(encoding="utf-8"))
     assert set(inputs["inputs"]) == {"source", "target", "checkpoint"}
-    assert "site B + histogram matching" in (out / "README.md").read_text()
+    assert "site B + histogram matching" in (out / "README.md").read_text(encoding="utf-8")
 
 
 @pytest.mark.slow
@@ -242,10 +242,10 @@ def test_demo_fast_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]
                 "train/gradient_conflict.csv", "figures/results.png", "figures/froc_all.png"):
         assert (out / rel).is_file(), rel
     _check_printed_table(out, printed, 3)
-    inputs = json.loads((out / "inputs.json").read_text())
+    inputs = json.loads((out / "inputs.json").read_text(encoding="utf-8"))
     assert set(inputs["inputs"]) == {"source", "target", "config"}
     assert set(inputs["heldout_ids"]).isdisjoint(inputs["train_ids"])
-    assert "site B + AdaBN" in (out / "README.md").read_text()
+    assert "site B + AdaBN" in (out / "README.md").read_text(encoding="utf-8")
 
 
 def test_adaptation_study_with_checkpoint(tmp_path: Path, pipeline_checkpoint: Path) -> None:
@@ -255,7 +255,7 @@ def test_adaptation_study_with_checkpoint(tmp_path: Path, pipeline_checkpoint: P
             "--methods", "none,histmatch", "--fast", "--device", "cpu", "--n-heldout", "2"]
     rc = adaptation_study.main(args)
     assert rc == 0
-    results = json.loads((out / "results.json").read_text())
+    results = json.loads((out / "results.json").read_text(encoding="utf-8"))
     methods = [r["method"] for r in results["rows"]]
     assert methods == ["reference", "none", "histmatch"]
     assert "cpm_gap_closed" in results["rows"][2]
@@ -279,9 +279,9 @@ def test_transfer_study_tiniest_grid(tmp_path: Path, capsys: pytest.CaptureFixtu
     for rel in ("config.yaml", "versions.json", "inputs.json", "train/checkpoint/model_card.json",
                 "predictions/predictions.csv", "metrics/metrics.json", "done.json"):
         assert (run / rel).is_file(), rel
-    results = json.loads((out / "results.json").read_text())
+    results = json.loads((out / "results.json").read_text(encoding="utf-8"))
     (row,) = results["rows"]
-    metrics = json.loads((run / "metrics" / "metrics.json").read_text())["overall"]
+    metrics = json.loads((run / "metrics" / "metrics.json").read_text(encoding="utf-8"))["overall"]
     assert row["cpm"] == metrics["cpm"]["value"]
     assert row["ci_over"] == "scans"
     assert "inflate" in printed
@@ -293,14 +293,14 @@ def test_transfer_study_two_seeds_gives_seed_intervals(tmp_path: Path) -> None:
     data = _subset(SITE_A, tmp_path / "site_a", ["ct_a_0000", "ct_a_0001", "ct_a_0002", "ct_a_0003"])
     assert transfer_study.main(["--out", str(out), "--data", str(data), "--fast", "--device", "cpu",
                                 "--seeds", "0,1", "--n-test", "1", "--n-val", "1"]) == 0
-    (row,) = json.loads((out / "results.json").read_text())["rows"]
+    (row,) = json.loads((out / "results.json").read_text(encoding="utf-8"))["rows"]
     assert row["n_seeds"] == 2 and row["ci_over"] == "seeds"
     assert row["cpm"] is None or math.isfinite(row["cpm"])
 
 
 def test_bad_usage_is_one_line_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     grid = tmp_path / "g.yaml"
-    grid.write_text("grid:\n  weightings: [fixed]\n")
+    grid.write_text("grid:\n  weightings: [fixed]\n", encoding="utf-8")
     assert transfer_study.main(["--out", str(tmp_path / "t"), "--grid", str(grid)]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error:") and "weightings" in err and len(err.splitlines()) == 1

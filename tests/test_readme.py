@@ -52,7 +52,7 @@ def scratch(tmp_path: Path) -> Path:
 
 def _run(argv: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
     env = dict(os.environ, PYTHONPATH=str(cwd), OMP_NUM_THREADS="2", MPLBACKEND="Agg")
-    return subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
+    return subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True, encoding="utf-8", timeout=900)
 
 
 def test_readme_commands_and_code_blocks_run(scratch: Path) -> None:

@@ -223,12 +223,78 @@ class _ToPlaind(MapTransform):
         return out
 
 
+def patch_starts(centres: np.ndarray, shape: Sequence[int], patch: Sequence[int]) -> np.ndarray:
+    """First voxel of patches centred on ``centres``, shifted to lie inside the volume.
+
+    Args:
+        centres: ``(N, 3)`` voxel indices (integers or fractional).
+        shape: spatial shape ``(I, J, K)`` of the volume (at least ``patch`` per axis).
+        patch: patch size ``(pi, pj, pk)``.
+
+    Returns:
+        ``(N, 3)`` integer start indices with ``0 <= start <= shape - patch``.
+    """
+    c = np.rint(np.asarray(centres, dtype=np.float64).reshape(-1, 3)).astype(int)
+    p = np.asarray(patch, dtype=int)
+    return np.clip(c - p // 2, 0, np.asarray(shape, dtype=int) - p)
+
+
+class LesionCentredCropd(MapTransform):
+    """One patch centred on every lesion of an item (deterministic; no jitter).
+
+    The lesion centres are the exact peaks of the item's ``heatmap`` target (the voxel
+    nearest to each centre is ``1``). Each patch is shifted to lie inside the volume; an item
+    without lesions gives its central patch. Returns a list of dicts, like
+    ``RandCropByPosNegLabeld``.
+
+    Args:
+        keys: keys to crop (all share the spatial grid of ``heatmap``).
+        spatial_size: patch size ``[I, J, K]`` in voxels.
+        peak_key: the heatmap key whose exact peaks are the lesion centres.
+    """
+
+    def __init__(self, keys: Sequence[str], spatial_size: Sequence[int], peak_key: str = "heatmap") -> None:
+        super().__init__(keys=list(keys))
+        self.spatial_size = [int(s) for s in spatial_size]
+        self.peak_key = peak_key
+
+    def centres(self, data: Mapping[Hashable, Any]) -> np.ndarray:
+        """``(N, 3)`` voxel indices of the lesion centres (the central voxel when there is none)."""
+        heat = data[self.peak_key]
+        arr = heat.as_tensor() if hasattr(heat, "as_tensor") else torch.as_tensor(heat)
+        peaks = torch.nonzero(arr[0] >= 1.0 - 1e-6).cpu().numpy()
+        if len(peaks) == 0:
+            peaks = (np.asarray(arr.shape[-3:]) // 2)[None]
+        return peaks
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> list[dict[Hashable, Any]]:  # type: ignore[override]
+        from monai.transforms import SpatialCrop
+
+        shape = tuple(int(s) for s in data[self.peak_key].shape[-3:])
+        out = []
+        for start in patch_starts(self.centres(data), shape, self.spatial_size):
+            crop = SpatialCrop(roi_start=start.tolist(), roi_end=(start + self.spatial_size).tolist())
+            d = dict(data)
+            for key in self.key_iterator(d):
+                d[key] = crop(d[key])
+            out.append(d)
+        return out
+
+
 def random_transforms(cfg: TrainConfig, spec: InputSpec) -> Compose:
-    """Patch sampling (pos:neg = ``pos_fraction`` : ``1 - pos_fraction``) and augmentation."""
+    """Patch sampling and augmentation.
+
+    ``train.sampling = random``: ``samples_per_scan`` patches, pos:neg = ``pos_fraction`` :
+    ``1 - pos_fraction`` (``RandCropByPosNegLabeld``); ``lesions``: one patch centred on each
+    lesion (:class:`LesionCentredCropd`).
+    """
     t = cfg.train
     keys = [*PATCH_KEYS, "pos"]
-    steps: list[Any] = [
-        RandCropByPosNegLabeld(
+    crop: Any
+    if t.sampling == "lesions":
+        crop = LesionCentredCropd(keys=keys, spatial_size=list(t.patch_size))
+    else:
+        crop = RandCropByPosNegLabeld(
             keys=keys,
             label_key="pos",
             spatial_size=list(t.patch_size),
@@ -236,7 +302,7 @@ def random_transforms(cfg: TrainConfig, spec: InputSpec) -> Compose:
             neg=1.0 - t.pos_fraction,
             num_samples=t.samples_per_scan,
         )
-    ]
+    steps: list[Any] = [crop]
     if t.augment != "none":
         from medmtl.transforms.augment import train_augmentations
 
@@ -406,6 +472,7 @@ def stack_patches(patches: Sequence[Mapping[str, torch.Tensor]]) -> dict[str, to
 
 __all__ = [
     "BuildTargetsd",
+    "LesionCentredCropd",
     "PATCH_KEYS",
     "PatchDataset",
     "TARGET_KEYS",
@@ -418,6 +485,7 @@ __all__ = [
     "input_spec_from_config",
     "labelled_mask",
     "load_training_data",
+    "patch_starts",
     "preprocess_volumes",
     "random_transforms",
     "split_scan_ids",

@@ -4,7 +4,9 @@ The model card holds everything prediction needs (DESIGN.md, "Checkpoint"): the 
 config record, the network build config, the input spec, the patch size, decode settings
 (with the fitted malignancy temperature), the training config, the training data's
 reference statistics for shift checks, adaptations applied later, library versions, the
-weights' SHA-256 and the creation time.
+weights' SHA-256 and the creation time. The weights file is written with a canonical
+header (sorted keys), so identical tensors give identical bytes and the same
+``weights_sha256`` in every process (see :func:`canonical_safetensors_bytes`).
 
 Folders are written atomically: everything goes into a hidden sibling ``.<name>.tmp-xxxx``
 first, which is then renamed into place; an existing folder is swapped out and removed only
@@ -84,6 +86,39 @@ def sha256_file(path: str | Path) -> str:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+def canonical_safetensors_bytes(tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> bytes:
+    """Serialise tensors to safetensors bytes that depend only on the tensors and metadata.
+
+    ``safetensors`` writes its ``__metadata__`` map from a Rust ``HashMap``, whose iteration
+    order is randomised per process: the same tensors saved by two processes gave two
+    different files (and two different SHA-256s). The JSON header is therefore rewritten with
+    sorted keys and no whitespace (padded with spaces to 8 bytes, as the format requires);
+    the data section is unchanged. The result loads with every safetensors reader.
+
+    Args:
+        tensors: name → contiguous CPU tensor.
+        metadata: optional string → string metadata.
+
+    Returns:
+        The file's bytes.
+    """
+    import struct
+
+    from safetensors.torch import save
+
+    raw = save(tensors, metadata=metadata)
+    (n,) = struct.unpack("<Q", raw[:8])
+    header = json.loads(raw[8 : 8 + n].decode("utf-8"))
+    text = json.dumps(header, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode("utf-8")
+    text += b" " * (-len(text) % 8)
+    return struct.pack("<Q", len(text)) + text + raw[8 + n :]
+
+
+def sha256_bytes(data: bytes) -> str:
+    """Hex SHA-256 of bytes."""
+    return hashlib.sha256(data).hexdigest()
 
 
 def state_dict_for_saving(module: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -179,17 +214,16 @@ def save_checkpoint(
     Raises:
         CheckpointError: the card lacks a required key.
     """
-    from safetensors.torch import save_file
-
     from medmtl.io.writers import _jsonable
 
     full = _complete_card(model, card)
-    tensors = state_dict_for_saving(model)
+    blob = canonical_safetensors_bytes(
+        state_dict_for_saving(model), metadata={"format": "pt", "medmtl_format": str(FORMAT_VERSION)}
+    )
+    full["weights_sha256"] = sha256_bytes(blob)  # a pure function of the tensors (same file bytes)
 
     def fill(tmp: Path) -> None:
-        weights = tmp / WEIGHTS_FILE
-        save_file(tensors, str(weights), metadata={"format": "pt", "medmtl_format": str(FORMAT_VERSION)})
-        full["weights_sha256"] = sha256_file(weights)
+        (tmp / WEIGHTS_FILE).write_bytes(blob)
         text = json.dumps(_jsonable(full), indent=2, allow_nan=False, sort_keys=False) + "\n"
         (tmp / CARD_FILE).write_text(text, encoding="utf-8")
         if extra is not None:
@@ -292,10 +326,12 @@ __all__ = [
     "FORMAT_VERSION",
     "WEIGHTS_FILE",
     "atomic_folder",
+    "canonical_safetensors_bytes",
     "library_versions",
     "load_checkpoint",
     "read_card",
     "save_checkpoint",
+    "sha256_bytes",
     "sha256_file",
     "state_dict_for_saving",
 ]

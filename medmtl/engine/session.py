@@ -94,8 +94,11 @@ class TrainingSession:
         self.tracker = GradientConflictTracker(TASKS) if cfg.train.conflict_every > 0 else None
         self._setup_strategy()
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp == "fp16" and self.device.type == "cuda")
-        per_rank = math.ceil(len(self.train_ds) / self.dist.world_size)
-        auto_steps = math.ceil(per_rank * cfg.train.samples_per_scan / cfg.train.batch_size)
+        if cfg.train.sampling == "lesions":  # one patch per lesion (a lesion-free scan: one)
+            patches = sum(max(1, len(it["lesions"])) for it in self.data.train_items)
+        else:
+            patches = len(self.train_ds) * cfg.train.samples_per_scan
+        auto_steps = math.ceil(math.ceil(patches / self.dist.world_size) / cfg.train.batch_size)
         self.steps_per_epoch = cfg.train.steps_per_epoch or max(1, auto_steps)
         self.total_steps = self.steps_per_epoch * cfg.train.epochs
 
@@ -146,6 +149,7 @@ class TrainingSession:
             conflict=self.tracker,
             conflict_every=self.cfg.train.conflict_every,
             train_mode=self.plan.schedule.train,
+            freeze_bn=self.cfg.train.freeze_bn,
         )
 
     # ------------------------------------------------------------------ data

@@ -52,6 +52,8 @@ class StepContext:
         conflict_every: measure conflict every N steps (0 = off).
         train_mode: puts the model in training mode (the strategy's, which keeps frozen
             BatchNorm layers in eval mode); default ``model.train()``.
+        freeze_bn: after that, keep every BatchNorm layer of ``model.encoder`` in eval mode
+            (``train.freeze_bn``).
     """
 
     model: torch.nn.Module
@@ -69,6 +71,7 @@ class StepContext:
     conflict: Any = None
     conflict_every: int = 0
     train_mode: Callable[[torch.nn.Module], Any] | None = None
+    freeze_bn: bool = False
 
 
 @dataclass
@@ -229,6 +232,13 @@ def train_epoch(
         ctx.train_mode(ctx.model)
     else:
         ctx.model.train()
+    if ctx.freeze_bn:
+        from torch.nn.modules.batchnorm import _BatchNorm
+
+        encoder = getattr(ctx.model, "encoder", ctx.model)
+        for m in encoder.modules():
+            if isinstance(m, _BatchNorm):
+                m.eval()
     stats = EpochStats()
     start = time.perf_counter()
     bar = tqdm(total=steps, desc=f"epoch {epoch + 1}", leave=False, disable=not progress or not ctx.dist.is_main)

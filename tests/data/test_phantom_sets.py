@@ -33,7 +33,7 @@ def test_same_seed_gives_identical_files(tmp_path):
     a = write_phantom_set(tmp_path / "a", kind="ct", site="a", n=2, seed=5, shape=SMALL)
     b = write_phantom_set(tmp_path / "b", kind="ct", site="a", n=2, seed=5, shape=SMALL)
     c = write_phantom_set(tmp_path / "c", kind="ct", site="a", n=1, seed=6, shape=SMALL)
-    assert (a / "annotations.csv").read_text() == (b / "annotations.csv").read_text()
+    assert (a / "annotations.csv").read_text(encoding="utf-8") == (b / "annotations.csv").read_text(encoding="utf-8")
     for name in ("ct_a_0000.nii.gz", "ct_a_0001.nii.gz", "masks/ct_a_0000_lesions.nii.gz"):
         va, vb = np.asarray(nib.load(a / name).dataobj), np.asarray(nib.load(b / name).dataobj)
         assert np.array_equal(va, vb)
@@ -69,12 +69,12 @@ def test_mri_set_is_uint16(tmp_path):
 
 def test_refuses_to_overwrite_a_set(tmp_path):
     out = write_phantom_set(tmp_path / "s", kind="ct", site="b", n=1, seed=1, shape=SMALL)
-    before = (out / "annotations.csv").read_text()
+    before = (out / "annotations.csv").read_text(encoding="utf-8")
     with pytest.raises(MedmtlError, match="refusing to overwrite"):
         write_phantom_set(out, kind="ct", site="b", n=1, seed=2, shape=SMALL)
-    assert (out / "annotations.csv").read_text() == before
+    assert (out / "annotations.csv").read_text(encoding="utf-8") == before
     write_phantom_set(out, kind="ct", site="b", n=1, seed=2, shape=SMALL, overwrite=True)
-    assert (out / "annotations.csv").read_text() != before or before.count("\n") == 1
+    assert (out / "annotations.csv").read_text(encoding="utf-8") != before or before.count("\n") == 1
 
 
 @pytest.mark.parametrize(
@@ -100,7 +100,7 @@ def test_dicom_set_matches_its_nifti_twin(tmp_path):
     out = write_phantom_set(tmp_path / "d", kind="ct", site="b", n=1, seed=3, shape=SMALL, dicom=True)
     twin = tmp_path / "d_nifti"
     rows = _rows(out / "annotations.csv")
-    assert (twin / "annotations.csv").read_text() == (out / "annotations.csv").read_text()
+    assert (twin / "annotations.csv").read_text(encoding="utf-8") == (out / "annotations.csv").read_text(encoding="utf-8")
     reader = sitk.ImageSeriesReader()
     series = reader.GetGDCMSeriesIDs(str(out / "ct_b_0000"))
     assert len(series) == 1

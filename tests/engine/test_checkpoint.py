@@ -109,15 +109,15 @@ def test_missing_files_and_keys(saved: Path, tmp_path: Path) -> None:
     with pytest.raises(CheckpointError, match="has no model.safetensors"):
         load_checkpoint(no_weights)
     missing_key = _copy(saved, tmp_path / "missing_key")
-    card = json.loads((missing_key / CARD_FILE).read_text())
+    card = json.loads((missing_key / CARD_FILE).read_text(encoding="utf-8"))
     del card["input_spec"]
-    (missing_key / CARD_FILE).write_text(json.dumps(card))
+    (missing_key / CARD_FILE).write_text(json.dumps(card), encoding="utf-8")
     with pytest.raises(CheckpointError, match="missing key 'input_spec'"):
         load_checkpoint(missing_key)
     bad_decode = _copy(saved, tmp_path / "bad_decode")
-    card = json.loads((bad_decode / CARD_FILE).read_text())
+    card = json.loads((bad_decode / CARD_FILE).read_text(encoding="utf-8"))
     del card["decode"]["temperature"]
-    (bad_decode / CARD_FILE).write_text(json.dumps(card))
+    (bad_decode / CARD_FILE).write_text(json.dumps(card), encoding="utf-8")
     with pytest.raises(CheckpointError, match="'decode' must hold"):
         load_checkpoint(bad_decode)
 
@@ -145,17 +145,17 @@ def test_save_requires_trainer_keys(small_model: torch.nn.Module, tmp_path: Path
 
 def test_atomic_folder_never_half_written(tmp_path: Path) -> None:
     target = tmp_path / "ckpt"
-    atomic_folder(target, lambda d: (d / "a.txt").write_text("old"))
+    atomic_folder(target, lambda d: (d / "a.txt").write_text("old", encoding="utf-8"))
 
     def fail(d: Path) -> None:
-        (d / "a.txt").write_text("new")
+        (d / "a.txt").write_text("new", encoding="utf-8")
         raise RuntimeError("killed")
 
     with pytest.raises(RuntimeError):
         atomic_folder(target, fail)
-    assert (target / "a.txt").read_text() == "old"
+    assert (target / "a.txt").read_text(encoding="utf-8") == "old"
     assert [p.name for p in tmp_path.iterdir()] == ["ckpt"]  # no temporary folder left
-    atomic_folder(target, lambda d: (d / "b.txt").write_text("new"))
+    atomic_folder(target, lambda d: (d / "b.txt").write_text("new", encoding="utf-8"))
     assert sorted(p.name for p in target.iterdir()) == ["b.txt"]
     assert [p.name for p in tmp_path.iterdir()] == ["ckpt"]
 
@@ -203,3 +203,49 @@ def test_train_state_round_trip(tmp_path: Path) -> None:
     assert sorted(p.name for p in tmp_path.iterdir()) == ["train_state.json", "train_state.safetensors"]
     with pytest.raises(CheckpointError, match="missing"):
         load_train_state(tmp_path / "nowhere", optimizer=opt2, scheduler=sch2, scaler=None, weighting=w2)
+
+
+def test_weights_sha256_is_a_function_of_the_weights(small_model: torch.nn.Module, tmp_path: Path) -> None:
+    """Saving the same model twice gives the same file bytes and ``weights_sha256``."""
+    from medmtl.engine.checkpoint import sha256_file
+
+    a = save_checkpoint(tmp_path / "a", small_model, _card())
+    b = save_checkpoint(tmp_path / "b", small_model, {**_card(), "train_config": {"seed": 1}})
+    sha_a, sha_b = read_card(a)["weights_sha256"], read_card(b)["weights_sha256"]
+    assert sha_a == sha_b == sha256_file(a / WEIGHTS_FILE)
+    assert (a / WEIGHTS_FILE).read_bytes() == (b / WEIGHTS_FILE).read_bytes()
+
+
+_SAVE_IN_SUBPROCESS = """
+import sys, torch
+from medmtl.engine.checkpoint import canonical_safetensors_bytes, sha256_bytes
+t = {"b.weight": torch.arange(6.0).reshape(2, 3), "a.bias": torch.ones(3), "n": torch.tensor(7)}
+meta = {"format": "pt", "medmtl_format": "1", "z": "last", "a": "first"}
+sys.stdout.write(sha256_bytes(canonical_safetensors_bytes(t, metadata=meta)))
+"""
+
+
+def test_canonical_safetensors_same_bytes_across_processes(tmp_path: Path) -> None:
+    """safetensors orders ``__metadata__`` from a per-process random hash map; ours is sorted."""
+    import json
+    import struct
+    import subprocess
+    import sys
+
+    from safetensors.torch import load_file
+
+    from medmtl.engine.checkpoint import canonical_safetensors_bytes
+
+    digests = {
+        subprocess.run([sys.executable, "-c", _SAVE_IN_SUBPROCESS], check=True, capture_output=True, text=True, encoding="utf-8").stdout
+        for _ in range(3)
+    }
+    assert len(digests) == 1, digests
+    blob = canonical_safetensors_bytes({"w": torch.arange(5.0), "i": torch.tensor([1, 2])}, metadata={"k": "v", "a": "b"})
+    (n,) = struct.unpack("<Q", blob[:8])
+    assert n % 8 == 0
+    header = blob[8 : 8 + n].decode().rstrip(" ")
+    assert header == json.dumps(json.loads(header), sort_keys=True, separators=(",", ":"))
+    (tmp_path / "x.safetensors").write_bytes(blob)
+    back = load_file(str(tmp_path / "x.safetensors"))
+    assert torch.equal(back["w"], torch.arange(5.0)) and torch.equal(back["i"], torch.tensor([1, 2]))

@@ -28,7 +28,7 @@ def test_torchrun_two_processes_gloo(tmp_path: Path) -> None:
     for o in overrides:
         cmd += ["--set", o]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
-    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, encoding="utf-8", timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert proc.stdout.count("checkpoint:") == 1  # only rank 0 reports (and writes)
     assert sorted(p.name for p in out.iterdir() if p.is_dir()) == ["checkpoint", "last", "tb"]
@@ -36,7 +36,7 @@ def test_torchrun_two_processes_gloo(tmp_path: Path) -> None:
     with open(out / "metrics.csv", encoding="utf-8") as fh:
         rows = list(csv.DictReader(fh))
     assert len(rows) == 1 and rows[0]["step"] == "2"
-    versions = (out / "versions.json").read_text()
+    versions = (out / "versions.json").read_text(encoding="utf-8")
     assert '"world_size": 2' in versions
     model, card = load_checkpoint(out / "checkpoint")
     assert card["training"]["epoch"] == 1

@@ -29,7 +29,7 @@ def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def read_rows(path: Path) -> list[dict[str, str]]:
-    with open(path, newline="") as fh:
+    with open(path, newline="", encoding="utf-8") as fh:
         reader = csv.DictReader(fh)
         assert reader.fieldnames == COLUMNS
         return list(reader)
@@ -43,7 +43,7 @@ def check_tables(out: Path, input_dir: Path, scan_ids: list[str]) -> list[dict[s
     rows = read_rows(out / "predictions.csv")
     assert {r["seriesuid"] for r in rows} <= set(scan_ids)
     refs = {r.scan_id: r for r in discover_scans(input_dir)[0]}
-    pj = json.loads((out / "predictions.json").read_text())
+    pj = json.loads((out / "predictions.json").read_text(encoding="utf-8"))
     assert sorted(pj["scans"]) == sorted(scan_ids)
     for sid in scan_ids:
         scan = read_scan(refs[sid])
@@ -58,7 +58,7 @@ def check_tables(out: Path, input_dir: Path, scan_ids: list[str]) -> list[dict[s
         prov = pj["scans"][sid]["provenance"]
         assert prov["weights_sha256"] and prov["device"] == "cpu" and prov["medmtl_version"]
         assert set(pj["scans"][sid]["timings"]) >= {"read", "preprocess", "infer", "decode", "write"}
-    assert json.loads((out / "failures.json").read_text()) == []
+    assert json.loads((out / "failures.json").read_text(encoding="utf-8")) == []
     return rows
 
 
@@ -80,13 +80,13 @@ def test_predict_tables_maps_previews_and_resume(checkpoint: Path, sample_data: 
         heat = np.asarray(nib.load(str(out / "maps" / f"{sid}_heatmap.nii.gz")).dataobj)
         assert 0.0 <= heat.min() and heat.max() <= 1.0
         assert (out / "previews" / f"{sid}_lesion1.png").stat().st_size > 1000
-    before = (out / "predictions.csv").read_text()
+    before = (out / "predictions.csv").read_text(encoding="utf-8")
 
     s2 = api.predict_folder(checkpoint=checkpoint, input_dir=src, out_dir=out, device="cpu", overlap=0.25,
                             save_maps=True, preview=True, progress=False, scan_ids=ids)
     assert (s2["n_done"], s2["n_skipped"], s2["n_failed"]) == (0, 2, 0)
     assert s2["timings"]["infer"] == 0.0 and s2["timings"]["read"] == 0.0  # no work for complete scans
-    assert (out / "predictions.csv").read_text() == before
+    assert (out / "predictions.csv").read_text(encoding="utf-8") == before
 
 
 def test_dicom_series_and_its_nifti_export_give_the_same_lesions(
@@ -121,7 +121,7 @@ def test_adapt_auto_records_the_shift_gate_decision(checkpoint: Path, sample_dat
             api.predict_folder(out_dir=tmp_path / "a", adapt="auto", **kw)
     else:
         api.predict_folder(out_dir=tmp_path / "a", adapt="auto", **kw)
-        shift = json.loads((tmp_path / "a" / "predictions.json").read_text())["run"]["shift"]
+        shift = json.loads((tmp_path / "a" / "predictions.json").read_text(encoding="utf-8"))["run"]["shift"]
         assert shift["action"] in ("none", "adabn", "skipped") and "reason" in shift
     with pytest.raises(MedmtlError, match="--adapt"):
         api.predict_folder(out_dir=tmp_path / "b", adapt="always", **kw)

@@ -46,7 +46,7 @@ def test_tiny_run_folder(tiny_checkpoint: Path) -> None:
     assert len(rows) == 2 and rows[-1]["cpm"] != ""  # the last epoch validates
     for r in rows:
         assert float(r["loss"]) > 0 and float(r["weight_det"]) == 1.0
-    conflict = json.loads((run / "gradient_conflict.json").read_text())
+    conflict = json.loads((run / "gradient_conflict.json").read_text(encoding="utf-8"))
     assert conflict["pairs"] == ["det|size", "det|malig", "size|malig"] and conflict["epochs"]
 
 
@@ -67,7 +67,7 @@ def test_tiny_card(tiny_checkpoint: Path) -> None:
 
 def test_refuses_non_empty_run_folder(tmp_path: Path) -> None:
     cfg = load_config(TINY, FAST)
-    (tmp_path / "notes.txt").write_text("mine")
+    (tmp_path / "notes.txt").write_text("mine", encoding="utf-8")
     with pytest.raises(ConfigError, match="is not empty; pass --resume .* --overwrite"):
         run_training(cfg, tmp_path)
     with pytest.raises(CheckpointError, match="cannot resume"):
@@ -76,21 +76,24 @@ def test_refuses_non_empty_run_folder(tmp_path: Path) -> None:
         run_training(cfg, tmp_path, resume=True, overwrite=True)
 
 
-def test_resume_reaches_identical_weights(tmp_path: Path) -> None:
-    """2 epochs straight vs 1 epoch, stop, ``--resume`` for 1 more: same weights on CPU."""
+def test_resume_reaches_identical_weights(tiny_checkpoint: Path, tiny_overrides: list[str], tmp_path: Path) -> None:
+    """2 epochs straight vs 1 epoch, stop, ``--resume`` for 1 more: same weights on CPU.
+
+    The straight run is the session's tiny run (2 epochs of 2 steps); the same config is
+    trained here for 1 epoch, stopped, and resumed through the CLI.
+    """
     from medmtl.cli import main
 
-    cfg = load_config(TINY, FAST)
-    straight = run_training(cfg, tmp_path / "straight").parent
-    run_training(load_config(TINY, FAST), tmp_path / "resumed", stop_after_epochs=1)
-    with open(tmp_path / "resumed" / "metrics.csv", encoding="utf-8") as fh:
+    straight = tiny_checkpoint.parent
+    resumed = tmp_path / "resumed"
+    run_training(load_config(TINY, tiny_overrides), resumed, stop_after_epochs=1)
+    with open(resumed / "metrics.csv", encoding="utf-8") as fh:
         assert len(list(csv.DictReader(fh))) == 1
-    args = ["train", "--config", str(TINY), "--out", str(tmp_path / "resumed"), "--resume"]
-    for o in FAST:
+    args = ["train", "--config", str(TINY), "--out", str(resumed), "--resume"]
+    for o in tiny_overrides:
         args += ["--set", o]
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output
-    resumed = tmp_path / "resumed"
     a = load_file(str(straight / "last" / "model.safetensors"))
     b = load_file(str(resumed / "last" / "model.safetensors"))
     assert a.keys() == b.keys()
@@ -106,4 +109,4 @@ def test_resume_reaches_identical_weights(tmp_path: Path) -> None:
     assert [r["loss"] for r in rows_a] == [r["loss"] for r in rows_b]
     # a changed config is refused on resume
     with pytest.raises(ConfigError, match="cannot resume .* train.learning_rate"):
-        run_training(load_config(TINY, [*FAST, "train.learning_rate=0.01"]), resumed, resume=True)
+        run_training(load_config(TINY, [*tiny_overrides, "train.learning_rate=0.01"]), resumed, resume=True)

@@ -26,7 +26,7 @@ HEADER = "seriesuid,coordX,coordY,coordZ,diameter_mm"
 
 def _csv(tmp_path, text, name="annotations.csv"):
     path = tmp_path / name
-    path.write_text(text)
+    path.write_text(text, encoding="utf-8")
     return path
 
 
@@ -61,7 +61,7 @@ def test_write_then_read_round_trip(tmp_path):
         Lesion("s2", (0.0, 0.0, -10.0), 3.0),
     ]
     path = write_annotations_csv(tmp_path / "out" / "annotations.csv", lesions)
-    header = path.read_text().splitlines()[0]
+    header = path.read_text(encoding="utf-8").splitlines()[0]
     assert header == f"{HEADER},malignancy,lesion_id,site,bayes_malignancy_prob"
     back = read_annotations(path)
     assert back[0] == lesions[0]
@@ -97,7 +97,7 @@ def test_unknown_suffix(tmp_path):
 
 def _datalist(tmp_path, data):
     path = tmp_path / "datalist.json"
-    path.write_text(json.dumps(data))
+    path.write_text(json.dumps(data), encoding="utf-8")
     return path
 
 

@@ -47,7 +47,7 @@ def test_discovers_each_format_and_skips_labels(tmp_path, write_nifti):
     write_nifti(tmp_path / "masks" / "g.nii.gz", np.zeros((8, 7, 6), np.uint8))
     write_nifti(tmp_path / "labels" / "h.nii.gz", np.zeros((8, 7, 6), np.uint8))
     for name in ("annotations.csv", "meta.json", "README.md", "preview.png", ".hidden.nii.gz"):
-        (tmp_path / name).write_text("x")
+        (tmp_path / name).write_text("x", encoding="utf-8")
     refs, skipped = discover_scans(tmp_path)
     assert [(r.scan_id, r.format) for r in refs] == [
         ("a", "nifti"),
@@ -97,7 +97,7 @@ def test_duplicate_scan_ids_skipped(tmp_path, write_nifti):
 
 
 def test_empty_folder_raises(tmp_path):
-    (tmp_path / "notes.md").write_text("nothing here")
+    (tmp_path / "notes.md").write_text("nothing here", encoding="utf-8")
     with pytest.raises(ScanReadError, match=r"no scans found in .*expected \.nii/\.nii\.gz/\.mha"):
         discover_scans(tmp_path)
 

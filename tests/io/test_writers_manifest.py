@@ -29,8 +29,8 @@ def test_atomic_writes_create_parents_and_leave_no_temp(tmp_path):
     atomic_write_csv(out / "w.csv", [{"a": 1.25, "b": None}, {"a": "s"}], ["a", "b"])
     assert (out / "x.txt").read_text(encoding="utf-8") == "héllo\n"
     assert (out / "y.bin").read_bytes() == b"\x00\x01"
-    assert json.loads((out / "z.json").read_text()) == {"v": 1.5, "n": None, "arr": [0, 1, 2], "t": [1, 2]}
-    assert (out / "w.csv").read_text() == "a,b\n1.25,\ns,\n"
+    assert json.loads((out / "z.json").read_text(encoding="utf-8")) == {"v": 1.5, "n": None, "arr": [0, 1, 2], "t": [1, 2]}
+    assert (out / "w.csv").read_text(encoding="utf-8") == "a,b\n1.25,\ns,\n"
     assert sorted(p.name for p in out.iterdir()) == ["w.csv", "x.txt", "y.bin", "z.json"]
 
 
@@ -38,12 +38,12 @@ def test_failed_write_keeps_the_old_file(tmp_path):
     target = atomic_write_text(tmp_path / "keep.txt", "old")
 
     def boom(tmp):
-        tmp.write_text("half")
+        tmp.write_text("half", encoding="utf-8")
         raise RuntimeError("disk full")
 
     with pytest.raises(RuntimeError, match="disk full"):
         atomic_save(target, boom)
-    assert target.read_text() == "old"
+    assert target.read_text(encoding="utf-8") == "old"
     assert [p.name for p in tmp_path.iterdir()] == ["keep.txt"]
 
 
@@ -91,24 +91,24 @@ def test_symlink_escape_refused(tmp_path):
 def test_read_manifest_json_and_csv(tmp_path):
     for name in ("a.nii.gz", "b.mha"):
         (tmp_path / name).write_bytes(b"x")
-    (tmp_path / "list.json").write_text(json.dumps(["a.nii.gz", "b.mha"]))
-    (tmp_path / "datalist.json").write_text(json.dumps({"training": [{"image": "a.nii.gz"}], "validation": [{"image": "b.mha"}]}))
-    (tmp_path / "list.csv").write_text("id,path\n1,a.nii.gz\n2,b.mha\n")
+    (tmp_path / "list.json").write_text(json.dumps(["a.nii.gz", "b.mha"]), encoding="utf-8")
+    (tmp_path / "datalist.json").write_text(json.dumps({"training": [{"image": "a.nii.gz"}], "validation": [{"image": "b.mha"}]}), encoding="utf-8")
+    (tmp_path / "list.csv").write_text("id,path\n1,a.nii.gz\n2,b.mha\n", encoding="utf-8")
     expected = [(tmp_path / "a.nii.gz").resolve(), (tmp_path / "b.mha").resolve()]
     for name in ("list.json", "datalist.json", "list.csv"):
         assert read_manifest(tmp_path / name) == expected
 
 
 def test_read_manifest_errors(tmp_path):
-    (tmp_path / "esc.json").write_text(json.dumps({"training": [{"image": "../x.nii.gz"}]}))
+    (tmp_path / "esc.json").write_text(json.dumps({"training": [{"image": "../x.nii.gz"}]}), encoding="utf-8")
     with pytest.raises(PathEscapeError, match=r"'\.\./x\.nii\.gz'"):
         read_manifest(tmp_path / "esc.json")
-    (tmp_path / "missing.json").write_text(json.dumps(["nope.nii.gz"]))
+    (tmp_path / "missing.json").write_text(json.dumps(["nope.nii.gz"]), encoding="utf-8")
     with pytest.raises(ScanReadError, match=r"entry 1: file 'nope\.nii\.gz' does not exist"):
         read_manifest(tmp_path / "missing.json")
-    (tmp_path / "bad.json").write_text("{not json")
+    (tmp_path / "bad.json").write_text("{not json", encoding="utf-8")
     with pytest.raises(ScanReadError, match="is not valid JSON"):
         read_manifest(tmp_path / "bad.json")
-    (tmp_path / "m.txt").write_text("a")
+    (tmp_path / "m.txt").write_text("a", encoding="utf-8")
     with pytest.raises(ScanReadError, match=r"suffix '\.txt' not supported"):
         read_manifest(tmp_path / "m.txt")

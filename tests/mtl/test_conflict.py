@@ -31,7 +31,7 @@ def test_tracker_statistics_and_files(tmp_path):
     assert [r["epoch"] for r in rows] == ["0", "1"]
     assert float(rows[0]["conflict_share/a|b"]) == pytest.approx(0.5)
     assert float(rows[1]["conflict_share/a|b"]) == 0.0
-    data = json.loads(json_path.read_text())
+    data = json.loads(json_path.read_text(encoding="utf-8"))
     assert data["pairs"] == ["a|b", "a|c", "b|c"] and len(data["epochs"]) == 2
     assert not list(tmp_path.glob("*.tmp"))
 

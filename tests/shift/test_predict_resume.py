@@ -46,11 +46,11 @@ def test_resume_key_tracks_adaptation_state(setup: dict[str, Path], tmp_path: Pa
     # the drift gate may adapt BN statistics: results of --adapt auto are not those of --adapt off
     auto = api.predict_folder(checkpoint=setup["ckpt"], adapt="auto", **kw)
     assert auto["n_done"] == 2 and auto["n_skipped"] == 0
-    rec = json.loads(pio.record_path(out, "ct_b_0000").read_text())
+    rec = json.loads(pio.record_path(out, "ct_b_0000").read_text(encoding="utf-8"))
     assert rec["provenance"]["shift"] is not None and rec["provenance"]["resume_key"] == pio.resume_key(base_card, "auto")
     # a harmonised checkpoint's predictions are redone and carry its key
     harmonised = api.predict_folder(checkpoint=hm, **kw)
     assert harmonised["n_done"] == 2 and harmonised["n_skipped"] == 0
-    rec = json.loads(pio.record_path(out, "ct_b_0000").read_text())
+    rec = json.loads(pio.record_path(out, "ct_b_0000").read_text(encoding="utf-8"))
     assert rec["provenance"]["resume_key"] == pio.resume_key(hm_card, "off")
     assert api.predict_folder(checkpoint=hm, **kw)["n_skipped"] == 2
