@@ -145,6 +145,8 @@ class TrainSection:
             (one patch centred on every lesion of the scan, shifted to fit inside the volume,
             no jitter; a lesion-free scan gives its central patch). ``lesions`` is a fixed
             set of patches, e.g. to check that the network can overfit a few scans.
+        patch_jitter: ``lesions`` sampling only: random shift of each patch centre, up to
+            this many voxels per axis (``0`` = exactly centred).
         learning_rate: peak learning rate (> 0).
         weight_decay: AdamW/SGD weight decay (≥ 0).
         optimizer: ``adamw``, ``adam`` or ``sgd``.
@@ -170,6 +172,7 @@ class TrainSection:
     samples_per_scan: int = 2
     pos_fraction: float = 0.5
     sampling: str = "random"
+    patch_jitter: int = 0
     learning_rate: float = 1e-3
     weight_decay: float = 1e-4
     optimizer: str = "adamw"
@@ -475,6 +478,7 @@ def validate_config(cfg: TrainConfig, *, source: str = "<config>", base_dirs: Se
     _check_choice(t.scheduler, "train.scheduler", SCHEDULERS, source)
     _check_choice(t.augment, "train.augment", AUGMENT_STRENGTHS, source)
     _check_choice(t.sampling, "train.sampling", SAMPLING_MODES, source)
+    _check_range(t.patch_jitter >= 0, "train.patch_jitter", t.patch_jitter, ">= 0 voxels", source)
     if not (t.device in ("auto", "cpu", "cuda") or t.device.startswith("cuda:")):
         raise ConfigError(f"train.device = '{t.device}' in {source} is not allowed; allowed: auto, cpu, cuda, cuda:N")
     _check_range(0.0 <= d.val_fraction < 1.0, "data.val_fraction", d.val_fraction, "[0, 1), e.g. 0.25", source)

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
-from monai.transforms import Compose, MapTransform, RandCropByPosNegLabeld
+from monai.transforms import Compose, MapTransform, RandCropByPosNegLabeld, Randomizable
 
 from medmtl.errors import ConfigError
 from medmtl.io.types import Lesion
@@ -239,24 +239,33 @@ def patch_starts(centres: np.ndarray, shape: Sequence[int], patch: Sequence[int]
     return np.clip(c - p // 2, 0, np.asarray(shape, dtype=int) - p)
 
 
-class LesionCentredCropd(MapTransform):
-    """One patch centred on every lesion of an item (deterministic; no jitter).
+class LesionCentredCropd(Randomizable, MapTransform):
+    """One patch centred on every lesion of an item, optionally shifted by a random jitter.
 
     The lesion centres are the exact peaks of the item's ``heatmap`` target (the voxel
     nearest to each centre is ``1``). Each patch is shifted to lie inside the volume; an item
     without lesions gives its central patch. Returns a list of dicts, like
-    ``RandCropByPosNegLabeld``.
+    ``RandCropByPosNegLabeld``. With ``jitter > 0`` each centre moves by a uniform integer
+    offset in ``[-jitter, jitter]`` voxels per axis (drawn from the transform's seeded RNG),
+    so the network cannot learn that lesions sit in the middle of every patch.
 
     Args:
         keys: keys to crop (all share the spatial grid of ``heatmap``).
         spatial_size: patch size ``[I, J, K]`` in voxels.
         peak_key: the heatmap key whose exact peaks are the lesion centres.
+        jitter: maximum shift of a patch centre per axis, voxels (0 = exactly centred).
     """
 
-    def __init__(self, keys: Sequence[str], spatial_size: Sequence[int], peak_key: str = "heatmap") -> None:
-        super().__init__(keys=list(keys))
+    def __init__(
+        self, keys: Sequence[str], spatial_size: Sequence[int], peak_key: str = "heatmap", jitter: int = 0
+    ) -> None:
+        MapTransform.__init__(self, keys=list(keys))
         self.spatial_size = [int(s) for s in spatial_size]
         self.peak_key = peak_key
+        self.jitter = int(jitter)
+
+    def randomize(self, data: Any = None) -> None:
+        """Nothing to draw up front; offsets are drawn per call (see :meth:`__call__`)."""
 
     def centres(self, data: Mapping[Hashable, Any]) -> np.ndarray:
         """``(N, 3)`` voxel indices of the lesion centres (the central voxel when there is none)."""
@@ -271,8 +280,11 @@ class LesionCentredCropd(MapTransform):
         from monai.transforms import SpatialCrop
 
         shape = tuple(int(s) for s in data[self.peak_key].shape[-3:])
+        centres = self.centres(data)
+        if self.jitter > 0:
+            centres = centres + self.R.randint(-self.jitter, self.jitter + 1, size=centres.shape)
         out = []
-        for start in patch_starts(self.centres(data), shape, self.spatial_size):
+        for start in patch_starts(centres, shape, self.spatial_size):
             crop = SpatialCrop(roi_start=start.tolist(), roi_end=(start + self.spatial_size).tolist())
             d = dict(data)
             for key in self.key_iterator(d):
@@ -292,7 +304,7 @@ def random_transforms(cfg: TrainConfig, spec: InputSpec) -> Compose:
     keys = [*PATCH_KEYS, "pos"]
     crop: Any
     if t.sampling == "lesions":
-        crop = LesionCentredCropd(keys=keys, spatial_size=list(t.patch_size))
+        crop = LesionCentredCropd(keys=keys, spatial_size=list(t.patch_size), jitter=t.patch_jitter)
     else:
         crop = RandCropByPosNegLabeld(
             keys=keys,

@@ -46,6 +46,7 @@ OVERFIT = [
     "train.steps_per_epoch=3",
     "train.batch_size=3",
     "train.sampling=lesions",
+    "train.patch_jitter=6",
     "train.augment=none",
     "train.freeze_bn=true",
     "train.learning_rate=0.02",
