@@ -52,8 +52,8 @@ def load_cohort(folder: Path, role: str) -> list[Scan]:
     if not folder.is_dir():
         raise ShiftError(f"--{role} folder '{folder}' does not exist; pass a folder of scans.")
     scans, skipped = load_folder(folder, progress=False)
-    for s in skipped:
-        logger.info("%s: skipped %s (%s)", role, s.path, s.reason)
+    for s in skipped:  # unreadable files matter; label masks skipped on purpose do not
+        (logger.warning if s.failed else logger.debug)("%s: skipped %s (%s)", role, s.path, s.reason)
     if not scans:
         raise ShiftError(f"--{role} folder '{folder}' holds no readable scans; pass a folder of NIfTI/DICOM/MHA/NRRD scans.")
     modalities = sorted({s.modality for s in scans})
