@@ -200,12 +200,13 @@ def domain_shift() -> nbformat.NotebookNode:
         ),
         new_markdown_cell("The report's plots (also inlined in `report.html`):"),
         new_code_cell(
-            'from IPython.display import Image, display\n\n'
-            'pngs = sorted((OUT / "shift").rglob("*.png"))\n'
-            'for p in pngs[:6]:\n'
-            '    print(p.name)\n'
-            '    display(Image(filename=str(p), width=520))\n'
-            'print(len(pngs), "plot file(s)")'
+            'import base64\nimport re\n\nfrom IPython.display import Image, display\n\n'
+            '# report.html is self-contained: its figures are inline base64 PNGs\n'
+            'html = (OUT / "shift" / "report.html").read_text(encoding="utf-8")\n'
+            'pngs = re.findall(r"data:image/png;base64,([A-Za-z0-9+/=]+)", html)\n'
+            'for data in pngs[:6]:\n'
+            '    display(Image(data=base64.b64decode(data), width=520))\n'
+            'print(len(pngs), "figure(s) in the report")'
         ),
         new_markdown_cell("## 2. Adapt to site B without labels (AdaBN) and compare"),
         new_code_cell(
