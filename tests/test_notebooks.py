@@ -17,32 +17,11 @@ REPO = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((REPO / "notebooks").glob("*.ipynb"))
 
 
-def _checkpoint_folder(p: Path) -> Path:
-    p = Path(p)
-    if (p / "model_card.json").is_file():
-        return p
-    if (p / "checkpoint" / "model_card.json").is_file():
-        return p / "checkpoint"
-    raise AssertionError(f"{p} holds no checkpoint")
-
-
 @pytest.fixture(scope="session")
-def notebook_checkpoint(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The shared ``tiny_checkpoint`` fixture when conftest provides it, else a fast training run."""
-    try:
-        return _checkpoint_folder(request.getfixturevalue("tiny_checkpoint"))
-    except pytest.FixtureLookupError:
-        from medmtl import api
-
-        run = tmp_path_factory.mktemp("nb_ckpt") / "run"
-        tiny = REPO / "configs" / "tiny.yaml"
-        if tiny.is_file():
-            return Path(api.train(config=tiny, out_dir=run, overrides=["train.device=cpu"]))
-        return Path(api.train(
-            config=REPO / "configs" / "demo.yaml", out_dir=run,
-            overrides=[f"data.root={REPO / 'sample_data' / 'ct_site_a'}", "train.device=cpu", "train.epochs=1",
-                       "train.steps_per_epoch=2", "train.patch_size=[32, 32, 32]", "validation.calibrate=false"],
-        ))
+def notebook_checkpoint(tiny_checkpoint: Path) -> Path:
+    """The checkpoint folder of the shared ``tiny_checkpoint`` fixture (tests/conftest.py)."""
+    p = Path(tiny_checkpoint)
+    return p if (p / "model_card.json").is_file() else p / "checkpoint"
 
 
 def test_notebooks_are_clean_nbformat_v4() -> None:

@@ -27,29 +27,11 @@ SITE_B = C.REPO / "sample_data" / "ct_site_b"
 # --------------------------------------------------------------------------- helpers
 
 
-def _checkpoint_folder(p: Path) -> Path:
-    p = Path(p)
-    if (p / "model_card.json").is_file():
-        return p
-    if (p / "checkpoint" / "model_card.json").is_file():
-        return p / "checkpoint"
-    raise AssertionError(f"{p} holds no checkpoint")
-
-
 @pytest.fixture(scope="session")
-def pipeline_checkpoint(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The shared ``tiny_checkpoint`` fixture when conftest provides it, else a fast training run."""
-    try:
-        return _checkpoint_folder(request.getfixturevalue("tiny_checkpoint"))
-    except pytest.FixtureLookupError:
-        from medmtl import api
-
-        run = tmp_path_factory.mktemp("pipeline_ckpt") / "run"
-        tiny = C.REPO / "configs" / "tiny.yaml"
-        if tiny.is_file():
-            return Path(api.train(config=tiny, out_dir=run, overrides=["train.device=cpu"]))
-        return Path(api.train(config=C.REPO / "configs" / "demo.yaml", out_dir=run,
-                              overrides=[f"data.root={SITE_A}", "train.device=cpu", *demo.FAST_OVERRIDES]))
+def pipeline_checkpoint(tiny_checkpoint: Path) -> Path:
+    """The checkpoint folder of the shared ``tiny_checkpoint`` fixture (tests/conftest.py)."""
+    p = Path(tiny_checkpoint)
+    return p if (p / "model_card.json").is_file() else p / "checkpoint"
 
 
 def _subset(src: Path, dst: Path, ids: list[str]) -> Path:
