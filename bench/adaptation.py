@@ -46,21 +46,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from bench.machine import cpu_model
+
 REPO = Path(__file__).resolve().parents[1]
 METHODS = ("adabn", "tent", "histmatch", "dann")
 METRICS = (("cpm", "CPM"), ("diameter_mae_mm", "diameter MAE (mm)"), ("malignancy_auc", "malignancy AUC"))
 logger = logging.getLogger("bench.adaptation")
-
-
-def cpu_model() -> str:
-    """The CPU model name (``/proc/cpuinfo``), else :func:`platform.processor`."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8").splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def scan_ids(folder: Path) -> list[str]:

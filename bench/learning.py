@@ -67,6 +67,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from bench.machine import cpu_model
 from pipelines import _common as C
 from pipelines import transfer_study as T
 
@@ -311,17 +312,6 @@ def bayes_auc(annotations: Path, scan_ids: Sequence[str] | None = None, *, n_boo
         if boots:
             out["ci95"] = [float(np.quantile(boots, 0.025)), float(np.quantile(boots, 0.975))]
     return out
-
-
-def cpu_model() -> str:
-    """The CPU model name (``/proc/cpuinfo``), else :func:`platform.processor`."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8").splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def where_measured(device: str) -> str:
