@@ -87,8 +87,15 @@ def gap_share(ref: float | None, none: float | None, after: float | None) -> flo
 
 
 def adaptation_quality(out: Path, *, source: Path, target: Path, fast: bool, n_heldout: int, n_bootstrap: int,
-                       methods: Sequence[str], config: Path = REPO / "configs" / "tiny.yaml") -> dict[str, Any]:
-    """Part 1: train on A, evaluate A held-out and B before / after each method."""
+                       methods: Sequence[str], config: Path = REPO / "configs" / "tiny.yaml", device: str = "cpu",
+                       extra_overrides: Sequence[str] = (),
+                       method_steps: dict[str, int] | None = None) -> dict[str, Any]:
+    """Part 1: train on A, evaluate A held-out and B before / after each method.
+
+    ``device`` (``cpu``, ``cuda``, ``cuda:N``) is used for training, adaptation and prediction;
+    ``extra_overrides`` (``key=value``) go to the training config after the split;
+    ``method_steps`` sets ``tent`` / ``dann`` steps (default: the methods' own).
+    """
     from medmtl import api
 
     ids = scan_ids(source)
@@ -99,10 +106,11 @@ def adaptation_quality(out: Path, *, source: Path, target: Path, fast: bool, n_h
         "data.train_ids=[" + ", ".join(train_ids) + "]",
         "data.val_ids=[" + ", ".join(heldout) + "]",
         "data.max_scans=null",
-        "train.device=cpu",
+        f"train.device={device}",
     ]
     if not fast and config.name == "tiny.yaml":
         overrides += ["train.epochs=6", "train.steps_per_epoch=8"]
+    overrides += list(extra_overrides)
     timings: dict[str, float] = {}
 
     def timed(name: str, fn: Any, **kw: Any) -> Any:
@@ -128,12 +136,13 @@ def adaptation_quality(out: Path, *, source: Path, target: Path, fast: bool, n_h
     filter_annotations(source / "annotations.csv", source_train / "annotations.csv", train_ids)
     for m in methods:
         adapted = Path(timed(f"adapt_{m}", api.adapt, checkpoint=ckpt, target=target, method=m,
-                             out=out / "adapted" / m, seed=0, source=source_train if m == "dann" else None))
+                             out=out / "adapted" / m, seed=0, source=source_train if m == "dann" else None,
+                             device=device, steps=(method_steps or {}).get(m)))
         conditions.append((f"site B, {m}", adapted, target, target / "annotations.csv", None))
     rows: list[dict[str, Any]] = []
     for i, (name, ck, inp, ann, sel) in enumerate(conditions):
         pred = out / "pred" / str(i)
-        timed(f"predict[{name}]", api.predict_folder, checkpoint=ck, input_dir=inp, out_dir=pred, device="cpu",
+        timed(f"predict[{name}]", api.predict_folder, checkpoint=ck, input_dir=inp, out_dir=pred, device=device,
               progress=False, scan_ids=sel, overlap=0.0 if fast else 0.25)
         met = timed(f"evaluate[{name}]", api.evaluate, predictions=pred / "predictions.csv", annotations=ann,
                     out_dir=out / "eval" / str(i), n_bootstrap=n_bootstrap, seed=0)
@@ -231,6 +240,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--config", type=Path, default=REPO / "configs" / "tiny.yaml",
                    help="training config of the site-A model (e.g. configs/demo.yaml, which learns more)")
     p.add_argument("--fast", action="store_true", help="about 15 minutes on a shared 2-core CPU")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N: training, adaptation and prediction")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="training-config override of the site-A model (repeatable)")
+    p.add_argument("--tent-steps", type=int, default=None, help="TENT passes over the target patches")
+    p.add_argument("--dann-steps", type=int, default=None, help="DANN optimisation steps")
+    p.add_argument("--generate-source", type=int, default=None, metavar="N",
+                   help="train / hold out on N fresh site-A phantoms (seed 9100, as bench.learning --generate) instead of --source")
+    p.add_argument("--generate-target", type=int, default=None, metavar="N",
+                   help="test on N fresh site-B phantoms (seed 9400) instead of --target")
     p.add_argument("--methods", default=",".join(METHODS), help="comma-separated subset of " + ",".join(METHODS))
     p.add_argument("--n-heldout", type=int, default=3, help="site-A scans held out (the last ones by id)")
     p.add_argument("--sizes", default="4,8,12", help="scans per side for the calibration part")
@@ -248,7 +266,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     t0 = time.perf_counter()
     load0 = os.getloadavg()[0]
     if not args.skip_quality:
-        res["quality"] = adaptation_quality(out, source=args.source.resolve(), target=args.target.resolve(),
+        from medmtl import api
+
+        source, target = args.source.resolve(), args.target.resolve()
+        if args.generate_source:
+            source = Path(api.generate_sample_data(out=out / "gen_a", kind="ct", site="a", n=args.generate_source,
+                                                   seed=9100, overwrite=True))
+        if args.generate_target:
+            target = Path(api.generate_sample_data(out=out / "gen_b", kind="ct", site="b", n=args.generate_target,
+                                                   seed=9400, overwrite=True))
+        res["source"], res["target"] = str(source), str(target)
+        res["device"] = args.device
+        if args.device.startswith("cuda") and torch.cuda.is_available():
+            res["gpu"] = torch.cuda.get_device_name(torch.device(args.device))
+        res["quality"] = adaptation_quality(out, source=source, target=target, device=args.device,
+                                            extra_overrides=args.overrides,
+                                            method_steps={k: v for k, v in (("tent", args.tent_steps),
+                                                                            ("dann", args.dann_steps)) if v},
                                             fast=args.fast, n_heldout=args.n_heldout, config=args.config,
                                             n_bootstrap=200 if args.fast else 1000,
                                             methods=[m for m in args.methods.split(",") if m])

@@ -410,6 +410,8 @@ def markdown(res: Mapping[str, Any]) -> str:
         lines += [f"**{block}** — {BLOCK_TITLES[block]}", "", results_table(br), ""]
         if block == "mtl" and res.get("delta_m"):
             lines += [delta_table(res["delta_m"]), ""]
+    if res.get("missing"):
+        lines += [f"Not run (time budget of {res.get('time_budget_s')} s reached): " + ", ".join(res["missing"]) + ".", ""]
     lines.append("Intervals: 95 % percentile bootstrap of the mean over seeds (≥ 2 seeds) or over test scans "
                  "(one seed, the evaluation's bootstrap). MAE and AUC are read at detected lesions.")
     return "\n".join(lines) + "\n"
@@ -459,6 +461,69 @@ def run_condition(cond: Condition, seed: int, *, out: Path, config: Path, data: 
     return rec
 
 
+def _worker_init(threads: int) -> None:
+    import torch
+
+    torch.set_num_threads(threads)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s [%(process)d] %(message)s")
+
+
+def _run_one(cond: Condition, seed: int, kw: Mapping[str, Any]) -> tuple[Condition, dict[str, Any]]:
+    return cond, run_condition(cond, seed, **kw)
+
+
+def run_all(todo: Sequence[tuple[Condition, int]], kw: Mapping[str, Any], *, jobs: int = 1,
+            deadline: float | None = None) -> list[tuple[Condition, dict[str, Any]]]:
+    """Run ``(condition, seed)`` pairs in order, ``jobs`` at a time; none is started after ``deadline``.
+
+    Args:
+        todo: the runs, in the order to start them.
+        kw: keyword arguments of :func:`run_condition` shared by every run.
+        jobs: runs at once (worker processes started with ``spawn``, so CUDA works in them).
+        deadline: ``time.perf_counter()`` value after which no further run starts (finished runs of
+            an earlier call in the same folder are still read back).
+
+    Returns:
+        ``(condition, record)`` of each run that finished.
+    """
+    if jobs < 1:
+        raise ValueError(f"--jobs must be at least 1, got {jobs}")
+    done: list[tuple[Condition, dict[str, Any]]] = []
+
+    def late(c: Condition, s: int) -> bool:
+        return (deadline is not None and time.perf_counter() > deadline
+                and not C.is_done(Path(kw["out"]) / "runs" / f"{c.key}__s{s}"))
+
+    if jobs == 1:
+        for i, (c, s) in enumerate(todo, 1):
+            if late(c, s):
+                continue
+            logger.info("learning bench: run %d/%d %s seed %d", i, len(todo), c.key, s)
+            done.append((c, run_condition(c, s, **kw)))
+        return done
+    import multiprocessing as mp
+    from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    pending = list(todo)
+    running: set[Future[tuple[Condition, dict[str, Any]]]] = set()
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn"), initializer=_worker_init,
+                             initargs=(threads,)) as pool_:
+        while pending or running:
+            while pending and len(running) < jobs:
+                c, s = pending.pop(0)
+                if late(c, s):
+                    continue
+                logger.info("learning bench: start %s seed %d (%d waiting)", c.key, s, len(pending))
+                running.add(pool_.submit(_run_one, c, s, kw))
+            if not running:
+                break
+            finished, running = wait(running, return_when=FIRST_COMPLETED)
+            for f in finished:
+                done.append(f.result())
+    return done
+
+
 def run_benchmark(
     *,
     out: Path,
@@ -478,8 +543,15 @@ def run_benchmark(
     n_bootstrap: int | None = None,
     overrides: Sequence[str] = (),
     overwrite: bool = False,
+    jobs: int = 1,
+    time_budget_s: float | None = None,
 ) -> dict[str, Any]:
-    """Run every condition × seed into ``out/runs/`` and write the tables; returns ``results.json``'s dict."""
+    """Run every condition × seed into ``out/runs/`` and write the tables; returns ``results.json``'s dict.
+
+    ``jobs`` > 1 trains that many runs at once in worker processes (one GPU is shared; each worker
+    gets ``cpu_count // jobs`` torch threads). With ``time_budget_s`` no run is started after that
+    many seconds; the tables then hold the finished runs and ``missing`` lists the others.
+    """
     t_start = time.perf_counter()
     out, data, config = Path(out).resolve(), Path(data).resolve(), Path(config).resolve()
     pairs = expand_conditions(blocks=blocks, adapters=adapters, strategies=strategies, label_fractions=label_fractions,
@@ -496,15 +568,21 @@ def run_benchmark(
                         extra={"conditions": [c.key for c in conds], "seeds": list(seeds), "overrides": base,
                                "split": {"train": split[0], "val": split[1], "test": split[2]}})
     n_runs = len(conds) * len(seeds)
+    # seed-major order: under a time budget every condition gets its first seed before any its second
+    todo = [(c, s) for s in seeds for c in conds]
+    kw = {"out": out, "config": config, "data": data, "split": split, "base_overrides": base, "device": device,
+          "n_bootstrap": n_boot, "where": where, "overwrite": overwrite}
+    deadline = None if time_budget_s is None else t_start + time_budget_s
     records: dict[Condition, list[dict[str, Any]]] = {}
-    i = 0
-    for c in conds:
-        for s in seeds:
-            i += 1
-            logger.info("learning bench: run %d/%d %s seed %d", i, n_runs, c.key, s)
-            records.setdefault(c, []).append(
-                run_condition(c, s, out=out, config=config, data=data, split=split, base_overrides=base,
-                              device=device, n_bootstrap=n_boot, where=where, overwrite=overwrite))
+    for c, rec in run_all(todo, kw, jobs=jobs, deadline=deadline):
+        records.setdefault(c, []).append(rec)
+    for recs in records.values():
+        recs.sort(key=lambda r: int(r["seed"]))
+    missing = [f"{c.key} seed {s}" for c, s in todo if not any(int(r["seed"]) == s for r in records.get(c, []))]
+    if missing:
+        logger.warning("learning bench: %d of %d runs not done (time budget): %s", len(missing), n_runs,
+                       ", ".join(missing))
+    pairs = [(b, c) for b, c in pairs if c in records]
     rows = [make_row(b, c, records[c]) for b, c in pairs]
     dm = None
     if "mtl" in blocks:
@@ -518,7 +596,8 @@ def run_benchmark(
         "bayes_auc_test": bayes_auc(ann, split[2]), "bayes_auc_all": bayes_auc(ann),
         "rows": [asdict(r) for r in rows], "delta_m": dm,
         "runs": [r for recs in records.values() for r in recs],
-        "n_runs": n_runs, "n_reused": sum(bool(r.get("reused")) for recs in records.values() for r in recs),
+        "n_runs": n_runs - len(missing), "n_planned": n_runs, "missing": missing, "jobs": jobs,
+        "time_budget_s": time_budget_s, "n_reused": sum(bool(r.get("reused")) for recs in records.values() for r in recs),
         "wall_s": round(time.perf_counter() - t_start, 1), "overrides": base,
     }
     res["markdown"] = markdown(res)
@@ -584,6 +663,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--append-results", nargs="?", const=REPO / "bench" / "RESULTS.md", default=None, type=Path,
                    metavar="FILE", help="append a dated section to FILE (default bench/RESULTS.md)")
     p.add_argument("--overwrite", action="store_true", help="redo finished runs")
+    p.add_argument("--jobs", type=int, default=1, help="runs trained at once (worker processes; default 1)")
+    p.add_argument("--time-budget", type=float, default=None, metavar="SECONDS",
+                   help="start no run after this many seconds; the tables hold the finished runs")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     return p
 
@@ -611,7 +693,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             label_fractions=C.parse_list(args.label_fractions, float) or ([1.0] if args.fast else list(LABEL_FRACTIONS)),
             gradient_method=args.gradient_method, single_task=args.single_task, n_test=args.n_test, n_val=args.n_val,
             device=args.device, fast=args.fast, n_bootstrap=args.n_bootstrap, overrides=args.overrides,
-            overwrite=args.overwrite,
+            overwrite=args.overwrite, jobs=args.jobs, time_budget_s=args.time_budget,
         )
     except MedmtlError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -172,6 +172,7 @@ def predict_folder(
     progress: bool = True,
     scan_ids: Sequence[str] | None = None,
     shard: tuple[int, int] | None = None,
+    prefetch: int | None = None,
 ) -> dict[str, Any]:
     """Detect lesions in every scan of a folder; writes ``predictions.csv`` / ``.json``.
 
@@ -191,6 +192,8 @@ def predict_folder(
         scan_ids: predict only these scan ids of the folder.
         shard: ``(rank, world_size)``: predict only this rank's round-robin share of the
             sorted scans and skip the merged tables (see :func:`merge_predictions`).
+        prefetch: scans read and preprocessed ahead in parallel threads while the network
+            runs (default: 1 on the CPU, half the CPU cores up to 8 on a GPU).
 
     Returns:
         Summary dict: ``n_scans``, ``n_done``, ``n_skipped``, ``n_failed``, ``failures``,
@@ -217,6 +220,7 @@ def predict_folder(
         progress=progress,
         scan_ids=scan_ids,
         shard=shard,
+        prefetch=prefetch,
     )
 
 
@@ -304,6 +308,9 @@ def adapt(
     out: str | Path,
     seed: int = 0,
     source: str | Path | None = None,
+    device: str = "cpu",
+    steps: int | None = None,
+    lr: float | None = None,
 ) -> Path:
     """Adapt a checkpoint to an unlabelled target site; returns the new checkpoint folder.
 
@@ -315,6 +322,10 @@ def adapt(
         seed: random seed.
         source: ``dann`` only: labelled source scans (with ``annotations.csv``); default: the
             training data named in the checkpoint's card.
+        device: torch device of the adaptation (``cpu``, ``cuda``, ``cuda:N``).
+        steps: ``tent`` passes over the target patches / ``dann`` optimisation steps
+            (default: the method's own, see :mod:`medmtl.shift.adapt`).
+        lr: ``tent`` / ``dann`` Adam learning rate (default: the method's own).
 
     Example:
         >>> adapt(checkpoint="runs/tiny/checkpoint", target="sample_data/ct_site_b",
@@ -329,4 +340,7 @@ def adapt(
         out=Path(out),
         seed=seed,
         source=Path(source) if source is not None else None,
+        device=device,
+        steps=steps,
+        lr=lr,
     )

@@ -110,21 +110,20 @@ def test_histmatch_recorded_within_tolerance_and_applied_by_predictor(setup: dic
     assert dist_matched < 0.6 * dist_plain, (dist_plain, dist_matched)
 
 
-def test_dann_end_to_end(setup: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import medmtl.shift.adapt as adapt_mod
+def test_dann_end_to_end(setup: dict[str, Path], tmp_path: Path) -> None:
     from medmtl import api
     from medmtl.engine.checkpoint import load_checkpoint
 
-    monkeypatch.setattr(adapt_mod, "DANN_STEPS", 2)
     out = tmp_path / "dann"
     code, text = _run(["adapt", "--checkpoint", str(setup["ckpt"]), "--target", str(setup["b"]),
-                       "--method", "dann", "--source", str(setup["a"]), "-o", str(out)])
+                       "--method", "dann", "--source", str(setup["a"]), "--steps", "2", "--lr", "2e-4",
+                       "-o", str(out)])
     assert code == 0, text
     assert (out / "model.safetensors").is_file()
     m0, _ = load_checkpoint(setup["ckpt"])
     m1, card = load_checkpoint(out)
     rec = card["adaptation"][-1]
-    assert rec["method"] == "dann" and rec["params"]["steps"] == 2 and len(rec["params"]["source_scans"]) == 3
+    assert rec["method"] == "dann" and rec["params"]["steps"] == 2 and rec["params"]["lr"] == 2e-4 and len(rec["params"]["source_scans"]) == 3
     assert rec["n_target_scans"] == 2 and np.isfinite(rec["params"]["final_domain_loss"])
     s0, s1 = m0.state_dict(), m1.state_dict()
     enc_changed = [k for k in s0 if k.startswith("encoder.") and k.endswith("weight") and not torch.equal(s0[k], s1[k])]
@@ -191,3 +190,10 @@ def test_bad_adapt_inputs(setup: dict[str, Path], tmp_path: Path) -> None:
     code, text = _run(["adapt", "--checkpoint", str(setup["ckpt"]), "--target", str(setup["b"]),
                        "--method", "dann", "-o", str(tmp_path / "dann")])
     assert code != 0 and "--source" in text and text.count("Error:") == 1
+    code, text = _run(["adapt", "--checkpoint", str(setup["ckpt"]), "--target", str(setup["b"]),
+                       "--method", "adabn", "--steps", "3", "-o", str(tmp_path / "adabn_steps")])
+    assert code != 0 and "only used by --method tent and dann" in text and not (tmp_path / "adabn_steps").exists()
+    code, text = _run(["adapt", "--checkpoint", str(setup["ckpt"]), "--target", str(setup["b"]),
+                       "--method", "tent", "--steps", "0", "-o", str(tmp_path / "tent0")])
+    assert code != 0 and "--steps must be at least 1, got 0" in text and text.count("Error:") == 1
+    assert not (tmp_path / "tent0").exists()

@@ -61,8 +61,13 @@ def diagnose_cmd(source: Path, target: Path, out_dir: Path, checkpoint: Path | N
 @click.option("--source", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
               help="dann only: labelled source scans with annotations.csv (default: the card's training data).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Random seed.")
+@click.option("--device", default="cpu", show_default=True, help="cpu, cuda or cuda:N.")
+@click.option("--steps", type=int, default=None,
+              help="tent: passes over the target patches (default 1); dann: optimisation steps (default 20).")
+@click.option("--lr", type=float, default=None, help="tent / dann learning rate (default 1e-3 / 1e-4).")
 @handle_errors
-def adapt_cmd(checkpoint: Path, target: Path, method: str, out: Path, source: Path | None, seed: int) -> None:
+def adapt_cmd(checkpoint: Path, target: Path, method: str, out: Path, source: Path | None, seed: int,
+              device: str, steps: int | None, lr: float | None) -> None:
     """Adapt a checkpoint to an unlabelled target site; writes a new checkpoint.
 
     \b
@@ -73,7 +78,10 @@ def adapt_cmd(checkpoint: Path, target: Path, method: str, out: Path, source: Pa
         raise click.UsageError("--source is only used by --method dann")
     from medmtl import api
 
-    folder = api.adapt(checkpoint=checkpoint, target=target, method=method, out=out, seed=seed, source=source)
+    if (steps is not None or lr is not None) and method not in ("tent", "dann"):
+        raise click.UsageError("--steps and --lr are only used by --method tent and dann")
+    folder = api.adapt(checkpoint=checkpoint, target=target, method=method, out=out, seed=seed, source=source,
+                       device=device, steps=steps, lr=lr)
     click.echo(f"adapted checkpoint: {folder}")
 
 

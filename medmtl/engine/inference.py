@@ -386,10 +386,13 @@ class Predictor:
         return PreparedScan(scan=scan, image=image, affine_ras=affine,
                             timings={"preprocess": time.perf_counter() - t0})
 
-    def infer(self, prepared: PreparedScan) -> ScanPrediction:
-        """Sliding-window maps and decoding of a preprocessed scan."""
-        from medmtl.engine.decode import decode_lesions
+    def run_network(self, prepared: PreparedScan) -> tuple[dict[str, torch.Tensor], float]:
+        """Sliding-window maps of a preprocessed scan (the accelerator part of :meth:`infer`).
 
+        Returns:
+            ``(maps, seconds)``: maps ``{name: (1, C, I, J, K)}`` float32 on the CPU, on the
+            preprocessed grid; the wall time of the network, synchronised with the device.
+        """
         t0 = time.perf_counter()
         maps = sliding_window_maps(
             self.model,
@@ -402,6 +405,12 @@ class Predictor:
             tta=self.tta,
         )
         _sync(self.device)
+        return maps, time.perf_counter() - t0
+
+    def decode_maps(self, prepared: PreparedScan, maps: dict[str, torch.Tensor], infer_s: float) -> ScanPrediction:
+        """Lesions (LPS mm) from the maps of :meth:`run_network` (the CPU part of :meth:`infer`)."""
+        from medmtl.engine.decode import decode_lesions
+
         t1 = time.perf_counter()
         detections = decode_lesions(
             maps,
@@ -412,10 +421,14 @@ class Predictor:
             max_lesions=int(self.decode["max_lesions"]),
             temperature=float(self.decode["temperature"]),
         )
-        t2 = time.perf_counter()
         timings = dict(prepared.timings)
-        timings.update({"infer": t1 - t0, "decode": t2 - t1})
+        timings.update({"infer": infer_s, "decode": time.perf_counter() - t1})
         return ScanPrediction(prepared.scan.scan_id, detections, maps, prepared.affine_ras, prepared, timings)
+
+    def infer(self, prepared: PreparedScan) -> ScanPrediction:
+        """Sliding-window maps and decoding of a preprocessed scan."""
+        maps, infer_s = self.run_network(prepared)
+        return self.decode_maps(prepared, maps, infer_s)
 
     def predict_scan(self, scan: Scan) -> tuple[list[Detection], dict[str, torch.Tensor], dict[str, float]]:
         """Preprocess, infer and decode one scan.

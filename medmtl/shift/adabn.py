@@ -62,6 +62,7 @@ def adabn(model: nn.Module, volumes: Sequence[torch.Tensor], patch_size: Sequenc
     from medmtl.shift.bn_shift import bn_layers
 
     layers = [m for _, m in bn_layers(model)]
+    dev = next(model.parameters()).device
     saved = [m.momentum for m in layers]
     was_training = model.training
     model.eval()
@@ -77,11 +78,11 @@ def adabn(model: nn.Module, volumes: Sequence[torch.Tensor], patch_size: Sequenc
                 for patch in tile_patches(vol, patch_size):
                     buf.append(patch)
                     if len(buf) == batch_size:
-                        model(torch.cat(buf))
+                        model(torch.cat(buf).to(dev))
                         n += len(buf)
                         buf = []
             if buf:
-                model(torch.cat(buf))
+                model(torch.cat(buf).to(dev))
                 n += len(buf)
     finally:
         for m, mom in zip(layers, saved):

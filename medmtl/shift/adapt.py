@@ -102,6 +102,9 @@ def run_adapt(
     out: Path,
     seed: int = 0,
     source: Path | None = None,
+    device: str = "cpu",
+    steps: int | None = None,
+    lr: float | None = None,
 ) -> Path:
     """Adapt a checkpoint to unlabelled target scans and save the result as a new checkpoint.
 
@@ -112,6 +115,11 @@ def run_adapt(
         out: new checkpoint folder (must not exist, or be empty).
         seed: random seed.
         source: labelled source scan folder for ``dann`` (default: the card's training data).
+        device: torch device of the adaptation (``cpu``, ``cuda``, ``cuda:N``); the saved
+            weights are on the CPU either way.
+        steps: ``tent``: passes over the target patches (default :data:`TENT_STEPS`);
+            ``dann``: optimisation steps (default :data:`DANN_STEPS`). Ignored by the others.
+        lr: Adam learning rate of ``tent`` / ``dann`` (defaults :data:`TENT_LR` / :data:`DANN_LR`).
 
     Returns:
         The new checkpoint folder.
@@ -129,10 +137,14 @@ def run_adapt(
 
     if method not in METHODS:
         raise unknown_name("adaptation method", method, METHODS)
+    if steps is not None and steps < 1:
+        raise ShiftError(f"--steps must be at least 1, got {steps}.")
+    if lr is not None and not lr > 0:
+        raise ShiftError(f"--lr must be positive, got {lr}.")
     checkpoint, target, out = Path(checkpoint), Path(target), Path(out)
     _check_out(out)
     torch.manual_seed(seed)
-    model, card = load_checkpoint(checkpoint, device="cpu")
+    model, card = load_checkpoint(checkpoint, device=device)
     scans = load_cohort(target, "target")
     modality = card["input_spec"].get("modality", "CT")
     if scans[0].modality != modality:
@@ -150,8 +162,9 @@ def run_adapt(
     elif method == "tent":
         from medmtl.shift.tent import tent
 
-        losses = tent(model, prepare_volumes(scans, card), patch, steps=TENT_STEPS, lr=TENT_LR, seed=seed)
-        params.update(steps=TENT_STEPS, lr=TENT_LR, entropy_first=losses[0], entropy_last=losses[-1],
+        t_steps, t_lr = steps or TENT_STEPS, lr or TENT_LR
+        losses = tent(model, prepare_volumes(scans, card), patch, steps=t_steps, lr=t_lr, seed=seed)
+        params.update(steps=t_steps, lr=t_lr, entropy_first=losses[0], entropy_last=losses[-1],
                       note="BN running statistics unchanged; affine parameters adapted under batch statistics")
     elif method == "dann":
         from medmtl.data.targets import build_targets
@@ -171,8 +184,9 @@ def run_adapt(
             tmaps = {k: torch.as_tensor(np.asarray(v), dtype=torch.float32)[None] for k, v in build_targets(img, les).items()}
             centres = [[int(round(c)) for c in lps_to_voxel(le.center_lps, np.asarray(img.affine))[0]] for le in les]
             src_items.append((torch.as_tensor(np.asarray(img), dtype=torch.float32)[None], tmaps, centres))
-        history = dann(model, src_items, prepare_volumes(scans, card), patch, steps=DANN_STEPS, lr=DANN_LR, seed=seed)
-        params.update(steps=DANN_STEPS, lr=DANN_LR, source_scans=[s.scan_id for s in src_scans],
+        d_steps, d_lr = steps or DANN_STEPS, lr or DANN_LR
+        history = dann(model, src_items, prepare_volumes(scans, card), patch, steps=d_steps, lr=d_lr, seed=seed)
+        params.update(steps=d_steps, lr=d_lr, source_scans=[s.scan_id for s in src_scans],
                       final_domain_loss=history[-1]["domain"], final_task_loss=history[-1]["task"])
     else:
         from medmtl.shift.harmonise import harmonisation_record
@@ -185,6 +199,7 @@ def run_adapt(
         new_card["harmonisation"] = harmonisation_record(method, card.get("reference_stats"))
         params.update({k: v for k, v in new_card["harmonisation"]["params"].items() if k != "quantiles"})
     changed = changed_tensors(before, model)
+    model = model.cpu()
     record = {
         "method": method,
         "parameters_changed": changed if method not in ("histmatch", "n4") else ["card.harmonisation"],

@@ -149,7 +149,8 @@ def dann(
     encoder: nn.Module = model.encoder  # type: ignore[assignment]
     info: list[dict[str, Any]] = list(encoder.feature_info)  # type: ignore[arg-type]
     feat_dim = sum(int(i["channels"]) for i in info)
-    head = DomainClassifier(feat_dim)
+    dev = next(model.parameters()).device
+    head = DomainClassifier(feat_dim).to(dev)
     opt = torch.optim.Adam(list(model.parameters()) + list(head.parameters()), lr=lr)
     tgt_patches = [p for v in target for p in tile_patches(v, patch_size)]
     captured: list[Any] = []
@@ -168,18 +169,18 @@ def dann(
                 len(centres) and float(torch.rand(1, generator=gen)) < 0.5) else None
             sl = random_patch(vol, patch_size, gen, centre)
             xs = vol[(slice(None), slice(None)) + sl]
-            ts = {k: v[(slice(None), slice(None)) + sl] for k, v in tmaps.items()}
+            ts = {k: v[(slice(None), slice(None)) + sl].to(dev) for k, v in tmaps.items()}
             xt = tgt_patches[int(torch.randint(0, len(tgt_patches), (1,), generator=gen))]
             # one pass over the (source, target) pair: BatchNorm sees a batch of 2 (a batch of
             # one 1×1×1 deepest level cannot be batch-normalised) and both domains share it
             captured.clear()
-            out_both = model(torch.cat([xs, xt]))
+            out_both = model(torch.cat([xs, xt]).to(dev))
             out = {k: v[:1] for k, v in out_both.items()}
             feats = pooled_features(captured[-1])
             lam = grl_schedule(step / max(steps - 1, 1))
             head.grl.lam = lam
             logits = head(feats)
-            dom_y = torch.tensor([[0.0], [1.0]])
+            dom_y = torch.tensor([[0.0], [1.0]], device=dev)
             l_dom = F.binary_cross_entropy_with_logits(logits, dom_y)
             l_task = torch.stack(list(task_losses(out, ts).values())).sum()
             loss = l_task + domain_weight * l_dom

@@ -64,6 +64,7 @@ def tent(
     from medmtl.shift.bn_shift import bn_layers
 
     layers = [m for _, m in bn_layers(model)]
+    dev = next(model.parameters()).device
     params = [p for m in layers for p in (m.weight, m.bias) if p is not None]
     flags = {id(p): p.requires_grad for p in model.parameters()}
     for p in model.parameters():
@@ -90,7 +91,7 @@ def tent(
                     with torch.no_grad():
                         for p, p0 in zip(params, initial):
                             p.copy_(p0)
-                batch = torch.cat([patches[j] for j in order[i : i + batch_size]])
+                batch = torch.cat([patches[j] for j in order[i : i + batch_size]]).to(dev)
                 out = model(batch)
                 loss = binary_entropy(out["heatmap"]) + binary_entropy(out["malignancy"])
                 opt.zero_grad(set_to_none=True)

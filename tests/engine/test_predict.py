@@ -139,3 +139,48 @@ def test_tiny_trained_checkpoint_on_site_b(request: pytest.FixtureRequest, sampl
                            overlap=0.25, progress=False, scan_ids=ids)
     assert s["n_done"] == 2 and s["n_failed"] == 0
     check_tables(out, sample_data / "ct_site_b", ids)
+
+
+def test_parallel_prefetch_gives_the_same_tables_and_records_a_broken_scan(
+    checkpoint: Path, sample_data: Path, tmp_path: Path
+) -> None:
+    """Three reader threads + the writer thread: same lesions as one thread; a truncated scan in the
+    middle of the folder is recorded in failures.json and the scans after it are still predicted."""
+    import shutil
+
+    src = sample_data / "ct_site_b"
+    ids = sorted(p.name[: -len(".nii.gz")] for p in src.glob("*.nii.gz"))[:4]
+    folder = tmp_path / "scans"
+    folder.mkdir()
+    for sid in ids:
+        shutil.copy(src / f"{sid}.nii.gz", folder)
+    one = api.predict_folder(checkpoint=checkpoint, input_dir=folder, out_dir=tmp_path / "p1", device="cpu",
+                             progress=False, overlap=0.0, prefetch=1)
+    three = api.predict_folder(checkpoint=checkpoint, input_dir=folder, out_dir=tmp_path / "p3", device="cpu",
+                               progress=False, overlap=0.0, prefetch=3)
+    assert one["n_done"] == three["n_done"] == 4
+    assert read_rows(tmp_path / "p1" / "predictions.csv") == read_rows(tmp_path / "p3" / "predictions.csv")
+    check_tables(tmp_path / "p3", folder, ids)
+
+    broken = folder / f"{ids[1]}.nii.gz"
+    broken.write_bytes(broken.read_bytes()[:2000])  # a truncated gzip stream
+    res = api.predict_folder(checkpoint=checkpoint, input_dir=folder, out_dir=tmp_path / "pb", device="cpu",
+                             progress=False, overlap=0.0, prefetch=3)
+    assert res["n_done"] == 3 and res["n_failed"] == 1
+    failures = json.loads((tmp_path / "pb" / "failures.json").read_text(encoding="utf-8"))
+    assert [f["seriesuid"] for f in failures] == [ids[1]]
+    assert {r["seriesuid"] for r in read_rows(tmp_path / "pb" / "predictions.csv")} <= set(ids) - {ids[1]}
+
+
+def test_prefetch_below_one_is_refused(checkpoint: Path, sample_data: Path, tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from medmtl.cli import main
+
+    res = CliRunner().invoke(main, ["predict", "--checkpoint", str(checkpoint), str(sample_data / "ct_site_b"),
+                                    "-o", str(tmp_path / "out"), "--prefetch", "0"])
+    assert res.exit_code != 0 and "--prefetch" in res.output and not (tmp_path / "out").exists()
+    with pytest.raises(Exception, match="--prefetch must be at least 1"):
+        api.predict_folder(checkpoint=checkpoint, input_dir=sample_data / "ct_site_b", out_dir=tmp_path / "o2",
+                           device="cpu", progress=False, prefetch=0)
+    assert not (tmp_path / "o2").exists()
