@@ -191,3 +191,30 @@ def test_parser_help_lists_options() -> None:
     text = L._parser().format_help()
     for opt in ("--fast", "--device", "--seeds", "--out", "--append-results", "--blocks", "--generate"):
         assert opt in text
+
+
+def test_run_all_order_deadline_and_jobs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Runs start in the given (seed-major) order; after the deadline only finished runs are read back."""
+    import time
+
+    calls: list[tuple[str, int]] = []
+
+    def fake_run(cond: L.Condition, seed: int, **kw: object) -> dict[str, object]:
+        calls.append((cond.key, seed))
+        return {"seed": seed, "key": cond.key}
+
+    monkeypatch.setattr(L, "run_condition", fake_run)
+    a, b = L.Condition(), L.Condition(pretrained=False)
+    todo = [(a, 0), (b, 0), (a, 1), (b, 1)]
+    kw = {"out": tmp_path}
+    done = L.run_all(todo, kw, jobs=1)
+    assert calls == [(a.key, 0), (b.key, 0), (a.key, 1), (b.key, 1)] and len(done) == 4
+    # past the deadline: only the run whose folder is already finished is read back
+    calls.clear()
+    finished = tmp_path / "runs" / f"{b.key}__s1"
+    finished.mkdir(parents=True)
+    (finished / "done.json").write_text("{}", encoding="utf-8")
+    done = L.run_all(todo, kw, jobs=1, deadline=time.perf_counter() - 1.0)
+    assert calls == [(b.key, 1)] and [c for c, _ in done] == [b]
+    with pytest.raises(ValueError, match="--jobs must be at least 1, got 0"):
+        L.run_all(todo, kw, jobs=0)
