@@ -69,6 +69,44 @@ def test_adabn_changes_only_bn_buffers(setup: dict[str, Path], tmp_path: Path) -
     assert card["reference_stats"] is not None
 
 
+def test_adabn_statistics_shift_with_source(setup: dict[str, Path], tmp_path: Path) -> None:
+    """--source: BN running statistics move by target − source tile statistics; the same scans on
+    both sides leave them where they were; other sites move them, and only BN buffers change."""
+    from medmtl.engine.checkpoint import load_checkpoint
+    from medmtl.shift.bn_shift import bn_layers
+
+    m0, _ = load_checkpoint(setup["ckpt"])
+    s0 = m0.state_dict()
+    same = tmp_path / "same"
+    code, text = _run(["adapt", "--checkpoint", str(setup["ckpt"]), "--target", str(setup["b"]),
+                       "--method", "adabn", "--source", str(setup["b"]), "-o", str(same)])
+    assert code == 0, text
+    m1, card = load_checkpoint(same)
+    for k, v in m1.state_dict().items():
+        assert torch.allclose(v.float(), s0[k].float(), rtol=1e-4, atol=1e-5), k
+    assert card["adaptation"][-1]["params"]["variant"] == "statistics-shift"
+
+    moved = tmp_path / "moved"
+    code, text = _run(["adapt", "--checkpoint", str(setup["ckpt"]), "--target", str(setup["b"]),
+                       "--method", "adabn", "--source", str(setup["a"]), "-o", str(moved)])
+    assert code == 0, text
+    m2, card2 = load_checkpoint(moved)
+    s2 = m2.state_dict()
+    changed = {k for k in s0 if not torch.equal(s0[k], s2[k])}
+    bn_buffers = {f"{n}.{b}" for n, _ in bn_layers(m2) for b in ("running_mean", "running_var")}
+    assert changed and changed <= bn_buffers
+    rec = card2["adaptation"][-1]["params"]
+    assert rec["variant"] == "statistics-shift" and len(rec["source_scans"]) == 3
+    # a shift, not a replacement: the moved statistics differ from a plain AdaBN's
+    plain = tmp_path / "plain"
+    assert _run(["adapt", "--checkpoint", str(setup["ckpt"]), "--target", str(setup["b"]),
+                 "--method", "adabn", "-o", str(plain)])[0] == 0
+    m3, card3 = load_checkpoint(plain)
+    assert card3["adaptation"][-1]["params"]["variant"] == "replace"
+    name = next(n for n, _ in bn_layers(m3))
+    assert not torch.allclose(m3.state_dict()[f"{name}.running_mean"], s2[f"{name}.running_mean"])
+
+
 def test_histmatch_recorded_within_tolerance_and_applied_by_predictor(setup: dict[str, Path], tmp_path: Path) -> None:
     from medmtl.engine.checkpoint import load_checkpoint, read_card
     from medmtl.engine.inference import Predictor

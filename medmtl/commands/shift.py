@@ -59,7 +59,9 @@ def diagnose_cmd(source: Path, target: Path, out_dir: Path, checkpoint: Path | N
 @click.option("-o", "--out", required=True, type=click.Path(path_type=Path),
               help="New checkpoint folder (must not exist or be empty).")
 @click.option("--source", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
-              help="dann only: labelled source scans with annotations.csv (default: the card's training data).")
+              help="dann: labelled source scans with annotations.csv (default: the card's training data); "
+                   "adabn: source-site scans (no labels) to shift the BN statistics by the target - source "
+                   "difference instead of replacing them.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Random seed.")
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda or cuda:N.")
 @click.option("--steps", type=int, default=None,
@@ -74,8 +76,8 @@ def adapt_cmd(checkpoint: Path, target: Path, method: str, out: Path, source: Pa
     Example:
       medmtl adapt --checkpoint runs/tiny/checkpoint --target sample_data/ct_site_b --method adabn -o runs/adabn
     """
-    if source is not None and method != "dann":
-        raise click.UsageError("--source is only used by --method dann")
+    if source is not None and method not in ("dann", "adabn"):
+        raise click.UsageError("--source is only used by --method dann and adabn")
     from medmtl import api
 
     if (steps is not None or lr is not None) and method not in ("tent", "dann"):

@@ -3,7 +3,9 @@
 Methods (each module cites its paper):
 
 * ``adabn`` — BN running statistics re-estimated on whole target volumes
-  (:mod:`medmtl.shift.adabn`, Li et al. 2016); only BN buffers change.
+  (:mod:`medmtl.shift.adabn`, Li et al. 2016); only BN buffers change. With ``source`` (a
+  folder of source-site scans, no labels needed) the statistics are *shifted* by the target −
+  source difference of the same tiling instead of replaced.
 * ``tent`` — entropy minimisation on BN affine parameters (:mod:`medmtl.shift.tent`, Wang
   et al. 2021); only BN weights/biases change.
 * ``dann`` — domain-adversarial fine-tuning with gradient reversal (:mod:`medmtl.shift.dann`,
@@ -114,7 +116,8 @@ def run_adapt(
         method: one of :data:`METHODS`.
         out: new checkpoint folder (must not exist, or be empty).
         seed: random seed.
-        source: labelled source scan folder for ``dann`` (default: the card's training data).
+        source: labelled source scan folder for ``dann`` (default: the card's training data);
+            for ``adabn``, source-site scans (no labels) for the statistics-shift variant.
         device: torch device of the adaptation (``cpu``, ``cuda``, ``cuda:N``); the saved
             weights are on the CPU either way.
         steps: ``tent``: passes over the target patches (default :data:`TENT_STEPS`);
@@ -157,7 +160,18 @@ def run_adapt(
     if method == "adabn":
         from medmtl.shift.adabn import adabn
 
-        params["n_patches"] = adabn(model, prepare_volumes(scans, card), patch)
+        src_vols = None
+        if source is not None:
+            src_scans = load_cohort(Path(source), "source")
+            if src_scans[0].modality != modality:
+                raise ShiftError(f"--source scans are {src_scans[0].modality} but the checkpoint was trained on "
+                                 f"{modality}; pass source-site scans of the same modality.")
+            src_vols = prepare_volumes(src_scans, card)
+            params.update(variant="statistics-shift", source_scans=[s.scan_id for s in src_scans],
+                          source_folder=str(source))
+        else:
+            params["variant"] = "replace"
+        params["n_patches"] = adabn(model, prepare_volumes(scans, card), patch, source_volumes=src_vols)
         params["momentum"] = None
     elif method == "tent":
         from medmtl.shift.tent import tent
