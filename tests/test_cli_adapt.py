@@ -235,3 +235,18 @@ def test_bad_adapt_inputs(setup: dict[str, Path], tmp_path: Path) -> None:
                        "--method", "tent", "--steps", "0", "-o", str(tmp_path / "tent0")])
     assert code != 0 and "--steps must be at least 1, got 0" in text and text.count("Error:") == 1
     assert not (tmp_path / "tent0").exists()
+
+
+def test_statistics_shift_source_scans_are_not_harmonised(setup: dict[str, Path]) -> None:
+    """A histmatch card maps *target* intensities to the source; AdaBN's source scans skip it."""
+    from medmtl.engine.checkpoint import load_checkpoint
+    from medmtl.shift.adapt import prepare_volumes
+    from medmtl.shift.harmonise import harmonisation_record
+    from medmtl.shift.report import load_cohort
+
+    _, card = load_checkpoint(setup["ckpt"])
+    hm = {**card, "harmonisation": harmonisation_record("histmatch", card.get("reference_stats"))}
+    scans = load_cohort(setup["b1"], "target")
+    plain = prepare_volumes(scans, card)[0]
+    assert torch.equal(prepare_volumes(scans, hm, harmonise=False)[0], plain)
+    assert not torch.equal(prepare_volumes(scans, hm)[0], plain)

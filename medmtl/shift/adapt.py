@@ -46,8 +46,8 @@ DANN_STEPS = 20
 DANN_LR = 1e-4
 
 
-def prepare_volumes(scans: Sequence[Scan], card: Mapping[str, Any]) -> list[torch.Tensor]:
-    """Harmonise (per the card) and preprocess scans → ``(1, C, I, J, K)`` float32 tensors."""
+def prepare_volumes(scans: Sequence[Scan], card: Mapping[str, Any], *, harmonise: bool = True) -> list[torch.Tensor]:
+    """Harmonise (per the card; target scans only) and preprocess scans → ``(1, C, I, J, K)`` float32 tensors."""
     import numpy as np
     import torch
 
@@ -58,7 +58,7 @@ def prepare_volumes(scans: Sequence[Scan], card: Mapping[str, Any]) -> list[torc
     spec = as_input_spec(card["input_spec"])
     out = []
     for s in scans:
-        img = preprocess_scan(apply_harmonisation(s, card), spec)
+        img = preprocess_scan(apply_harmonisation(s, card) if harmonise else s, spec)
         out.append(torch.as_tensor(np.asarray(img.detach().cpu()), dtype=torch.float32)[None])
     return out
 
@@ -166,7 +166,8 @@ def run_adapt(
             if src_scans[0].modality != modality:
                 raise ShiftError(f"--source scans are {src_scans[0].modality} but the checkpoint was trained on "
                                  f"{modality}; pass source-site scans of the same modality.")
-            src_vols = prepare_volumes(src_scans, card)
+            # the card's harmonisation maps *target* intensities to the source: not for source scans
+            src_vols = prepare_volumes(src_scans, card, harmonise=False)
             params.update(variant="statistics-shift", source_scans=[s.scan_id for s in src_scans],
                           source_folder=str(source))
         else:
