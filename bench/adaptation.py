@@ -90,12 +90,15 @@ def gap_share(ref: float | None, none: float | None, after: float | None) -> flo
 def adaptation_quality(out: Path, *, source: Path, target: Path, fast: bool, n_heldout: int, n_bootstrap: int,
                        methods: Sequence[str], config: Path = REPO / "configs" / "tiny.yaml", device: str = "cpu",
                        extra_overrides: Sequence[str] = (),
-                       method_steps: dict[str, int] | None = None) -> dict[str, Any]:
+                       method_steps: dict[str, int] | None = None, oracle: Path | None = None) -> dict[str, Any]:
     """Part 1: train on A, evaluate A held-out and B before / after each method.
 
     ``device`` (``cpu``, ``cuda``, ``cuda:N``) is used for training, adaptation and prediction;
     ``extra_overrides`` (``key=value``) go to the training config after the split;
-    ``method_steps`` sets ``tent`` / ``dann`` steps (default: the methods' own).
+    ``method_steps`` sets ``tent`` / ``dann`` steps (default: the methods' own). ``oracle``: a
+    folder of *labelled* site-B scans (disjoint from ``target``); the same config is trained on
+    them and scored on ``target`` — the supervised upper bound, whose gap share says how much of
+    the A→B gap label-free adaptation could close at all.
     """
     from medmtl import api
 
@@ -141,6 +144,15 @@ def adaptation_quality(out: Path, *, source: Path, target: Path, fast: bool, n_h
                              source=source_train if m in ("dann", "adabn-shift") else None,
                              device=device, steps=(method_steps or {}).get(m)))
         conditions.append((f"site B, {m}", adapted, target, target / "annotations.csv", None))
+    if oracle is not None:
+        o_ids = scan_ids(oracle)
+        n_val = max(2, len(o_ids) // 5)
+        o_over = [f"data.root={oracle}", f"data.annotations={oracle / 'annotations.csv'}",
+                  "data.train_ids=[" + ", ".join(o_ids[:-n_val]) + "]", "data.val_ids=[" + ", ".join(o_ids[-n_val:]) + "]",
+                  *overrides[4:]]  # the same training settings as the site-A model
+        o_ckpt = Path(timed("train_oracle", api.train, config=config, out_dir=out / "train_oracle", overrides=o_over))
+        conditions.append((f"site B, oracle: trained on {len(o_ids) - n_val} labelled site-B scans", o_ckpt, target,
+                           target / "annotations.csv", None))
     rows: list[dict[str, Any]] = []
     for i, (name, ck, inp, ann, sel) in enumerate(conditions):
         pred = out / "pred" / str(i)
@@ -152,6 +164,7 @@ def adaptation_quality(out: Path, *, source: Path, target: Path, fast: bool, n_h
     ref, none = rows[0], rows[1]
     for r in rows[2:]:
         r["gap_share"] = {k: gap_share(ref[k]["value"], none[k]["value"], r[k]["value"]) for k, _ in METRICS}
+    add_closable_shares(rows)
     return {"rows": rows, "train_ids": train_ids, "heldout_ids": heldout, "timings": timings,
             "overrides": overrides}
 
@@ -208,18 +221,40 @@ def _fmt(entry: dict[str, Any]) -> str:
     return f"{v:.3f}" + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci and ci[0] is not None else "")
 
 
+def add_closable_shares(rows: list[dict[str, Any]]) -> None:
+    """With an oracle row (the last, ``"site B, oracle…"``): each method's share of the *closable* gap.
+
+    ``closable = (m(B, method) − m(B, none)) / (m(B, oracle) − m(B, none))``: 1 = as good as
+    training on labelled site-B scans; the A→B gap share can stay far below 1 when site B is
+    intrinsically harder (thicker slices, blur, noise), which no label-free method can undo.
+    """
+    oracle = next((r for r in rows if r["condition"].startswith("site B, oracle")), None)
+    if oracle is None or len(rows) < 2:
+        return
+    none = rows[1]
+    for r in rows[2:]:
+        if r is not oracle:
+            r["closable_share"] = {k: gap_share(oracle[k]["value"], none[k]["value"], r[k]["value"])
+                                   for k, _ in METRICS}
+
+
 def markdown(res: dict[str, Any]) -> str:
     """The results as markdown tables."""
     q, c = res.get("quality"), res.get("calibration")
     lines: list[str] = []
     if q:
-        lines += ["| condition | scans | " + " | ".join(t for _, t in METRICS) + " | share of A→B gap closed (CPM / MAE / AUC) |",
-                  "|---|---|" + "---|" * len(METRICS) + "---|"]
+        closable = any("closable_share" in r for r in q["rows"])
+
+        def shares(share: dict[str, float | None] | None) -> str:
+            return " / ".join("n/a" if share[k] is None else f"{share[k]:+.2f}" for k, _ in METRICS) if share else "—"
+
+        lines += ["| condition | scans | " + " | ".join(t for _, t in METRICS) + " | share of A→B gap closed (CPM / MAE / AUC) |"
+                  + (" share of the closable gap, oracle = 1 (CPM / MAE / AUC) |" if closable else ""),
+                  "|---|---|" + "---|" * len(METRICS) + "---|" + ("---|" if closable else "")]
         for r in q["rows"]:
-            share = r.get("gap_share")
-            share_s = " / ".join("n/a" if share[k] is None else f"{share[k]:+.2f}" for k, _ in METRICS) if share else "—"
             lines.append(f"| {r['condition']} | {r['n_scans']} | " + " | ".join(_fmt(r[k]) for k, _ in METRICS)
-                         + f" | {share_s} |")
+                         + f" | {shares(r.get('gap_share'))} |"
+                         + (f" {shares(r.get('closable_share'))} |" if closable else ""))
         lines.append("")
     if c:
         lines += [f"Diagnostics calibration ({c['features']}; {c['n_permutations']} permutations; "
@@ -247,6 +282,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                    help="training-config override of the site-A model (repeatable)")
     p.add_argument("--tent-steps", type=int, default=None, help="TENT passes over the target patches")
     p.add_argument("--dann-steps", type=int, default=None, help="DANN optimisation steps")
+    p.add_argument("--oracle", type=Path, default=None,
+                   help="labelled site-B scans (not the --target ones) for the supervised upper-bound row")
+    p.add_argument("--oracle-generate", type=int, default=None, metavar="N",
+                   help="as --oracle, on N fresh labelled site-B phantoms (seed 9500)")
     p.add_argument("--generate-source", type=int, default=None, metavar="N",
                    help="train / hold out on N fresh site-A phantoms (seed 9100, as bench.learning --generate) instead of --source")
     p.add_argument("--generate-target", type=int, default=None, metavar="N",
@@ -277,12 +316,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.generate_target:
             target = Path(api.generate_sample_data(out=out / "gen_b", kind="ct", site="b", n=args.generate_target,
                                                    seed=9400, overwrite=True))
-        res["source"], res["target"] = str(source), str(target)
+        oracle = args.oracle.resolve() if args.oracle else None
+        if args.oracle_generate:
+            oracle = Path(api.generate_sample_data(out=out / "gen_oracle_b", kind="ct", site="b",
+                                                   n=args.oracle_generate, seed=9500, overwrite=True))
+        res["source"], res["target"], res["oracle"] = str(source), str(target), str(oracle) if oracle else None
         res["device"] = args.device
         if args.device.startswith("cuda") and torch.cuda.is_available():
             res["gpu"] = torch.cuda.get_device_name(torch.device(args.device))
         res["quality"] = adaptation_quality(out, source=source, target=target, device=args.device,
-                                            extra_overrides=args.overrides,
+                                            extra_overrides=args.overrides, oracle=oracle,
                                             method_steps={k: v for k, v in (("tent", args.tent_steps),
                                                                             ("dann", args.dann_steps)) if v},
                                             fast=args.fast, n_heldout=args.n_heldout, config=args.config,
