@@ -30,6 +30,7 @@ import platform
 import shutil
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -137,6 +138,15 @@ def matmul_peak_tflops(device: str, dtype: torch.dtype = torch.bfloat16, n: int 
     return 2 * n**3 * reps / (time.perf_counter() - t0) / 1e12
 
 
+def count_windows(shape: Sequence[int], patch: Sequence[int], overlap: float) -> int:
+    """Windows MONAI's sliding window visits over a volume of ``shape`` voxels (patch, overlap as given)."""
+    from monai.data.utils import dense_patch_slices
+    from monai.inferers.utils import _get_scan_interval
+
+    return len(dense_patch_slices(list(shape), list(patch), _get_scan_interval(list(shape), list(patch), len(shape),
+                                                                                 (overlap,) * len(shape))))
+
+
 def sliding_window_s_total(per_scan_s: float, n_scans: int) -> float:
     """Pure network time of ``n_scans`` identical scans (the measured per-scan sliding window)."""
     return per_scan_s * n_scans
@@ -153,13 +163,10 @@ def cuda_section(checkpoint: Path, work: Path, overlap: float) -> dict[str, Any]
     flops = window_flops(model, dev)
     res: dict[str, Any] = {"gpu": torch.cuda.get_device_name(0), "matmul_peak_bf16_tflops": peak,
                            "flops_per_window": flops}
-    from monai.data.utils import dense_patch_slices
-    from monai.inferers.utils import _get_scan_interval
-
     # the 512×512×300 CT at 0.7×0.7×1.25 mm resampled to the spec's 3 mm grid
     pre = [int(round(n * sp / 3.0)) for n, sp in zip((512, 512, 300), CLINICAL_SPACING)]
     x = torch.randn(1, 3, *pre)
-    n_windows = len(dense_patch_slices(pre, PATCH, _get_scan_interval(pre, PATCH, 3, (overlap,) * 3)))
+    n_windows = count_windows(pre, PATCH, overlap)
     torch.cuda.reset_peak_memory_stats()
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
     t0 = time.perf_counter()
