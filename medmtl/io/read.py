@@ -51,7 +51,7 @@ def _check_3d(shape: Sequence[int], source: str) -> tuple[int, ...]:
 
 
 def _sample(array: NDArray[Any]) -> NDArray[Any]:
-    flat = array.reshape(-1)
+    flat = np.ravel(array, order="K")  # a view for C- and Fortran-ordered arrays (no 300 MB copy)
     step = max(1, flat.size // _MAX_HEURISTIC_SAMPLES)
     return flat[::step]
 
@@ -125,7 +125,9 @@ def read_nifti(path: Path) -> RawVolume:
             "expected a complete .nii/.nii.gz file: re-export or remove it"
         ) from exc
     shape = _check_3d(data.shape, f"scan file {path}")
-    array = np.array(data.reshape(shape), dtype=np.float32, copy=True)
+    # one copy, straight into C order: our own memory (an uncompressed file may come back as a
+    # read-only memmap) that the MetaTensor below can share without another copy
+    array = np.array(data.reshape(shape), dtype=np.float32, order="C", copy=True)
     return RawVolume(array=array, affine_ras=np.asarray(img.affine, dtype=np.float64), modality_tag=_nifti_modality(img.header))
 
 
