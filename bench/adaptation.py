@@ -104,17 +104,17 @@ def adaptation_quality(out: Path, *, source: Path, target: Path, fast: bool, n_h
 
     ids = scan_ids(source)
     train_ids, heldout = ids[:-n_heldout], ids[-n_heldout:]
+    settings = ["data.max_scans=null", f"train.device={device}"]  # shared by the site-A and oracle models
+    if not fast and config.name == "tiny.yaml":
+        settings += ["train.epochs=6", "train.steps_per_epoch=8"]
+    settings += list(extra_overrides)
     overrides = [
         f"data.root={source}",
         f"data.annotations={source / 'annotations.csv'}",
         "data.train_ids=[" + ", ".join(train_ids) + "]",
         "data.val_ids=[" + ", ".join(heldout) + "]",
-        "data.max_scans=null",
-        f"train.device={device}",
+        *settings,
     ]
-    if not fast and config.name == "tiny.yaml":
-        overrides += ["train.epochs=6", "train.steps_per_epoch=8"]
-    overrides += list(extra_overrides)
     timings: dict[str, float] = {}
 
     def timed(name: str, fn: Any, **kw: Any) -> Any:
@@ -149,7 +149,7 @@ def adaptation_quality(out: Path, *, source: Path, target: Path, fast: bool, n_h
         n_val = max(2, len(o_ids) // 5)
         o_over = [f"data.root={oracle}", f"data.annotations={oracle / 'annotations.csv'}",
                   "data.train_ids=[" + ", ".join(o_ids[:-n_val]) + "]", "data.val_ids=[" + ", ".join(o_ids[-n_val:]) + "]",
-                  *overrides[4:]]  # the same training settings as the site-A model
+                  *settings]
         o_ckpt = Path(timed("train_oracle", api.train, config=config, out_dir=out / "train_oracle", overrides=o_over))
         conditions.append((f"site B, oracle: trained on {len(o_ids) - n_val} labelled site-B scans", o_ckpt, target,
                            target / "annotations.csv", None))
