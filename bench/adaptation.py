@@ -35,7 +35,6 @@ epochs, no overlap in the sliding window, 200 bootstrap replicates, 20 draws per
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import logging
 import os
@@ -48,30 +47,12 @@ from pathlib import Path
 from typing import Any
 
 from bench.machine import cpu_model
+from pipelines._common import filter_annotations, scan_ids
 
 REPO = Path(__file__).resolve().parents[1]
 METHODS = ("adabn", "adabn-shift", "tent", "histmatch", "dann")
 METRICS = (("cpm", "CPM"), ("diameter_mae_mm", "diameter MAE (mm)"), ("malignancy_auc", "malignancy AUC"))
 logger = logging.getLogger("bench.adaptation")
-
-
-def scan_ids(folder: Path) -> list[str]:
-    """Sorted scan ids (NIfTI file stems) of a sample-data folder."""
-    return sorted(p.name[: -len(".nii.gz")] for p in folder.glob("*.nii.gz"))
-
-
-def filter_annotations(src: Path, dst: Path, keep: Sequence[str]) -> Path:
-    """Copy the rows of an annotation CSV whose ``seriesuid`` is in ``keep``."""
-    with open(src, newline="", encoding="utf-8") as fh:
-        reader = csv.DictReader(fh)
-        fields = list(reader.fieldnames or [])
-        rows = [r for r in reader if r["seriesuid"] in set(keep)]
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    with open(dst, "w", newline="", encoding="utf-8") as fh:
-        writer = csv.DictWriter(fh, fieldnames=fields)
-        writer.writeheader()
-        writer.writerows(rows)
-    return dst
 
 
 def overall(metrics: dict[str, Any]) -> dict[str, dict[str, Any]]:

@@ -24,20 +24,11 @@ from pathlib import Path
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from bench.machine import cpu_model
 from medmtl.models.registry import create_encoder, list_encoders
 from medmtl.models.weights import find_weights
 
 ADAPTERS_3D = ("2.5d", "inflate", "acs")
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8").splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def _rss_mib() -> float:
@@ -120,7 +111,7 @@ def to_markdown(results: list[dict], deviations: dict[str, list[dict]], sizes: l
     lines = [
         f"## Encoders (bench/encoders.py) — {now}",
         "",
-        f"Machine: {_cpu_model()}, {os.cpu_count()} logical cores, torch {torch.__version__} "
+        f"Machine: {cpu_model()}, {os.cpu_count()} logical cores, torch {torch.__version__} "
         f"({torch.get_num_threads()} threads), Python {platform.python_version()}. {note}",
         "",
         "Batch 1, 3 input channels, input `(1, 3, N, N, N)`, eval mode, `torch.no_grad()`. Time = median "
