@@ -28,6 +28,9 @@ the false-alarm rate (site A vs disjoint site A, α = 0.05) and the power (site 
 Oquab 2017) permutation tests are estimated over repeated random draws.
 
 Outputs in ``--out``: ``results.json`` and ``results.md`` (the tables, also printed).
+``--combine DIR DIR …`` runs nothing: it combines earlier runs that differ only in the training
+seed (``--set seed=N``, e.g. run in parallel on several machines) into mean ± SD tables with the
+gap shares of the run-averaged metrics (``combined.json`` / ``combined.md``).
 ``--fast`` keeps the whole run to about 15 minutes on a shared 2-core CPU (two short training
 epochs, no overlap in the sliding window, 200 bootstrap replicates, 20 draws per size).
 """
@@ -45,6 +48,8 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from bench.machine import cpu_model
 from pipelines._common import filter_annotations, scan_ids
@@ -219,6 +224,97 @@ def add_closable_shares(rows: list[dict[str, Any]]) -> None:
                                    for k, _ in METRICS}
 
 
+def _seedless(overrides: Sequence[str]) -> list[str]:
+    """The training overrides without ``seed=…`` and the per-run data paths (what must match to combine runs)."""
+    return [o for o in overrides if not o.startswith(("seed=", "data.root=", "data.annotations="))]
+
+
+def combine(runs: Sequence[dict[str, Any]], names: Sequence[str] | None = None) -> dict[str, Any]:
+    """Combine the ``quality`` parts of several runs (e.g. training seeds) into mean ± SD per condition.
+
+    Args:
+        runs: the ``results.json`` contents of runs with the same conditions and the same training
+            overrides apart from ``seed=`` and the data paths.
+        names: a label per run (default ``run 1``, ``run 2`` …).
+
+    Returns:
+        ``{"runs": names, "rows": [{"condition", "n_scans", metric: {"mean", "sd", "values"},
+        "gap_share": {metric: {"of_means", "values"}}, "closable_share": …}]}``; ``of_means`` is
+        the share computed on the run-averaged metrics (stable when one run's gap is near zero),
+        ``values`` the per-run shares (``None`` where a run's gap is ~0).
+
+    Raises:
+        ValueError: fewer than two runs, a run without an adaptation part, or runs that differ in
+            their conditions or training settings.
+    """
+    names = list(names or [f"run {i + 1}" for i in range(len(runs))])
+    if len(runs) < 2:
+        raise ValueError(f"combining needs at least 2 runs, got {len(runs)}; give more result folders")
+    qs = []
+    for name, r in zip(names, runs):
+        if not r.get("quality"):
+            raise ValueError(f"{name} has no adaptation part (it ran with --skip-quality); combine runs that have one")
+        qs.append(r["quality"])
+    conds = [row["condition"] for row in qs[0]["rows"]]
+    for name, q in zip(names[1:], qs[1:]):
+        other = [row["condition"] for row in q["rows"]]
+        if other != conds:
+            raise ValueError(f"{name} has conditions {other}, {names[0]} has {conds}; combine runs of the same --methods")
+        if _seedless(q.get("overrides", [])) != _seedless(qs[0].get("overrides", [])):
+            raise ValueError(f"{name} was trained with other settings than {names[0]} "
+                             f"({_seedless(q.get('overrides', []))} vs {_seedless(qs[0].get('overrides', []))}); "
+                             "combine runs that differ only in --set seed=N")
+    rows: list[dict[str, Any]] = []
+    for i, cond in enumerate(conds):
+        row: dict[str, Any] = {"condition": cond, "n_scans": qs[0]["rows"][i]["n_scans"]}
+        for k, _ in METRICS:
+            vals = [q["rows"][i][k]["value"] for q in qs]
+            have = np.array([v for v in vals if v is not None], dtype=float)
+            row[k] = {"values": vals, "mean": float(have.mean()) if have.size else None,
+                      "sd": float(have.std(ddof=1)) if have.size > 1 else None}
+        rows.append(row)
+    oracle_i = next((i for i, c in enumerate(conds) if c.startswith("site B, oracle")), None)
+    for i in range(2, len(rows)):
+        for key, ref_i in (("gap_share", 0), ("closable_share", oracle_i)):
+            if ref_i is None or i == ref_i:
+                continue
+            rows[i][key] = {k: {"of_means": gap_share(rows[ref_i][k]["mean"], rows[1][k]["mean"], rows[i][k]["mean"]),
+                                "values": [(q["rows"][i].get(key) or {}).get(k) for q in qs]} for k, _ in METRICS}
+    return {"runs": names, "rows": rows}
+
+
+def combined_markdown(comb: dict[str, Any]) -> str:
+    """The combined runs as a markdown table: mean ± SD per metric, shares of the means [per-run range]."""
+    has_closable = any("closable_share" in r for r in comb["rows"])
+
+    def ms(e: dict[str, Any]) -> str:
+        if e["mean"] is None:
+            return "n/a"
+        return f"{e['mean']:.3f}" + (f" ± {e['sd']:.3f}" if e["sd"] is not None else "")
+
+    def shares(s: dict[str, Any] | None) -> str:
+        if not s:
+            return "—"
+        parts = []
+        for k, _ in METRICS:
+            om, vals = s[k]["of_means"], [v for v in s[k]["values"] if v is not None]
+            txt = "n/a" if om is None else f"{om:+.2f}"
+            if vals:
+                txt += f" [{min(vals):+.2f}, {max(vals):+.2f}]"
+            parts.append(txt)
+        return " / ".join(parts)
+
+    lines = [f"{len(comb['runs'])} runs ({', '.join(comb['runs'])}); metric: mean ± SD over the runs; shares: of the "
+             "run-averaged metrics [lowest, highest single-run share]", "",
+             "| condition | scans | " + " | ".join(t for _, t in METRICS) + " | share of A→B gap closed (CPM / MAE / AUC) |"
+             + (" share of the closable gap, oracle = 1 (CPM / MAE / AUC) |" if has_closable else ""),
+             "|---|---|" + "---|" * len(METRICS) + "---|" + ("---|" if has_closable else "")]
+    for r in comb["rows"]:
+        lines.append(f"| {r['condition']} | {r['n_scans']} | " + " | ".join(ms(r[k]) for k, _ in METRICS)
+                     + f" | {shares(r.get('gap_share'))} |" + (f" {shares(r.get('closable_share'))} |" if has_closable else ""))
+    return "\n".join(lines) + "\n"
+
+
 def markdown(res: dict[str, Any]) -> str:
     """The results as markdown tables."""
     q, c = res.get("quality"), res.get("calibration")
@@ -276,7 +372,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--sizes", default="4,8,12", help="scans per side for the calibration part")
     p.add_argument("--skip-quality", action="store_true", help="only the calibration part")
     p.add_argument("--skip-calibration", action="store_true", help="only the adaptation part")
+    p.add_argument("--combine", type=Path, nargs="+", default=None, metavar="DIR",
+                   help="do not run: combine the results.json of earlier runs (e.g. --set seed=0, 1, 2) into mean ± SD "
+                        "tables, written to --out (default: the first DIR's parent folder) as combined.json / combined.md")
     args = p.parse_args(argv)
+    if args.combine:
+        return _combine_main(args.combine, args.out)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     out = args.out or Path(tempfile.mkdtemp(prefix="medmtl_bench_adaptation_"))
     out.mkdir(parents=True, exist_ok=True)
@@ -322,6 +423,30 @@ def main(argv: Sequence[str] | None = None) -> int:
     (out / "results.md").write_text(md, encoding="utf-8")
     sys.stdout.write(md)
     sys.stdout.write(f"\nwall {res['wall_s']} s; outputs in {out}\n")
+    return 0
+
+
+def _combine_main(dirs: Sequence[Path], out: Path | None) -> int:
+    """``--combine``: read, check, combine and write; one error line and exit 2 on bad input."""
+    runs = []
+    for d in dirs:
+        f = d / "results.json"
+        if not f.is_file():
+            sys.stderr.write(f"error: {f} does not exist; give folders written by python -m bench.adaptation --out DIR\n")
+            return 2
+        runs.append(json.loads(f.read_text(encoding="utf-8")))
+    try:
+        comb = combine(runs, names=[d.name for d in dirs])
+    except ValueError as e:
+        sys.stderr.write(f"error: {e}\n")
+        return 2
+    out = out or dirs[0].resolve().parent
+    out.mkdir(parents=True, exist_ok=True)
+    comb["dirs"] = [str(d) for d in dirs]
+    (out / "combined.json").write_text(json.dumps(comb, indent=2), encoding="utf-8")
+    md = combined_markdown(comb)
+    (out / "combined.md").write_text(md, encoding="utf-8")
+    sys.stdout.write(md)
     return 0
 
 
