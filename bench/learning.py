@@ -655,18 +655,13 @@ def _parser() -> argparse.ArgumentParser:
                    help="size/malignancy single-task baselines keep the detection loss, or not (strict)")
     p.add_argument("--n-test", type=int, default=3, help="test scans (the last by id)")
     p.add_argument("--n-val", type=int, default=2, help="validation scans (before the test scans)")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    p.add_argument("--n-bootstrap", type=int, default=None, help="evaluation bootstrap replicates")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="training-config override for every run (repeatable)")
-    p.add_argument("--fast", action="store_true", help="smoke setting: one seed, 1 epoch of 2 steps, few conditions")
     p.add_argument("--append-results", nargs="?", const=REPO / "bench" / "RESULTS.md", default=None, type=Path,
                    metavar="FILE", help="append a dated section to FILE (default bench/RESULTS.md)")
-    p.add_argument("--overwrite", action="store_true", help="redo finished runs")
     p.add_argument("--jobs", type=int, default=1, help="runs trained at once (worker processes; default 1)")
     p.add_argument("--time-budget", type=float, default=None, metavar="SECONDS",
                    help="start no run after this many seconds; the tables hold the finished runs")
-    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    C.add_run_options(p, set_help="training-config override for every run (repeatable)",
+                      fast_help="smoke setting: one seed, 1 epoch of 2 steps, few conditions")
     return p
 
 
@@ -674,10 +669,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     """CLI entry point (0 ok, 1 medmtl error, 2 usage error)."""
     args = _parser().parse_args(argv)
     C.setup_logging(args.verbose)
-    from medmtl.errors import MedmtlError
-
     out = (args.out or Path(tempfile.mkdtemp(prefix="medmtl_bench_learning_"))).resolve()
-    try:
+
+    def body() -> int:
         seeds = C.parse_list(args.seeds, int) or ([0] if args.fast else [0, 1, 2])
         data = args.data or REPO / "sample_data" / "ct_site_a"
         if args.generate is not None:
@@ -695,20 +689,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             device=args.device, fast=args.fast, n_bootstrap=args.n_bootstrap, overrides=args.overrides,
             overwrite=args.overwrite, jobs=args.jobs, time_budget_s=args.time_budget,
         )
-    except MedmtlError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    except ValueError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    sys.stdout.write(res["markdown"])
-    sys.stdout.write(f"\nwall {res['wall_s']} s; outputs in {out}\n")
-    if args.append_results is not None:
-        cmd = "python -m bench.learning " + " ".join(sys.argv[1:] if argv is None else argv)
-        path = append_results(args.append_results, section(res, cmd.strip()))
-        print(f"appended a section to {path}")
-    return 0
+        sys.stdout.write(res["markdown"])
+        sys.stdout.write(f"\nwall {res['wall_s']} s; outputs in {out}\n")
+        if args.append_results is not None:
+            cmd = "python -m bench.learning " + " ".join(sys.argv[1:] if argv is None else argv)
+            path = append_results(args.append_results, section(res, cmd.strip()))
+            print(f"appended a section to {path}")
+        return 0
 
+    return C.run_guarded(body)
 
 if __name__ == "__main__":
     raise SystemExit(main())

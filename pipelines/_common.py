@@ -15,6 +15,7 @@ only; the library never imports this package.
 
 from __future__ import annotations
 
+import argparse
 import csv
 import hashlib
 import json
@@ -23,7 +24,7 @@ import math
 import platform
 import sys
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -352,10 +353,38 @@ def setup_logging(verbose: bool = False) -> None:
     )
 
 
+
+def add_run_options(p: argparse.ArgumentParser, *, set_help: str = "training-config override (repeatable)",
+                    fast_help: str = "tiny smoke-test settings", overwrite_help: str = "redo finished runs") -> None:
+    """Add the options every study shares: ``--device``, ``--n-bootstrap``, ``--set``, ``--fast``,
+    ``--overwrite``, ``-v``."""
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--n-bootstrap", type=int, default=None, help="evaluation bootstrap replicates")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help=set_help)
+    p.add_argument("--fast", action="store_true", help=fast_help)
+    p.add_argument("--overwrite", action="store_true", help=overwrite_help)
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+
+
+def run_guarded(body: Callable[[], int]) -> int:
+    """Run a study's command-line body; a medmtl error exits 1 and a bad option (``ValueError``)
+    exits 2, each as one ``error:`` line on stderr."""
+    from medmtl.errors import MedmtlError
+
+    try:
+        return body()
+    except MedmtlError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
 __all__ = [
     "METRICS",
     "REPO",
     "Row",
+    "add_run_options",
     "bootstrap_mean_ci",
     "default_device",
     "filter_annotations",
@@ -369,6 +398,7 @@ __all__ = [
     "read_overall",
     "resolve_config",
     "results_table",
+    "run_guarded",
     "scan_ids",
     "setup_logging",
     "sha256_file",

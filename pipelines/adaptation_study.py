@@ -89,8 +89,10 @@ def run_study(
         overwrite: redo every step.
     """
     from medmtl import api
+    from medmtl.engine.checkpoint import read_card
 
     out = Path(out).resolve()
+    card = read_card(checkpoint) if checkpoint is not None else None  # a bad checkpoint fails before `out` is touched
     if overwrite:
         for name in ("results.csv", "results.json", "results.md", "config.yaml", "versions.json", "inputs.json"):
             (out / name).unlink(missing_ok=True)
@@ -101,11 +103,8 @@ def run_study(
     source, target = Path(source).resolve(), Path(target).resolve()
     ids = C.scan_ids(source)
     train_ids, heldout_ids, _ = C.split_ids(ids, n_test=0, n_val=n_heldout)
-    if checkpoint is not None:
-        import json
-
+    if card is not None:
         seeds = list(seeds)[:1]
-        card = json.loads((Path(checkpoint) / "model_card.json").read_text(encoding="utf-8"))
         val_ids = ((card.get("train_config") or {}).get("data") or {}).get("val_ids")
         if val_ids:
             heldout_ids = sorted(val_ids)
@@ -219,13 +218,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated subset of {', '.join(METHODS)}, n4")
     p.add_argument("--seeds", default="0", help="comma-separated seeds, e.g. 0,1,2")
     p.add_argument("--n-heldout", type=int, default=3, help="site A scans held out of training")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    p.add_argument("--n-bootstrap", type=int, default=None, help="evaluation bootstrap replicates")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="training-config override (repeatable)")
-    p.add_argument("--fast", action="store_true", help="tiny smoke-test settings")
-    p.add_argument("--overwrite", action="store_true", help="redo every step")
-    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    C.add_run_options(p, overwrite_help="redo every step")
     return p
 
 
@@ -233,25 +226,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     """CLI entry point (0 ok, 1 medmtl error, 2 usage error)."""
     args = _parser().parse_args(argv)
     C.setup_logging(args.verbose)
-    from medmtl.errors import MedmtlError
 
-    try:
+    def body() -> int:
         results = run_study(
             out=args.out, config=args.config, source=args.source, target=args.target,
             methods=C.parse_list(args.methods) or ["none"], seeds=C.parse_list(args.seeds, int) or [0],
             checkpoint=args.checkpoint, n_heldout=args.n_heldout, device=args.device, fast=args.fast,
             n_bootstrap=args.n_bootstrap, overrides=args.overrides, overwrite=args.overwrite,
         )
-    except MedmtlError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    except ValueError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    print(results["table"])
-    print(f"wrote {Path(args.out).resolve() / 'results.md'}")
-    return 0
+        print(results["table"])
+        print(f"wrote {Path(args.out).resolve() / 'results.md'}")
+        return 0
 
+    return C.run_guarded(body)
 
 if __name__ == "__main__":
     sys.exit(main())

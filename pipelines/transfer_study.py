@@ -323,13 +323,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", default=None, help="e.g. 0,1,2")
     p.add_argument("--n-test", type=int, default=None, help="test scans (default 3)")
     p.add_argument("--n-val", type=int, default=None, help="validation scans (default 2)")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    p.add_argument("--n-bootstrap", type=int, default=None, help="evaluation bootstrap replicates")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="training-config override for every run (repeatable)")
-    p.add_argument("--fast", action="store_true", help="tiny smoke-test settings")
-    p.add_argument("--overwrite", action="store_true", help="redo finished runs")
-    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    C.add_run_options(p, set_help="training-config override for every run (repeatable)")
     return p
 
 
@@ -337,9 +331,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """CLI entry point (0 ok, 1 medmtl error, 2 usage error)."""
     args = _parser().parse_args(argv)
     C.setup_logging(args.verbose)
-    from medmtl.errors import MedmtlError
 
-    try:
+    def body() -> int:
         spec = load_grid(args.grid)
         grid: dict[str, list[Any]] = {k: list(v) for k, v in (spec.get("grid") or {}).items()}
         cli = {"adapter": C.parse_list(args.adapters), "strategy": C.parse_list(args.strategies),
@@ -355,15 +348,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             device=args.device, fast=args.fast, n_bootstrap=args.n_bootstrap,
             overrides=[*(spec.get("overrides") or []), *args.overrides], overwrite=args.overwrite,
         )
-    except MedmtlError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    except ValueError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    print(results["table"])
-    print(f"wrote {Path(args.out).resolve() / 'results.md'}")
-    return 0
+        print(results["table"])
+        print(f"wrote {Path(args.out).resolve() / 'results.md'}")
+        return 0
+
+    return C.run_guarded(body)
 
 
 if __name__ == "__main__":

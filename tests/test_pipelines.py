@@ -287,3 +287,11 @@ def test_bad_usage_is_one_line_exit_2(tmp_path: Path, capsys: pytest.CaptureFixt
     err = capsys.readouterr().err.strip()
     assert err.startswith("error:") and "weightings" in err and len(err.splitlines()) == 1
     assert not (tmp_path / "t").exists()
+
+
+def test_adaptation_study_with_a_missing_checkpoint_is_one_line_exit_1(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert adaptation_study.main(["--out", str(tmp_path / "s"), "--checkpoint", str(tmp_path / "nope")]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error:") and "does not exist" in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "s").exists()
