@@ -22,6 +22,7 @@ $(STAMP): pyproject.toml
 lint: install
 	$(VENV)/bin/ruff check medmtl tests pipelines bench
 	$(VENV)/bin/mypy medmtl
+	$(VENV)/bin/mypy pipelines/*.py bench/*.py
 
 test: install lint
 	$(VENV)/bin/pytest -q -x --durations=15

@@ -88,7 +88,7 @@ def zero_padding_deviation(name: str, depths: list[int], size: int = 64) -> list
     if not pretrained:
         from medmtl.models.inflate import inflate_module
 
-        enc3d.backbone, _ = inflate_module(enc2d.backbone, stem=enc2d.backbone.first_conv)
+        enc3d.backbone, _ = inflate_module(enc2d.backbone, stem=str(enc2d.backbone.first_conv))
     img = torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(0))
     rows = []
     with torch.no_grad():

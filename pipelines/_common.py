@@ -312,7 +312,7 @@ def gap_closed(value: float | None, baseline: float | None, reference: float | N
 
 
 def bootstrap_mean_ci(
-    values: Sequence[float], *, n_boot: int = 2000, seed: int = 0, level: float = 0.95
+    values: Sequence[float | None], *, n_boot: int = 2000, seed: int = 0, level: float = 0.95
 ) -> tuple[float | None, tuple[float, float] | None]:
     """Mean of ``values`` (NaN/None dropped) and its percentile-bootstrap interval.
 

@@ -185,8 +185,9 @@ def summarize(out: Path, per_seed: Sequence[dict[str, Any]], methods: Sequence[s
     body = []
     for row in rows:
         cells = [C.fmt_ci({"value": row[k], "ci95": row[f"{k}_ci95"]}) for k, _, _ in C.METRICS]
-        gaps = [C.fmt(row.get(f"{k}_gap_closed"), 2) if f"{k}_gap_closed" in row else "—" for k, _, _ in C.METRICS]
-        body.append([row["condition"], *cells, *gaps])
+        gap_cells = [C.fmt(row.get(f"{k}_gap_closed"), 2) if f"{k}_gap_closed" in row else "—"
+                     for k, _, _ in C.METRICS]
+        body.append([row["condition"], *cells, *gap_cells])
     table = C.markdown_table(header, body)
     cols = ["condition", "method", "n_seeds", "ci_over"]
     for key, _, _ in C.METRICS:
@@ -195,8 +196,8 @@ def summarize(out: Path, per_seed: Sequence[dict[str, Any]], methods: Sequence[s
     for row in rows:
         f = {k: row.get(k) for k in ("condition", "method", "n_seeds", "ci_over")}
         for key, _, _ in C.METRICS:
-            ci = row.get(f"{key}_ci95") or [None, None]
-            f.update({key: row[key], f"{key}_ci_lo": ci[0], f"{key}_ci_hi": ci[1],
+            lo_hi = row.get(f"{key}_ci95") or [None, None]
+            f.update({key: row[key], f"{key}_ci_lo": lo_hi[0], f"{key}_ci_hi": lo_hi[1],
                       f"{key}_gap_closed": row.get(f"{key}_gap_closed")})
         flat.append(f)
     atomic_write_csv(out / "results.csv", flat, cols)
