@@ -317,15 +317,16 @@ def adapt(
     Args:
         checkpoint: the source checkpoint folder.
         target: folder of unlabelled target scans.
-        method: ``adabn``, ``tent``, ``dann``, ``histmatch`` or ``n4``.
+        method: ``adabn``, ``tent``, ``dann``, ``resim``, ``histmatch`` or ``n4``.
         out: new checkpoint folder (must not exist or be empty).
         seed: random seed.
-        source: ``dann`` only: labelled source scans (with ``annotations.csv``); default: the
-            training data named in the checkpoint's card.
+        source: ``dann`` / ``resim``: labelled source scans (with ``annotations.csv``); default:
+            the training data named in the checkpoint's card. ``adabn``: source-site scans (no
+            labels) for the statistics-shift variant.
         device: torch device of the adaptation (``cpu``, ``cuda``, ``cuda:N``).
-        steps: ``tent`` passes over the target patches / ``dann`` optimisation steps
-            (default: the method's own, see :mod:`medmtl.shift.adapt`).
-        lr: ``tent`` / ``dann`` Adam learning rate (default: the method's own).
+        steps: ``tent`` passes over the target patches / ``dann`` and ``resim`` optimisation
+            steps (default: the method's own, see :mod:`medmtl.shift.adapt`).
+        lr: ``tent`` / ``dann`` / ``resim`` Adam learning rate (default: the method's own).
 
     Example:
         >>> adapt(checkpoint="runs/tiny/checkpoint", target="sample_data/ct_site_b",

@@ -1,6 +1,7 @@
 """``medmtl adapt`` through the CLI: AdaBN changes only BN buffers; histmatch is recorded in the
 card, brings target percentiles to the source reference and is applied by the predictor; DANN
-fine-tunes the encoder end to end; N4 is recorded for MRI and applied at prediction; bad inputs
+fine-tunes the encoder end to end; resim measures the target acquisition and fine-tunes on
+re-simulated source scans; N4 is recorded for MRI and applied at prediction; bad inputs
 get one error line.
 
 The checkpoints are untrained (ImageNet-initialised) on a coarse 6 mm grid, built once per
@@ -215,6 +216,28 @@ def test_n4_recorded_and_applied_by_predictor(mri: dict[str, Path], tmp_path: Pa
     assert code != 0 and "already runs N4" in text and text.count("Error:") == 1
 
 
+def test_resim_end_to_end(setup: dict[str, Path], tmp_path: Path) -> None:
+    from medmtl.engine.checkpoint import load_checkpoint
+
+    out = tmp_path / "resim"
+    code, text = _run(["adapt", "--checkpoint", str(setup["ckpt"]), "--target", str(setup["b"]),
+                       "--method", "resim", "--source", str(setup["a"]), "--steps", "2", "-o", str(out)])
+    assert code == 0, text
+    m0, _ = load_checkpoint(setup["ckpt"])
+    m1, card = load_checkpoint(out)
+    rec = card["adaptation"][-1]
+    p = rec["params"]
+    assert rec["method"] == "resim" and p["steps"] == 2 and len(p["source_scans"]) == 3
+    # the target acquisition is measured on the unlabelled site-B scans: 3.6 x 3.6 x 7.0 mm, noisier, +HU
+    assert p["target_acquisition"]["spacing_ras"] == pytest.approx([3.6, 3.6, 7.0], abs=0.01)
+    assert p["target_acquisition"]["noise"] > p["source_acquisition"]["noise"]
+    assert len(p["simulations"]) == 3 * 2 and all(s["spacing_mm"] == pytest.approx([3.6, 3.6, 7.0], abs=0.01)
+                                                  for s in p["simulations"])
+    s0, s1 = m0.state_dict(), m1.state_dict()
+    assert [k for k in s0 if k.startswith("encoder.") and k.endswith("weight") and not torch.equal(s0[k], s1[k])]
+    assert np.isfinite(p["task_loss_last"])
+
+
 def test_bad_adapt_inputs(setup: dict[str, Path], tmp_path: Path) -> None:
     busy = tmp_path / "busy"
     busy.mkdir()
@@ -230,7 +253,7 @@ def test_bad_adapt_inputs(setup: dict[str, Path], tmp_path: Path) -> None:
     assert code != 0 and "--source" in text and text.count("Error:") == 1
     code, text = _run(["adapt", "--checkpoint", str(setup["ckpt"]), "--target", str(setup["b"]),
                        "--method", "adabn", "--steps", "3", "-o", str(tmp_path / "adabn_steps")])
-    assert code != 0 and "only used by --method tent and dann" in text and not (tmp_path / "adabn_steps").exists()
+    assert code != 0 and "only used by --method tent, dann and resim" in text and not (tmp_path / "adabn_steps").exists()
     code, text = _run(["adapt", "--checkpoint", str(setup["ckpt"]), "--target", str(setup["b"]),
                        "--method", "tent", "--steps", "0", "-o", str(tmp_path / "tent0")])
     assert code != 0 and "--steps must be at least 1, got 0" in text and text.count("Error:") == 1

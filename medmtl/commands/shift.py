@@ -11,7 +11,7 @@ import click
 
 from medmtl.commands._common import handle_errors
 
-_METHODS = ("adabn", "tent", "dann", "histmatch", "n4")
+_METHODS = ("adabn", "tent", "dann", "resim", "histmatch", "n4")
 
 
 @click.command("diagnose")
@@ -55,18 +55,18 @@ def diagnose_cmd(source: Path, target: Path, out_dir: Path, checkpoint: Path | N
 @click.option("--target", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
               help="Folder of unlabelled target scans.")
 @click.option("--method", required=True, type=click.Choice(_METHODS),
-              help="adabn | tent | dann | histmatch | n4 (MRI).")
+              help="adabn | tent | dann | resim (re-simulate the source scans at the target's acquisition) | histmatch | n4 (MRI).")
 @click.option("-o", "--out", required=True, type=click.Path(path_type=Path),
               help="New checkpoint folder (must not exist or be empty).")
 @click.option("--source", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
-              help="dann: labelled source scans with annotations.csv (default: the card's training data); "
+              help="dann, resim: labelled source scans with annotations.csv (default: the card's training data); "
                    "adabn: source-site scans (no labels) to shift the BN statistics by the target - source "
                    "difference instead of replacing them.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Random seed.")
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda or cuda:N.")
 @click.option("--steps", type=int, default=None,
-              help="tent: passes over the target patches (default 1); dann: optimisation steps (default 20).")
-@click.option("--lr", type=float, default=None, help="tent / dann learning rate (default 1e-3 / 1e-4).")
+              help="tent: passes over the target patches (default 1); dann / resim: optimisation steps (default 20 / 100).")
+@click.option("--lr", type=float, default=None, help="tent / dann / resim learning rate (default 1e-3 / 1e-4 / 1e-4).")
 @handle_errors
 def adapt_cmd(checkpoint: Path, target: Path, method: str, out: Path, source: Path | None, seed: int,
               device: str, steps: int | None, lr: float | None) -> None:
@@ -76,12 +76,12 @@ def adapt_cmd(checkpoint: Path, target: Path, method: str, out: Path, source: Pa
     Example:
       medmtl adapt --checkpoint runs/tiny/checkpoint --target sample_data/ct_site_b --method adabn -o runs/adabn
     """
-    if source is not None and method not in ("dann", "adabn"):
-        raise click.UsageError("--source is only used by --method dann and adabn")
+    if source is not None and method not in ("dann", "resim", "adabn"):
+        raise click.UsageError("--source is only used by --method dann, resim and adabn")
     from medmtl import api
 
-    if (steps is not None or lr is not None) and method not in ("tent", "dann"):
-        raise click.UsageError("--steps and --lr are only used by --method tent and dann")
+    if (steps is not None or lr is not None) and method not in ("tent", "dann", "resim"):
+        raise click.UsageError("--steps and --lr are only used by --method tent, dann and resim")
     folder = api.adapt(checkpoint=checkpoint, target=target, method=method, out=out, seed=seed, source=source,
                        device=device, steps=steps, lr=lr)
     click.echo(f"adapted checkpoint: {folder}")

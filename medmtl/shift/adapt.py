@@ -12,6 +12,10 @@ Methods (each module cites its paper):
   Ganin et al. 2016). It needs *labelled source* scans: ``source`` (a folder with an
   ``annotations.csv``), else the card's ``train_config.data.root`` /
   ``train_config.data.annotations``.
+* ``resim`` — acquisition re-simulation (:mod:`medmtl.shift.resim`): the labelled source
+  scans are re-rendered as the target scanner would have acquired them (its slice spacing,
+  noise and HU calibration, measured on the unlabelled target scans; a random smooth kernel)
+  and the network is fine-tuned on them. Needs labelled source scans like ``dann``.
 * ``histmatch`` — histogram matching of target intensities to the source reference quantiles
   (:mod:`medmtl.shift.harmonise`); the weights are unchanged, the step is stored in
   ``card["harmonisation"]`` and applied at prediction time.
@@ -39,11 +43,13 @@ if TYPE_CHECKING:  # pragma: no cover
 
 logger = logging.getLogger(__name__)
 
-METHODS = ("adabn", "tent", "dann", "histmatch", "n4")
+METHODS = ("adabn", "tent", "dann", "resim", "histmatch", "n4")
 TENT_STEPS = 1
 TENT_LR = 1e-3
 DANN_STEPS = 20
 DANN_LR = 1e-4
+RESIM_STEPS = 100
+RESIM_LR = 1e-4
 
 
 def prepare_volumes(scans: Sequence[Scan], card: Mapping[str, Any], *, harmonise: bool = True) -> list[torch.Tensor]:
@@ -76,7 +82,8 @@ def _check_out(out: Path) -> None:
         raise ShiftError(f"output '{out}' already exists and is not an empty folder; pass a new folder with -o.")
 
 
-def _dann_source(card: Mapping[str, Any], source: Path | None) -> tuple[list[Scan], list[Any]]:
+def _labelled_source(card: Mapping[str, Any], source: Path | None, method: str) -> tuple[list[Scan], list[Any]]:
+    """The labelled source scans of ``dann`` / ``resim``: ``source`` or the card's training data."""
     from medmtl.io.annotations import read_annotations
     from medmtl.io.read import load_folder
 
@@ -84,12 +91,12 @@ def _dann_source(card: Mapping[str, Any], source: Path | None) -> tuple[list[Sca
     folder = source if source is not None else (Path(data["root"]) if data.get("root") else None)
     if folder is None or not folder.is_dir():
         raise ShiftError(
-            "--method dann needs labelled source scans: pass --source DIR (with annotations.csv); the card's "
+            f"--method {method} needs labelled source scans: pass --source DIR (with annotations.csv); the card's "
             f"train_config.data.root is {data.get('root')!r}."
         )
     ann = Path(data["annotations"]) if source is None and data.get("annotations") else folder / "annotations.csv"
     if not ann.is_file():
-        raise ShiftError(f"--method dann needs an annotations.csv for the source scans; '{ann}' does not exist.")
+        raise ShiftError(f"--method {method} needs an annotations.csv for the source scans; '{ann}' does not exist.")
     scans, _ = load_folder(folder, progress=False)
     if not scans:
         raise ShiftError(f"--source folder '{folder}' holds no readable scans.")
@@ -116,23 +123,24 @@ def run_adapt(
         method: one of :data:`METHODS`.
         out: new checkpoint folder (must not exist, or be empty).
         seed: random seed.
-        source: labelled source scan folder for ``dann`` (default: the card's training data);
+        source: labelled source scan folder for ``dann`` / ``resim`` (default: the card's training data);
             for ``adabn``, source-site scans (no labels) for the statistics-shift variant.
         device: torch device of the adaptation (``cpu``, ``cuda``, ``cuda:N``); the saved
             weights are on the CPU either way.
         steps: ``tent``: passes over the target patches (default :data:`TENT_STEPS`);
-            ``dann``: optimisation steps (default :data:`DANN_STEPS`). Ignored by the others.
-        lr: Adam learning rate of ``tent`` / ``dann`` (defaults :data:`TENT_LR` / :data:`DANN_LR`).
+            ``dann`` / ``resim``: optimisation steps (default :data:`DANN_STEPS` /
+            :data:`RESIM_STEPS`). Ignored by the others.
+        lr: Adam learning rate of ``tent`` / ``dann`` / ``resim`` (defaults :data:`TENT_LR` /
+            :data:`DANN_LR` / :data:`RESIM_LR`).
 
     Returns:
         The new checkpoint folder.
 
     Raises:
         ShiftError: unknown method, existing non-empty ``out``, modality mismatch, missing
-            reference statistics (histmatch) or source data (dann), ``n4`` on CT or on a
+            reference statistics (histmatch) or source data (dann, resim), ``n4`` on CT or on a
             checkpoint whose preprocessing already runs N4.
     """
-    import numpy as np
     import torch
 
     from medmtl.engine.checkpoint import load_checkpoint, save_checkpoint
@@ -182,27 +190,32 @@ def run_adapt(
         params.update(steps=t_steps, lr=t_lr, entropy_first=losses[0], entropy_last=losses[-1],
                       note="BN running statistics unchanged; affine parameters adapted under batch statistics")
     elif method == "dann":
-        from medmtl.data.targets import build_targets
-        from medmtl.io.annotations import group_by_scan
-        from medmtl.io.coords import lps_to_voxel
         from medmtl.shift.dann import dann
         from medmtl.shift.reference import as_input_spec
-        from medmtl.transforms.presets import preprocess_scan
+        from medmtl.shift.source_patches import group_lesions, labelled_item
 
-        src_scans, lesions = _dann_source(card, source)
-        by_scan = group_by_scan(lesions)
+        src_scans, lesions = _labelled_source(card, source, method)
         spec = as_input_spec(card["input_spec"])
-        src_items = []
-        for s in src_scans:
-            img = preprocess_scan(s, spec)
-            les = by_scan.get(s.scan_id, [])
-            tmaps = {k: torch.as_tensor(np.asarray(v), dtype=torch.float32)[None] for k, v in build_targets(img, les).items()}
-            centres = [[int(round(c)) for c in lps_to_voxel(le.center_lps, np.asarray(img.affine))[0]] for le in les]
-            src_items.append((torch.as_tensor(np.asarray(img), dtype=torch.float32)[None], tmaps, centres))
+        by_scan = group_lesions(src_scans, lesions)
+        src_items = [labelled_item(s, by_scan[s.scan_id], spec) for s in src_scans]
         d_steps, d_lr = steps or DANN_STEPS, lr or DANN_LR
         history = dann(model, src_items, prepare_volumes(scans, card), patch, steps=d_steps, lr=d_lr, seed=seed)
         params.update(steps=d_steps, lr=d_lr, source_scans=[s.scan_id for s in src_scans],
                       final_domain_loss=history[-1]["domain"], final_task_loss=history[-1]["task"])
+    elif method == "resim":
+        from medmtl.shift.reference import as_input_spec
+        from medmtl.shift.resim import estimate_acquisition, resim_finetune, resim_items
+
+        src_scans, lesions = _labelled_source(card, source, method)
+        spec = as_input_spec(card["input_spec"])
+        tgt_acq = estimate_acquisition(scans)
+        src_acq = estimate_acquisition(src_scans)
+        items, sims = resim_items(src_scans, lesions, spec, source=src_acq, target=tgt_acq, seed=seed)
+        r_steps, r_lr = steps or RESIM_STEPS, lr or RESIM_LR
+        losses = resim_finetune(model, items, patch, steps=r_steps, lr=r_lr, seed=seed)
+        params.update(steps=r_steps, lr=r_lr, source_scans=[s.scan_id for s in src_scans],
+                      source_acquisition=src_acq.as_dict(), target_acquisition=tgt_acq.as_dict(),
+                      simulations=sims, task_loss_first=losses[0], task_loss_last=losses[-1])
     else:
         from medmtl.shift.harmonise import harmonisation_record
 

@@ -19,6 +19,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from medmtl.shift.source_patches import LabelledPatches, SourceItem
+
 logger = logging.getLogger(__name__)
 
 
@@ -74,48 +76,9 @@ def grl_schedule(progress: float) -> float:
     return 2.0 / (1.0 + math.exp(-10.0 * progress)) - 1.0
 
 
-def pad_to_patch(x: torch.Tensor, patch_size: Sequence[int], *, mode: str = "replicate") -> tuple[torch.Tensor, list[int]]:
-    """Pad a ``(1, C, I, J, K)`` volume symmetrically so that every axis holds at least one patch.
-
-    Args:
-        x: the volume.
-        patch_size: patch size in voxels.
-        mode: ``"replicate"`` (images) or ``"constant"`` (zeros: target maps and masks).
-
-    Returns:
-        The padded volume (``x`` itself when no axis is short) and the voxels added before
-        each spatial axis (to shift voxel coordinates).
-    """
-    import torch.nn.functional as F
-
-    before = [max(int(p) - int(s), 0) // 2 for s, p in zip(x.shape[-3:], patch_size)]
-    extra = [max(int(p) - int(s), 0) for s, p in zip(x.shape[-3:], patch_size)]
-    if not any(extra):
-        return x, before
-    pads: list[int] = []
-    for e, b in zip(reversed(extra), reversed(before)):
-        pads.extend([b, e - b])
-    return F.pad(x, pads, mode=mode), before
-
-
-def random_patch(x: torch.Tensor, patch_size: Sequence[int], gen: torch.Generator,
-                 centre: Sequence[int] | None = None) -> tuple[slice, ...]:
-    """Spatial slices of a random patch (around ``centre`` ± a quarter patch when given)."""
-    out = []
-    for d, (size, p) in enumerate(zip(x.shape[-3:], patch_size)):
-        hi = max(size - int(p), 0)
-        if centre is not None:
-            jitter = int(torch.randint(-int(p) // 4, int(p) // 4 + 1, (1,), generator=gen))
-            start = min(max(int(centre[d]) - int(p) // 2 + jitter, 0), hi)
-        else:
-            start = int(torch.randint(0, hi + 1, (1,), generator=gen))
-        out.append(slice(start, start + int(p)))
-    return tuple(out)
-
-
 def dann(
     model: nn.Module,
-    source: Sequence[tuple[torch.Tensor, dict[str, torch.Tensor], Sequence[Sequence[int]]]],
+    source: Sequence[SourceItem],
     target: Sequence[torch.Tensor],
     patch_size: Sequence[int],
     *,
@@ -128,8 +91,8 @@ def dann(
 
     Args:
         model: ``MultiTaskNet`` (``.encoder`` returns the feature levels).
-        source: ``(volume (1, C, I, J, K), targets {name: (1, 1, I, J, K)}, lesion voxel
-            centres)`` per labelled source scan (volumes smaller than a patch are padded).
+        source: :data:`~medmtl.shift.source_patches.SourceItem` per labelled source scan
+            (volumes smaller than a patch are padded).
         target: unlabelled target volumes ``(1, C, I, J, K)``.
         patch_size: patch size in voxels.
         steps: optimisation steps (one source and one target patch each, in one batch).
@@ -156,20 +119,12 @@ def dann(
     captured: list[Any] = []
     hook = encoder.register_forward_hook(lambda _m, _i, out: captured.append(out))
     history: list[dict[str, float]] = []
-    padded = []
-    for vol, tmaps, centres in source:
-        pv, before = pad_to_patch(vol, patch_size)
-        pt = {k: pad_to_patch(v, patch_size, mode="constant")[0] for k, v in tmaps.items()}
-        padded.append((pv, pt, [[int(c) + b for c, b in zip(ctr, before)] for ctr in centres]))
+    patches = LabelledPatches(source, patch_size)
     model.train()
     try:
         for step in range(steps):
-            vol, tmaps, centres = padded[int(torch.randint(0, len(padded), (1,), generator=gen))]
-            centre = centres[int(torch.randint(0, len(centres), (1,), generator=gen))] if (
-                len(centres) and float(torch.rand(1, generator=gen)) < 0.5) else None
-            sl = random_patch(vol, patch_size, gen, centre)
-            xs = vol[(slice(None), slice(None)) + sl]
-            ts = {k: v[(slice(None), slice(None)) + sl].to(dev) for k, v in tmaps.items()}
+            xs, tmaps = patches.sample(gen)
+            ts = {k: v.to(dev) for k, v in tmaps.items()}
             xt = tgt_patches[int(torch.randint(0, len(tgt_patches), (1,), generator=gen))]
             # one pass over the (source, target) pair: BatchNorm sees a batch of 2 (a batch of
             # one 1×1×1 deepest level cannot be batch-normalised) and both domains share it
