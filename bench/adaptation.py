@@ -12,7 +12,9 @@ Part 1 — **adaptation quality** (public API only: :func:`medmtl.api.train`,
 3. adapt the checkpoint to site B *without labels* with each method (``adabn`` — Li et al.
    2016; ``adabn-shift`` — its statistics-shift variant, with the unlabelled site-A training
    scans as source; ``tent`` — Wang et al. 2021; ``histmatch`` — Nyúl & Udupa 1999; ``dann`` — Ganin et
-   al. 2016, with the labelled site-A training scans as source), predict and evaluate site B;
+   al. 2016, and ``resim`` — the labelled site-A training scans re-simulated at the acquisition
+   measured on the unlabelled site-B scans, both with the labelled site-A training scans as
+   source), predict and evaluate site B;
 4. report CPM, diameter MAE and malignancy AUC with the evaluation's scan-level bootstrap 95%
    intervals (``metrics.json``), and the share of the A→B gap each method closes:
    ``gap = m(A held-out) − m(B, none)``, ``share = (m(B, method) − m(B, none)) / gap``
@@ -27,7 +29,9 @@ the false-alarm rate (site A vs disjoint site A, α = 0.05) and the power (site 
 α = 0.05 and 0.01) of the kernel-MMD (Gretton et al. 2012) and domain-classifier (Lopez-Paz &
 Oquab 2017) permutation tests are estimated over repeated random draws.
 
-Outputs in ``--out``: ``results.json`` and ``results.md`` (the tables, also printed).
+Outputs in ``--out``: ``results.json`` and ``results.md`` (the tables, also printed). A second
+call into the same ``--out`` reuses the trained and adapted checkpoints an earlier call left
+there when their settings match (e.g. to add a method), and refuses them when they do not.
 ``--combine DIR DIR …`` runs nothing: it combines earlier runs that differ only in the training
 seed (``--set seed=N``, e.g. run in parallel on several machines) into mean ± SD tables with the
 gap shares of the run-averaged metrics (``combined.json`` / ``combined.md``).
@@ -52,10 +56,10 @@ from typing import Any
 import numpy as np
 
 from bench.machine import cpu_model
-from pipelines._common import filter_annotations, scan_ids
+from pipelines._common import filter_annotations, resolve_config, scan_ids
 
 REPO = Path(__file__).resolve().parents[1]
-METHODS = ("adabn", "adabn-shift", "tent", "histmatch", "dann")
+METHODS = ("adabn", "adabn-shift", "tent", "histmatch", "dann", "resim")
 METRICS = (("cpm", "CPM"), ("diameter_mae_mm", "diameter MAE (mm)"), ("malignancy_auc", "malignancy AUC"))
 logger = logging.getLogger("bench.adaptation")
 
@@ -71,6 +75,52 @@ def gap_share(ref: float | None, none: float | None, after: float | None) -> flo
     if ref is None or none is None or after is None or abs(ref - none) < 1e-9:
         return None
     return (after - none) / (ref - none)
+
+
+def train_or_reuse(config: Path, out_dir: Path, overrides: Sequence[str]) -> tuple[Path, bool]:
+    """Train into ``out_dir``, or reuse the checkpoint an earlier call left there.
+
+    Returns:
+        ``(checkpoint folder, reused)``.
+
+    Raises:
+        ValueError: ``out_dir`` holds a checkpoint trained with another configuration.
+    """
+    from medmtl import api
+
+    card_path = out_dir / "checkpoint" / "model_card.json"
+    if card_path.is_file():
+        card = json.loads(card_path.read_text(encoding="utf-8"))
+        if card.get("train_config") != resolve_config(config, list(overrides)):
+            raise ValueError(f"{out_dir} holds a checkpoint trained with other settings; use a new --out folder")
+        logger.info("reusing %s (same training config)", card_path.parent)
+        return card_path.parent, True
+    return Path(api.train(config=config, out_dir=out_dir, overrides=list(overrides))), False
+
+
+def adapt_or_reuse(out: Path, *, checkpoint: Path, method: str, steps: int | None, **kw: Any) -> tuple[Path, bool]:
+    """``api.adapt`` into ``out``, or reuse an adapted checkpoint of ``checkpoint`` by ``method`` found there.
+
+    Raises:
+        ValueError: ``out`` holds another adaptation (other source checkpoint, method or steps).
+    """
+    from medmtl import api
+
+    card_path = out / "model_card.json"
+    if card_path.is_file():
+        rec = (json.loads(card_path.read_text(encoding="utf-8")).get("adaptation") or [{}])[-1]
+        same = (rec.get("method") == method and rec.get("source_checkpoint") == str(checkpoint)
+                and (steps is None or (rec.get("params") or {}).get("steps") == steps))
+        if not same:
+            raise ValueError(f"{out} holds another adaptation ({rec.get('method')}, steps "
+                             f"{(rec.get('params') or {}).get('steps')}); use a new --out folder")
+        logger.info("reusing %s", out)
+        return out, True
+    return Path(api.adapt(checkpoint=checkpoint, method=method, out=out, steps=steps, **kw)), False
+
+
+def _slug(name: str) -> str:
+    return "".join(c if c.isalnum() else "_" for c in name).strip("_")[:60]
 
 
 def adaptation_quality(out: Path, *, source: Path, target: Path, fast: bool, n_heldout: int, n_bootstrap: int,
@@ -110,8 +160,9 @@ def adaptation_quality(out: Path, *, source: Path, target: Path, fast: bool, n_h
         logger.info("%s: %.1f s", name, timings[name])
         return res
 
-    ckpt = Path(timed("train", api.train, config=config, out_dir=out / "train",
-                      overrides=overrides))
+    ckpt, reused = timed("train", train_or_reuse, config=config, out_dir=out / "train", overrides=overrides)
+    if reused:
+        timings["train"] = 0.0
     heldout_ann = filter_annotations(source / "annotations.csv", out / "heldout_annotations.csv", heldout)
     conditions: list[tuple[str, Path, Path, Path, list[str] | None]] = [
         ("site A held-out", ckpt, source, heldout_ann, heldout),
@@ -125,10 +176,10 @@ def adaptation_quality(out: Path, *, source: Path, target: Path, fast: bool, n_h
             os.symlink(source / f"{sid}.nii.gz", link)
     filter_annotations(source / "annotations.csv", source_train / "annotations.csv", train_ids)
     for m in methods:  # adabn-shift: AdaBN's statistics-shift variant against the site-A training scans
-        adapted = Path(timed(f"adapt_{m}", api.adapt, checkpoint=ckpt, target=target, method=m.split("-")[0],
-                             out=out / "adapted" / m, seed=0,
-                             source=source_train if m in ("dann", "adabn-shift") else None,
-                             device=device, steps=(method_steps or {}).get(m)))
+        adapted, _ = timed(f"adapt_{m}", adapt_or_reuse, checkpoint=ckpt, target=target, method=m.split("-")[0],
+                           out=out / "adapted" / m, seed=0,
+                           source=source_train if m in ("dann", "resim", "adabn-shift") else None,
+                           device=device, steps=(method_steps or {}).get(m))
         conditions.append((f"site B, {m}", adapted, target, target / "annotations.csv", None))
     if oracle is not None:
         o_ids = scan_ids(oracle)
@@ -136,16 +187,16 @@ def adaptation_quality(out: Path, *, source: Path, target: Path, fast: bool, n_h
         o_over = [f"data.root={oracle}", f"data.annotations={oracle / 'annotations.csv'}",
                   "data.train_ids=[" + ", ".join(o_ids[:-n_val]) + "]", "data.val_ids=[" + ", ".join(o_ids[-n_val:]) + "]",
                   *settings]
-        o_ckpt = Path(timed("train_oracle", api.train, config=config, out_dir=out / "train_oracle", overrides=o_over))
+        o_ckpt, _ = timed("train_oracle", train_or_reuse, config=config, out_dir=out / "train_oracle", overrides=o_over)
         conditions.append((f"site B, oracle: trained on {len(o_ids) - n_val} labelled site-B scans", o_ckpt, target,
                            target / "annotations.csv", None))
     rows: list[dict[str, Any]] = []
-    for i, (name, ck, inp, ann, sel) in enumerate(conditions):
-        pred = out / "pred" / str(i)
+    for name, ck, inp, ann, sel in conditions:
+        pred = out / "pred" / _slug(name)
         timed(f"predict[{name}]", api.predict_folder, checkpoint=ck, input_dir=inp, out_dir=pred, device=device,
               progress=False, scan_ids=sel, overlap=0.0 if fast else 0.25)
         met = timed(f"evaluate[{name}]", api.evaluate, predictions=pred / "predictions.csv", annotations=ann,
-                    out_dir=out / "eval" / str(i), n_bootstrap=n_bootstrap, seed=0)
+                    out_dir=out / "eval" / _slug(name), n_bootstrap=n_bootstrap, seed=0)
         rows.append({"condition": name, "n_scans": len(sel) if sel else len(scan_ids(inp)), **overall(met)})
     ref, none = rows[0], rows[1]
     for r in rows[2:]:
@@ -359,6 +410,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                    help="training-config override of the site-A model (repeatable)")
     p.add_argument("--tent-steps", type=int, default=None, help="TENT passes over the target patches")
     p.add_argument("--dann-steps", type=int, default=None, help="DANN optimisation steps")
+    p.add_argument("--resim-steps", type=int, default=None, help="resim fine-tuning steps")
     p.add_argument("--oracle", type=Path, default=None,
                    help="labelled site-B scans (not the --target ones) for the supervised upper-bound row")
     p.add_argument("--oracle-generate", type=int, default=None, metavar="N",
@@ -409,7 +461,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         res["quality"] = adaptation_quality(out, source=source, target=target, device=args.device,
                                             extra_overrides=args.overrides, oracle=oracle,
                                             method_steps={k: v for k, v in (("tent", args.tent_steps),
-                                                                            ("dann", args.dann_steps)) if v},
+                                                                            ("dann", args.dann_steps),
+                                                                            ("resim", args.resim_steps)) if v},
                                             fast=args.fast, n_heldout=args.n_heldout, config=args.config,
                                             n_bootstrap=200 if args.fast else 1000,
                                             methods=[m for m in args.methods.split(",") if m])
