@@ -4,7 +4,7 @@
 
 For each seed: train the multi-task net on site A (:func:`medmtl.api.train`; or reuse a
 ``--checkpoint``), predict site A's held-out scans (the in-domain reference), then for each
-method in ``--methods`` (``none``, ``adabn``, ``tent``, ``histmatch``, ``dann``, ``n4``) adapt the
+method in ``--methods`` (``none``, ``adabn``, ``tent``, ``histmatch``, ``dann``, ``resim``, ``n4``) adapt the
 checkpoint to site B without labels (:func:`medmtl.api.adapt`; ``none`` = the checkpoint as
 is), predict site B (:func:`medmtl.api.predict_folder`) and evaluate
 (:func:`medmtl.api.evaluate`). The table reports CPM, diameter MAE (mm) and malignancy AUC per
@@ -35,7 +35,7 @@ from typing import Any
 
 from pipelines import _common as C
 
-METHODS = ("none", "adabn", "tent", "histmatch", "dann")
+METHODS = ("none", "adabn", "tent", "histmatch", "dann", "resim")
 FAST_OVERRIDES = (
     "train.epochs=1",
     "train.steps_per_epoch=2",
@@ -151,7 +151,7 @@ def run_study(
                 mckpt = ckpt
                 if method != "none":
                     mckpt = api.adapt(checkpoint=ckpt, target=target, method=method, out=mdir / "checkpoint",
-                                      seed=seed)
+                                      seed=seed, steps=2 if fast and method in ("dann", "resim") else None)
                 C.predict_and_evaluate(checkpoint=mckpt, input_dir=target, annotations=target / "annotations.csv",
                                        out_dir=mdir, device=device, n_bootstrap=n_boot, seed=seed)
                 C.mark_done(mdir, {"seed": seed, "method": method})

@@ -9,8 +9,9 @@ simulated scanner, 8 scans) and the public API (:mod:`medmtl.api`):
    EfficientNet-Lite0 inflated to 3D on site A's training scans (:func:`medmtl.api.train`
    with ``configs/demo.yaml``) → ``train/`` (``checkpoint/``, ``metrics.csv``,
    ``gradient_conflict.csv``);
-3. **adapt** the checkpoint to site B without labels (:func:`medmtl.api.adapt`, AdaBN and
-   histogram matching by default) → ``adapted/<method>/``;
+3. **adapt** the checkpoint to site B without site-B labels (:func:`medmtl.api.adapt`: AdaBN,
+   histogram matching and re-simulation — the labelled site-A scans re-rendered at site B's
+   measured acquisition — by default) → ``adapted/<method>/``;
 4. **predict** (:func:`medmtl.api.predict_folder`) on site A's held-out scans (in-domain
    reference), on site B without adaptation and on site B with each adaptation →
    ``predictions/<condition>/``;
@@ -69,13 +70,14 @@ DEMO_ARTIFACTS = (
 )
 
 #: Adaptation methods the demo runs by default (all need no target labels).
-DEFAULT_METHODS = ("adabn", "histmatch")
+DEFAULT_METHODS = ("adabn", "histmatch", "resim")
 
 METHOD_TITLES = {
     "adabn": "AdaBN",
     "histmatch": "histogram matching",
     "tent": "TENT",
     "dann": "DANN",
+    "resim": "re-simulation",
     "n4": "N4",
 }
 
@@ -117,7 +119,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--source", type=Path, default=C.REPO / "sample_data" / "ct_site_a", help="site A scan folder")
     p.add_argument("--target", type=Path, default=C.REPO / "sample_data" / "ct_site_b", help="site B scan folder")
     p.add_argument("--methods", default=",".join(DEFAULT_METHODS),
-                   help="comma-separated adaptation methods (adabn, histmatch, tent, dann); '' for none")
+                   help="comma-separated adaptation methods (adabn, histmatch, resim, tent, dann); '' for none")
     p.add_argument("--n-heldout", type=int, default=3, help="site A scans held out (the last ones by id)")
     p.add_argument("--n-bootstrap", type=int, default=None, help="bootstrap replicates (default 1000, fast 50)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -256,7 +258,8 @@ def run_demo(
     ]
     for method in methods:
         adapted = Path(timer.run(f"adapt_{method}", api.adapt, checkpoint=ckpt, target=target, method=method,
-                                 out=out / "adapted" / method, seed=0))
+                                 out=out / "adapted" / method, seed=0,
+                                 steps=2 if fast and method in ("dann", "resim") else None))
         conditions.append(Condition(f"site_b_{method}", f"site B + {METHOD_TITLES.get(method, method)}",
                                     adapted, target, target / "annotations.csv"))
 

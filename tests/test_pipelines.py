@@ -192,10 +192,10 @@ def test_demo_with_checkpoint(tmp_path: Path, pipeline_checkpoint: Path, capsys:
     out.mkdir()
     (out / "keep.txt").write_text("user file", encoding="utf-8")
     args = ["--out", str(out), "--fast", "--device", "cpu", "--checkpoint", str(pipeline_checkpoint),
-            "--target", str(target), "--methods", "histmatch", "--skip-diagnose", "--n-heldout", "2"]
+            "--target", str(target), "--methods", "histmatch,resim", "--skip-diagnose", "--n-heldout", "2"]
     assert demo.main(args) == 0
     printed = capsys.readouterr().out
-    keys = ["site_a_heldout", "site_b_none", "site_b_histmatch"]
+    keys = ["site_a_heldout", "site_b_none", "site_b_histmatch", "site_b_resim"]
     for key in keys:
         assert (out / "predictions" / key / "predictions.csv").is_file()
         assert (out / "metrics" / key / "metrics.json").is_file()
@@ -209,25 +209,29 @@ def test_demo_with_checkpoint(tmp_path: Path, pipeline_checkpoint: Path, capsys:
     assert results["trained"] is False
     inputs = json.loads((out / "inputs.json").read_text(encoding="utf-8"))
     assert set(inputs["inputs"]) == {"source", "target", "checkpoint"}
-    assert "site B + histogram matching" in (out / "README.md").read_text(encoding="utf-8")
+    summary = (out / "README.md").read_text(encoding="utf-8")
+    assert "site B + histogram matching" in summary and "site B + re-simulation" in summary
+    rec = json.loads((out / "adapted" / "resim" / "model_card.json").read_text(encoding="utf-8"))["adaptation"][-1]
+    assert rec["method"] == "resim" and rec["params"]["steps"] == 2  # --fast: two fine-tuning steps
 
 
 @pytest.mark.slow
 def test_demo_fast_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """``python -m pipelines.demo --fast``: every step, training and shift report included."""
     out = tmp_path / "demo_out"
-    rc = demo.main(["--out", str(out), "--fast", "--device", "cpu", "--methods", "adabn"])
+    rc = demo.main(["--out", str(out), "--fast", "--device", "cpu", "--methods", "adabn,resim"])
     printed = capsys.readouterr().out
     assert rc == 0, printed
     for rel in ("shift/report.html", "shift/report.json", "README.md", "results.json", "results.csv",
                 "config.yaml", "versions.json", "inputs.json", "train/checkpoint/model_card.json",
                 "train/gradient_conflict.csv", "figures/results.png", "figures/froc_all.png"):
         assert (out / rel).is_file(), rel
-    _check_printed_table(out, printed, 3)
+    _check_printed_table(out, printed, 4)
     inputs = json.loads((out / "inputs.json").read_text(encoding="utf-8"))
     assert set(inputs["inputs"]) == {"source", "target", "config"}
     assert set(inputs["heldout_ids"]).isdisjoint(inputs["train_ids"])
-    assert "site B + AdaBN" in (out / "README.md").read_text(encoding="utf-8")
+    summary = (out / "README.md").read_text(encoding="utf-8")
+    assert "site B + AdaBN" in summary and "site B + re-simulation" in summary
 
 
 def test_adaptation_study_with_checkpoint(tmp_path: Path, pipeline_checkpoint: Path) -> None:
