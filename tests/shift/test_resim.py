@@ -68,3 +68,16 @@ def test_labelled_patches_sample_batches() -> None:
     assert all(float(t["heatmap"][i].max()) == 1.0 for i in range(3))  # lesion-centred: the peak is inside
     with pytest.raises(ValueError, match="at least one"):
         LabelledPatches([], [32, 32, 32])
+
+
+def test_mri_noise_is_matched_relative_to_the_body_intensity(sample_data: Path) -> None:
+    scans, _ = load_folder(sample_data / "mri", progress=False)
+    src, tgt = estimate_acquisition(scans[:2]), estimate_acquisition(scans[2:4])
+    assert src.modality == "MR" and src.hu_offset is None
+    # a target twice as noisy (relative to its body intensity) as the source cohort
+    noisier = type(tgt)(spacing_ras=src.spacing_ras, noise=4 * src.noise, body_median=2 * src.body_median,
+                        hu_offset=None, modality="MR", n_scans=2)
+    sim, rec = simulate_acquisition(scans[0], source=src, target=noisier, blur_mm=0.0, rng=np.random.default_rng(1))
+    assert rec["offset_added"] == 0.0 and rec["noise_added"] > 0
+    got = estimate_acquisition([sim])
+    assert got.noise / got.body_median == pytest.approx(noisier.noise / noisier.body_median, rel=0.3)
