@@ -252,6 +252,10 @@ def test_bad_adapt_inputs(setup: dict[str, Path], tmp_path: Path) -> None:
                        "--method", "dann", "-o", str(tmp_path / "dann")])
     assert code != 0 and "--source" in text and text.count("Error:") == 1
     code, text = _run(["adapt", "--checkpoint", str(setup["ckpt"]), "--target", str(setup["b"]),
+                       "--method", "resim", "-o", str(tmp_path / "resim")])
+    assert code != 0 and "--method resim needs labelled source scans" in text and text.count("Error:") == 1
+    assert not (tmp_path / "resim").exists()
+    code, text = _run(["adapt", "--checkpoint", str(setup["ckpt"]), "--target", str(setup["b"]),
                        "--method", "adabn", "--steps", "3", "-o", str(tmp_path / "adabn_steps")])
     assert code != 0 and "only used by --method tent, dann and resim" in text and not (tmp_path / "adabn_steps").exists()
     code, text = _run(["adapt", "--checkpoint", str(setup["ckpt"]), "--target", str(setup["b"]),
