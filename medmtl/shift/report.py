@@ -123,7 +123,14 @@ def _verdict(tests: list[dict[str, Any]], effects: list[dict[str, Any]], hu_rows
             f"{tgt_hu['n_flagged']} of {tgt_hu['n_scans']} target scans have an HU calibration off by > 20 HU "
             f"(median offset {tgt_hu['median_offset_hu']:+.0f} HU)."
         )
-    if shift:
+    coarser = sorted({e["field"] for e in effects if e["large"] and e["target_mean"] > e["source_mean"]
+                      and str(e["field"]).startswith(("spacing", "slice_thickness", "noise"))})
+    if shift and coarser:
+        parts.append(f"The target acquisition is coarser or noisier ({', '.join(coarser)}): `medmtl adapt --method "
+                     "resim --source <labelled source scans>` fine-tunes on source scans re-simulated at it; "
+                     "`--method histmatch` (intensities) and `--method adabn` (BN statistics) are quicker, label-free "
+                     "options, as is `medmtl predict --adapt auto`.")
+    elif shift:
         parts.append("Consider `medmtl adapt --method histmatch` (intensities) or `--method adabn` (BN statistics) "
                      "before predicting on this site, or `medmtl predict --adapt auto`.")
     return {"shift": shift, "min_p": min(ps) if ps else None, "text": " ".join(parts)}
