@@ -75,6 +75,8 @@ def adapt_cmd(checkpoint: Path, target: Path, method: str, out: Path, source: Pa
     \b
     Example:
       medmtl adapt --checkpoint runs/tiny/checkpoint --target sample_data/ct_site_b --method adabn -o runs/adabn
+      medmtl adapt --checkpoint runs/tiny/checkpoint --target sample_data/ct_site_b --method resim \\
+          --source sample_data/ct_site_a -o runs/resim
     """
     if source is not None and method not in ("dann", "resim", "adabn"):
         raise click.UsageError("--source is only used by --method dann, resim and adabn")
