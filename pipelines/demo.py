@@ -202,13 +202,13 @@ def run_demo(
 
     out = Path(out).resolve()
     source, target, config = Path(source).resolve(), Path(target).resolve(), Path(config).resolve()
-    clear_outputs(out)
     timer = _Timer()
     n_boot = n_bootstrap if n_bootstrap is not None else (50 if fast else 1000)
     resolved_device = C.default_device(device)
 
     # --- split and config -------------------------------------------------------------
-    ids = C.scan_ids(source)
+    ids = C.scan_ids(source)  # bad inputs fail here, before anything in `out` is touched
+    C.scan_ids(target)  # an empty or missing target folder is refused by discovery
     train_ids, heldout_ids, _ = C.split_ids(ids, n_test=0, n_val=n_heldout)
     if checkpoint is not None:
         checkpoint = Path(checkpoint).resolve()
@@ -228,6 +228,7 @@ def run_demo(
         *overrides,
     ]
     cfg = C.resolve_config(config, all_overrides) if checkpoint is None else _read_card(checkpoint).get("train_config")
+    clear_outputs(out)
     C.write_run_records(
         out,
         inputs={"source": source, "target": target, **({"checkpoint": checkpoint} if checkpoint else {"config": config})},
@@ -577,31 +578,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     """CLI entry point; returns the exit code (0 ok, 1 a medmtl error, 2 usage)."""
     args = _parser().parse_args(argv)
     C.setup_logging(args.verbose)
-    from medmtl.errors import MedmtlError
-
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     t0 = time.perf_counter()
-    try:
+
+    def body() -> int:
         results = run_demo(
             out=args.out, device=args.device, fast=args.fast, config=args.config, source=args.source,
             target=args.target, methods=methods, n_heldout=args.n_heldout, n_bootstrap=args.n_bootstrap,
             overrides=args.overrides, diagnose=not args.skip_diagnose, checkpoint=args.checkpoint,
         )
-    except MedmtlError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    except ValueError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    out = args.out.resolve()
-    print()
-    print(f"medmtl demo — results (device {results['device']}{', --fast: numbers meaningless' if args.fast else ''})")
-    print(print_table(out))
-    print(f"shift verdict: {_verdict_text(results['shift_verdict'])}")
-    parts = [name for name in ("README.md", "shift/report.html", "predictions/", "metrics/", "figures/")
-             if (out / name).exists()]
-    print(f"wrote {out} ({', '.join(parts)}) in {time.perf_counter() - t0:.0f} s")
-    return 0
+        out = args.out.resolve()
+        print()
+        print(f"medmtl demo — results (device {results['device']}{', --fast: numbers meaningless' if args.fast else ''})")
+        print(print_table(out))
+        print(f"shift verdict: {_verdict_text(results['shift_verdict'])}")
+        parts = [name for name in ("README.md", "shift/report.html", "predictions/", "metrics/", "figures/")
+                 if (out / name).exists()]
+        print(f"wrote {out} ({', '.join(parts)}) in {time.perf_counter() - t0:.0f} s")
+        return 0
+
+    return C.run_guarded(body)
 
 
 if __name__ == "__main__":

@@ -299,3 +299,14 @@ def test_adaptation_study_with_a_missing_checkpoint_is_one_line_exit_1(
     err = capsys.readouterr().err.strip()
     assert err.startswith("error:") and "does not exist" in err and len(err.splitlines()) == 1
     assert not (tmp_path / "s").exists()
+
+
+def test_demo_with_a_missing_source_is_one_line_exit_1(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert demo.main(["--out", str(tmp_path / "d"), "--source", str(tmp_path / "nope"), "--skip-diagnose"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("error:") and "does not exist" in err[-1]
+    assert not [ln for ln in err if ln.startswith("Traceback")]
+    assert not (tmp_path / "d").exists()
+    (tmp_path / "empty").mkdir()
+    assert demo.main(["--out", str(tmp_path / "d"), "--target", str(tmp_path / "empty"), "--skip-diagnose"]) == 1
+    assert "no scans found" in capsys.readouterr().err and not (tmp_path / "d").exists()
