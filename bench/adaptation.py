@@ -56,25 +56,18 @@ from typing import Any
 import numpy as np
 
 from bench.machine import cpu_model
+from pipelines import _common as C
 from pipelines._common import filter_annotations, resolve_config, scan_ids
 
 REPO = Path(__file__).resolve().parents[1]
 METHODS = ("adabn", "adabn-shift", "tent", "histmatch", "dann", "resim")
-METRICS = (("cpm", "CPM"), ("diameter_mae_mm", "diameter MAE (mm)"), ("malignancy_auc", "malignancy AUC"))
+METRICS = tuple((key, title) for key, title, _ in C.METRICS)
 logger = logging.getLogger("bench.adaptation")
 
 
-def overall(metrics: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """``{metric: {"value", "ci95"}}`` of an evaluation's ``overall`` block."""
-    return {k: {"value": (metrics["overall"].get(k) or {}).get("value"),
-                "ci95": (metrics["overall"].get(k) or {}).get("ci95")} for k, _ in METRICS}
-
-
 def gap_share(ref: float | None, none: float | None, after: float | None) -> float | None:
-    """``(after − none) / (ref − none)``; ``None`` when undefined or the gap is ~0."""
-    if ref is None or none is None or after is None or abs(ref - none) < 1e-9:
-        return None
-    return (after - none) / (ref - none)
+    """``(after − none) / (ref − none)``; ``None`` when undefined or the gap is ~0 (:func:`pipelines._common.gap_closed`)."""
+    return C.gap_closed(after, none, ref)
 
 
 def train_or_reuse(config: Path, out_dir: Path, overrides: Sequence[str]) -> tuple[Path, bool]:
@@ -195,9 +188,10 @@ def adaptation_quality(out: Path, *, source: Path, target: Path, fast: bool, n_h
         pred = out / "pred" / _slug(name)
         timed(f"predict[{name}]", api.predict_folder, checkpoint=ck, input_dir=inp, out_dir=pred, device=device,
               progress=False, scan_ids=sel, overlap=0.0 if fast else 0.25)
-        met = timed(f"evaluate[{name}]", api.evaluate, predictions=pred / "predictions.csv", annotations=ann,
-                    out_dir=out / "eval" / _slug(name), n_bootstrap=n_bootstrap, seed=0)
-        rows.append({"condition": name, "n_scans": len(sel) if sel else len(scan_ids(inp)), **overall(met)})
+        timed(f"evaluate[{name}]", api.evaluate, predictions=pred / "predictions.csv", annotations=ann,
+              out_dir=out / "eval" / _slug(name), n_bootstrap=n_bootstrap, seed=0)
+        rows.append({"condition": name, "n_scans": len(sel) if sel else len(scan_ids(inp)),
+                     **C.read_overall(out / "eval" / _slug(name) / "metrics.json")})
     ref, none = rows[0], rows[1]
     for r in rows[2:]:
         r["gap_share"] = {k: gap_share(ref[k]["value"], none[k]["value"], r[k]["value"]) for k, _ in METRICS}

@@ -169,8 +169,6 @@ def predict_folder(
         raise ConfigError(f"--adapt '{adapt}' is not allowed; use one of {', '.join(ADAPT_CHOICES)}")
     if prefetch is not None and prefetch < 1:
         raise ConfigError(f"--prefetch must be at least 1 (scans read ahead), got {prefetch}")
-    if prefetch is not None and prefetch < 1:
-        raise ConfigError(f"--prefetch must be at least 1 (scans read ahead), got {prefetch}")
     all_refs, skipped = discover(Path(input_dir), scan_ids)
     refs = shard_refs(all_refs, shard)
     predictor = Predictor.from_checkpoint(
@@ -211,7 +209,7 @@ def predict_folder(
         return prepared
 
     workers = prefetch if prefetch is not None else default_prefetch(str(predictor.device))
-    count = {"done": 0}
+    n_done = 0
 
     def fail(ref: ScanRef, exc: BaseException) -> None:
         reason = str(exc) if isinstance(exc, MedmtlError) else f"{type(exc).__name__}: {exc}"
@@ -229,13 +227,14 @@ def predict_folder(
 
     def drain(keep: int) -> None:
         """Collect finished decode/write jobs until at most ``keep`` are outstanding (bounds memory)."""
+        nonlocal n_done
         while len(posts) > keep:
             ref, fut = posts.popleft()
             try:
                 timings = fut.result()
                 for k in STAGES:
                     totals[k] += timings.get(k, 0.0)
-                count["done"] += 1
+                n_done += 1
             except Exception as exc:  # a failing scan is recorded; the batch goes on
                 fail(ref, exc)
             bar.update(1)
@@ -261,7 +260,6 @@ def predict_folder(
             posts.append((ref, writer.submit(post, ref, prepared, maps, infer_s)))
             drain(workers)
         drain(0)
-    n_done = count["done"]
     bar.close()
     if shard is not None and shard[0] == 0:
         failures.extend(_discovery_failures(skipped))

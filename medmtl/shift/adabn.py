@@ -101,7 +101,7 @@ def _accumulate(model: nn.Module, layers: Sequence[_BatchNorm], volumes: Sequenc
 
 
 def tile_statistics(model: nn.Module, volumes: Sequence[torch.Tensor], patch_size: Sequence[int], *,
-                    batch_size: int = 2) -> list[tuple[torch.Tensor, torch.Tensor]]:
+                    batch_size: int = 2) -> tuple[list[tuple[torch.Tensor, torch.Tensor]], int]:
     """Per BN layer ``(mean, var)`` over the tiles of ``volumes``; the model is left as it was.
 
     Args:
@@ -111,7 +111,8 @@ def tile_statistics(model: nn.Module, volumes: Sequence[torch.Tensor], patch_siz
         batch_size: patches per forward pass.
 
     Returns:
-        ``(running_mean, running_var)`` of every BN layer, in :func:`bn_layers` order.
+        ``(running_mean, running_var)`` of every BN layer, in :func:`bn_layers` order, and the
+        number of patches used.
     """
     from medmtl.shift.bn_shift import bn_layers
 
@@ -119,8 +120,8 @@ def tile_statistics(model: nn.Module, volumes: Sequence[torch.Tensor], patch_siz
     saved = [(_buffers(m)[0].clone(), _buffers(m)[1].clone(),
               None if m.num_batches_tracked is None else m.num_batches_tracked.clone()) for m in layers]
     try:
-        _accumulate(model, layers, volumes, patch_size, batch_size)
-        return [(_buffers(m)[0].clone(), _buffers(m)[1].clone()) for m in layers]
+        n = _accumulate(model, layers, volumes, patch_size, batch_size)
+        return [(_buffers(m)[0].clone(), _buffers(m)[1].clone()) for m in layers], n
     finally:
         for m, (mean, var, count) in zip(layers, saved):
             _buffers(m)[0].copy_(mean)
@@ -155,14 +156,13 @@ def adabn(model: nn.Module, volumes: Sequence[torch.Tensor], patch_size: Sequenc
         n = _accumulate(model, layers, volumes, patch_size, batch_size)
         logger.info("AdaBN: %d BN layers re-estimated over %d patches", len(layers), n)
         return n
-    src = tile_statistics(model, source_volumes, patch_size, batch_size=batch_size)
-    tgt = tile_statistics(model, volumes, patch_size, batch_size=batch_size)
+    src, _ = tile_statistics(model, source_volumes, patch_size, batch_size=batch_size)
+    tgt, n = tile_statistics(model, volumes, patch_size, batch_size=batch_size)
     with torch.no_grad():
         for m, (ms, vs), (mt, vt) in zip(layers, src, tgt):
             mean, var = _buffers(m)
             mean.add_(mt - ms)
             var.mul_((vt + eps) / (vs + eps))
-    n = sum(1 for v in volumes for _ in tile_patches(v, patch_size))
     logger.info("AdaBN (statistics shift): %d BN layers moved by target - source tile statistics (%d target, "
                 "%d source volumes)", len(layers), len(volumes), len(source_volumes))
     return n
