@@ -4,7 +4,7 @@ Usage::
 
     python -m pipelines.make_sample_data --out sample_data
 
-Writes ``ct_site_a/`` (12 CT scans, site a), ``ct_site_b/`` (8 CT scans, site b), ``mri/``
+Writes ``ct_site_a/`` (5 CT scans, site a), ``ct_site_b/`` (8 CT scans, site b), ``mri/``
 (6 MRI scans), ``dicom_example/`` (one CT site-a scan as a DICOM series) with its NIfTI twin
 ``dicom_example_nifti/``, and ``README.md`` with the seeds and the Bayes-optimal malignancy
 AUC of every set, recomputed from the written ``annotations.csv`` files. A set folder is
@@ -20,32 +20,35 @@ import sys
 from pathlib import Path
 
 from medmtl import api
-from medmtl.data.malignancy import bayes_auc
+from medmtl.data.malignancy import bayes_auc, bayes_auc_interval
 from medmtl.errors import MedmtlError
 
 #: (folder, kind, site, n, seed, dicom, description) of every committed set.
-SETS: tuple[tuple[str, str, str, int, int, bool, str], ...] = (
-    ("ct_site_a", "ct", "a", 12, 1000, False,
-     "CT chest, site a: 3.0×3.0×3.5 mm voxels, 64×64×48, sharp kernel, noise σ 15 HU, RAS axis order"),
-    ("ct_site_b", "ct", "b", 8, 2000, False,
-     "CT chest, site b: 3.6×3.6×7.0 mm voxels, 56×56×24, smooth kernel, noise σ 35 HU, +40 HU offset, "
-     "LPS axis order"),
-    ("mri", "mri", "a", 6, 3000, False,
+#: ``(folder, kind, site, n, seed, dicom, shape or None for the site's default, description)``.
+SETS: tuple[tuple[str, str, str, int, int, bool, tuple[int, int, int] | None, str], ...] = (
+    ("ct_site_a", "ct", "a", 5, 1000, False, None,
+     "CT chest, site a (thin-slice nodule CT): 0.9×0.9×1.25 mm voxels, 176×144×120 (thorax), sharp "
+     "kernel, noise σ 20 HU, RAS axis order"),
+    ("ct_site_b", "ct", "b", 8, 2000, False, None,
+     "CT chest, site b (older scanner): 1.4×1.4×5.0 mm voxels, 128×104×32, smooth kernel, noise σ 30 HU, "
+     "+40 HU offset, LPS axis order"),
+    ("mri", "mri", "a", 6, 3000, False, None,
      "MRI T1-like brain with tumours: 3 mm isotropic, 64×64×56, bias field, arbitrary scale, Rician noise "
      "(uint16)"),
-    ("dicom_example", "ct", "a", 1, 4004, True,
-     "one CT site-a scan as a DICOM series (folder ct_a_0000/, one file per slice); seriesuid = "
-     "SeriesInstanceUID; the same scan as NIfTI (named by that UID) is in dicom_example_nifti/"),
+    ("dicom_example", "ct", "a", 1, 4004, True, (128, 112, 64),
+     "one CT site-a scan (a 128×112×64 crop) as a DICOM series (folder ct_a_0000/, one file per slice); "
+     "seriesuid = SeriesInstanceUID; the same scan as NIfTI (named by that UID) is in dicom_example_nifti/"),
 )
 
 COMMAND = "python -m pipelines.make_sample_data --out sample_data"
 
 
-def set_auc(folder: Path) -> tuple[float, int, int]:
-    """Bayes-optimal AUC, lesion count and labelled count of a set's ``annotations.csv``."""
+def set_auc(folder: Path) -> tuple[float, tuple[float, float], int, int]:
+    """Bayes-optimal AUC, its 95 % bootstrap interval, lesion and labelled counts of a set."""
     with open(folder / "annotations.csv", newline="", encoding="utf-8") as fh:
         rows = list(csv.DictReader(fh))
-    return bayes_auc(rows), len(rows), sum(1 for r in rows if r["malignancy"].strip() != "")
+    labelled = sum(1 for r in rows if r["malignancy"].strip() != "")
+    return bayes_auc(rows), bayes_auc_interval(rows), len(rows), labelled
 
 
 def _may_replace(folder: Path) -> bool:
@@ -81,21 +84,23 @@ def readme(out: Path) -> str:
         "`medmtl/data/malignancy.py` (size, margin, texture, calcification) with 5 % label noise;",
         "`bayes_malignancy_prob` is the Bayes-optimal (calibrated) probability of the recorded label,",
         "so the **Bayes AUC** below (AUC of `bayes_malignancy_prob` against the non-empty labels) is",
-        "the best AUC any model can reach on the set.",
+        "the best AUC any model can reach on the set. Its 95 % interval (bootstrap over the",
+        "labelled lesions) shows how little a set this small can rank malignancy models: claims",
+        "need test sets of hundreds of labelled lesions (`medmtl sample-data --n ...`).",
         "",
-        "| folder | kind | site | scans | seed | lesions | labelled | Bayes AUC | contents |",
+        "| folder | kind | site | scans | seed | lesions | labelled | Bayes AUC [95 % CI] | contents |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
-    for name, kind, site, n, seed, _dicom, desc in SETS:
-        auc, n_les, n_lab = set_auc(out / name)
-        auc_text = f"{auc:.3f}" if auc == auc else "n/a (one class)"
+    for name, kind, site, n, seed, _dicom, _shape, desc in SETS:
+        auc, (lo, hi), n_les, n_lab = set_auc(out / name)
+        auc_text = f"{auc:.3f} [{lo:.2f}, {hi:.2f}]" if auc == auc else "n/a (one class)"
         lines.append(f"| `{name}/` | {kind} | {site} | {n} | {seed} | {n_les} | {n_lab} | {auc_text} | {desc} |")
     lines += [
         "",
         "`dicom_example_nifti/` is the NIfTI twin of `dicom_example/` (same voxels, same geometry,",
         "same `annotations.csv`), so readers and predictions can be compared scan by scan.",
         "",
-        "Equivalent CLI for one set: `medmtl sample-data OUT --kind ct --site a --n 12 --seed 1000`.",
+        "Equivalent CLI for one set: `medmtl sample-data OUT --kind ct --site a --n 5 --seed 1000`.",
         "",
     ]
     return "\n".join(lines)
@@ -108,14 +113,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     out: Path = args.out
     try:
-        for name, kind, site, n, seed, dicom, _desc in SETS:
+        for name, kind, site, n, seed, dicom, shape, _desc in SETS:
             folder = out / name
             replace = _may_replace(folder)
             if dicom:
                 replace = _may_replace(folder.with_name(name + "_nifti")) or replace
             api.generate_sample_data(out=folder, kind=kind, site=site, n=n, seed=seed, dicom=dicom,
-                                     overwrite=replace, progress=True)
-            auc, n_les, n_lab = set_auc(folder)
+                                     shape=shape, overwrite=replace, progress=True)
+            auc, _ci, n_les, n_lab = set_auc(folder)
             print(f"{name}: {n} scans, {n_les} lesions ({n_lab} labelled), Bayes AUC {auc:.3f}")
         from medmtl.io.writers import atomic_write_text
 

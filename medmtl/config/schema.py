@@ -17,7 +17,7 @@ OPTIMIZERS = ("adamw", "adam", "sgd")
 SCHEDULERS = ("cosine", "constant", "step")
 MONITORS = ("cpm", "loss")
 AUGMENT_STRENGTHS = ("none", "light", "medium", "strong")
-SAMPLING_MODES = ("random", "lesions")
+SAMPLING_MODES = ("random", "centred", "lesions")
 MODALITIES = ("CT", "MR")
 
 
@@ -69,6 +69,9 @@ class ModelConfig:
         inflate_policy: how 2D kernels are inflated (see ``medmtl.models.inflate``).
         context: 2.5D only: ``windows`` or ``neighbours``.
         norm: decoder normalisation, ``instance`` or ``batch``.
+        input_skip: feed the preprocessed input itself into the decoder's full-resolution
+            block (a stride-1 skip), so lesions of 2–4 voxels can be located and sized; the
+            encoder's finest level is at stride 2.
     """
 
     encoder: str = "efficientnet-lite0"
@@ -80,6 +83,7 @@ class ModelConfig:
     inflate_policy: str = "full"
     context: str = "windows"
     norm: str = "instance"
+    input_skip: bool = True
 
     def build_config(self, in_channels: int) -> dict[str, Any]:
         """The ``build_model`` config (what the model card stores under ``model``)."""
@@ -93,6 +97,7 @@ class ModelConfig:
             "inflate_policy": self.inflate_policy,
             "context": self.context,
             "norm": self.norm,
+            "input_skip": bool(self.input_skip),
         }
 
 
@@ -123,7 +128,10 @@ class TrainSection:
         samples_per_scan: patches drawn from a scan each time it is visited.
         pos_fraction: share of patches centred on a lesion (pos:neg = f : 1-f), in [0, 1].
         sampling: how training patches are drawn: ``random`` (``samples_per_scan`` patches,
-            positive/negative by ``pos_fraction``, ``RandCropByPosNegLabeld``) or ``lesions``
+            positive/negative by ``pos_fraction``, each lesion anywhere in its patch, half the
+            negatives on vessels/pleura: ``LesionAnywhereCropd``), ``centred`` (MONAI's
+            ``RandCropByPosNegLabeld``: positives centred on the lesion — position-biased,
+            kept for comparison) or ``lesions``
             (one patch centred on every lesion of the scan, shifted to fit inside the volume,
             no jitter; a lesion-free scan gives its central patch). ``lesions`` is a fixed
             set of patches, e.g. to check that the network can overfit a few scans.

@@ -201,11 +201,57 @@ class BuildTargetsd(MapTransform):
         return d
 
 
+#: CT: HU below which a voxel is aerated lung, and above which it is a dense structure.
+LUNG_HU, DENSE_HU = -700.0, -500.0
+#: How far (voxels) a dense voxel may lie from aerated lung to count as a hard negative.
+HARD_NEIGHBOURHOOD_VOX = 3
+
+
+class HardNegativeMapd(MapTransform):
+    """Mark the hard negatives of a preprocessed CT: dense structures next to aerated lung.
+
+    Vessels seen in cross-section, vessel crossings, fissures and the pleura are what a
+    nodule detector confuses with nodules. A voxel is a hard negative when it is dense
+    (> ``DENSE_HU``), lies within ``HARD_NEIGHBOURHOOD_VOX`` voxels of aerated lung
+    (< ``LUNG_HU``) and the heatmap target there is below 0.01 (not a lesion). HU are read back
+    from the first (lung-window) channel through the spec's window and mean/std. Writes
+    ``hard`` ``(1, I, J, K)`` uint8; for MR it is all zero (no HU scale), so negatives are
+    drawn uniformly.
+
+    Args:
+        spec: the input spec the image was preprocessed with.
+    """
+
+    def __init__(self, spec: InputSpec) -> None:
+        super().__init__(keys=["image"])
+        self.spec = spec
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        image = d["image"]
+        img = image.as_tensor() if hasattr(image, "as_tensor") else torch.as_tensor(image)
+        heat = torch.as_tensor(d["heatmap"])
+        if self.spec.modality != "CT":
+            d["hard"] = torch.zeros_like(heat, dtype=torch.uint8)
+            return d
+        centre, width = self.spec.windows[0]
+        hu = (centre - width / 2.0) + (img[0].float() * self.spec.std[0] + self.spec.mean[0]) * width
+        lung = (hu < LUNG_HU).float()[None, None]
+        k = 2 * HARD_NEIGHBOURHOOD_VOX + 1
+        near_lung = torch.nn.functional.max_pool3d(lung, k, stride=1, padding=HARD_NEIGHBOURHOOD_VOX)[0, 0] > 0
+        hard = (hu > DENSE_HU) & near_lung & (heat[0] < 0.01)
+        d["hard"] = hard[None].to(torch.uint8)
+        return d
+
+
 def deterministic_transforms(spec: InputSpec, *, keep_lesions: bool = False) -> Compose:
-    """Preprocessing of the spec, then target building (cacheable)."""
+    """Preprocessing of the spec, then target building and the hard-negative map (cacheable)."""
     from medmtl.transforms.presets import preprocess_transforms
 
-    return Compose([preprocess_transforms(spec), BuildTargetsd(keep_lesions=keep_lesions)])
+    # Flattened: MONAI's Compose is itself Randomizable, so a nested Compose would make
+    # CacheDataset treat the whole chain as random and cache nothing (every visit re-read,
+    # re-resampled and rebuilt the targets of the scan).
+    return Compose([preprocess_transforms(spec), BuildTargetsd(keep_lesions=keep_lesions), HardNegativeMapd(spec)]).flatten()
 
 
 class _ToPlaind(MapTransform):
@@ -293,18 +339,95 @@ class LesionCentredCropd(Randomizable, MapTransform):
         return out
 
 
+class LesionAnywhereCropd(Randomizable, MapTransform):
+    """Positive and negative training patches with no preferred lesion position.
+
+    Each of ``num_samples`` patches is positive with probability ``pos_fraction``. A positive
+    patch picks one lesion centre (an exact peak of ``heatmap``) uniformly, then places it at
+    a position drawn uniformly over the patch, ``margin`` voxels away from its faces (so
+    the network sees lesions everywhere a sliding window will leave them, not only at the
+    centre, which is what MONAI's ``RandCropByPosNegLabeld`` does). A negative patch is
+    centred, with probability ``hard_fraction``, on a random hard-negative voxel (``hard``
+    map of :class:`HardNegativeMapd`: vessels, pleura), else on a uniform random voxel.
+    Patches are shifted to lie inside the volume. A lesion-free scan gives negatives only.
+
+    Args:
+        keys: keys to crop (all on the grid of ``heatmap``).
+        spatial_size: patch size ``[I, J, K]`` in voxels.
+        num_samples: patches per call.
+        pos_fraction: probability that a patch is positive, in [0, 1].
+        hard_fraction: share of negatives centred on hard negatives, in [0, 1].
+        margin: minimum distance (voxels) of a positive's lesion centre from the patch faces;
+            capped at a quarter of the patch.
+    """
+
+    def __init__(
+        self, keys: Sequence[str], spatial_size: Sequence[int], *, num_samples: int, pos_fraction: float,
+        hard_fraction: float = 0.5, margin: int = 4,
+    ) -> None:
+        MapTransform.__init__(self, keys=list(keys))
+        self.spatial_size = np.asarray([int(v) for v in spatial_size], dtype=int)
+        self.num_samples = int(num_samples)
+        self.pos_fraction = float(pos_fraction)
+        self.hard_fraction = float(hard_fraction)
+        self.margin = np.minimum(int(margin), self.spatial_size // 4)
+
+    def randomize(self, data: Any = None) -> None:
+        """Nothing to draw up front; every draw happens per call (see :meth:`starts`)."""
+
+    def starts(self, data: Mapping[Hashable, Any]) -> np.ndarray:
+        """``(num_samples, 3)`` patch start voxels drawn for one item."""
+        heat = torch.as_tensor(data["heatmap"])[0]
+        shape = np.asarray(heat.shape, dtype=int)
+        peaks = torch.nonzero(heat >= 1.0 - 1e-6).cpu().numpy()
+        hard = data.get("hard")
+        hard_idx = torch.nonzero(torch.as_tensor(hard)[0]).cpu().numpy() if hard is not None else np.zeros((0, 3))
+        p = self.spatial_size
+        out = []
+        for _ in range(self.num_samples):
+            if len(peaks) and self.R.rand() < self.pos_fraction:
+                peak = peaks[self.R.randint(len(peaks))]
+                offset = np.array([self.R.randint(m, s - m) for m, s in zip(self.margin, p)])
+                start = peak - offset
+            elif len(hard_idx) and self.R.rand() < self.hard_fraction:
+                start = hard_idx[self.R.randint(len(hard_idx))] - p // 2
+            else:
+                start = np.array([self.R.randint(0, max(1, n - s + 1)) for n, s in zip(shape, p)])
+            out.append(np.clip(start, 0, np.maximum(shape - p, 0)))
+        return np.asarray(out, dtype=int)
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> list[dict[Hashable, Any]]:  # type: ignore[override]
+        from monai.transforms import SpatialCrop
+
+        out = []
+        for start in self.starts(data):
+            crop = SpatialCrop(roi_start=start.tolist(), roi_end=(start + self.spatial_size).tolist())
+            d = dict(data)
+            for key in self.key_iterator(d):
+                d[key] = crop(d[key])
+            out.append(d)
+        return out
+
+
 def random_transforms(cfg: TrainConfig, spec: InputSpec) -> Compose:
     """Patch sampling and augmentation.
 
-    ``train.sampling = random``: ``samples_per_scan`` patches, pos:neg = ``pos_fraction`` :
-    ``1 - pos_fraction`` (``RandCropByPosNegLabeld``); ``lesions``: one patch centred on each
-    lesion (:class:`LesionCentredCropd`).
+    ``train.sampling = random``: ``samples_per_scan`` patches, positive with probability
+    ``pos_fraction``, the lesion anywhere in the patch, half the negatives on hard negatives
+    (:class:`LesionAnywhereCropd`); ``centred``: MONAI's ``RandCropByPosNegLabeld`` (positive
+    patches centred on a lesion voxel: the position bias, kept for comparison);
+    ``lesions``: one patch centred on each lesion (:class:`LesionCentredCropd`).
     """
     t = cfg.train
     keys = [*PATCH_KEYS, "pos"]
     crop: Any
     if t.sampling == "lesions":
         crop = LesionCentredCropd(keys=keys, spatial_size=list(t.patch_size), jitter=t.patch_jitter)
+    elif t.sampling == "random":
+        crop = LesionAnywhereCropd(
+            keys=list(PATCH_KEYS), spatial_size=list(t.patch_size), num_samples=t.samples_per_scan,
+            pos_fraction=t.pos_fraction,
+        )
     else:
         crop = RandCropByPosNegLabeld(
             keys=keys,
@@ -446,7 +569,9 @@ def build_train_dataset(cfg: TrainConfig, data: TrainingData, *, progress: bool 
         cache_rate=cfg.data.cache_rate,
         num_workers=0,
         progress=progress,
-        copy_cache=True,
+        # No deep copy per visit (tens of MB for a thin-slice scan): the random transforms
+        # crop into new dicts and never write into the cached volumes.
+        copy_cache=False,
     )
     n_cached = int(round(cfg.data.cache_rate * len(data.train_items)))
     for i in range(n_cached):
@@ -484,6 +609,8 @@ def stack_patches(patches: Sequence[Mapping[str, torch.Tensor]]) -> dict[str, to
 
 __all__ = [
     "BuildTargetsd",
+    "HardNegativeMapd",
+    "LesionAnywhereCropd",
     "LesionCentredCropd",
     "PATCH_KEYS",
     "PatchDataset",

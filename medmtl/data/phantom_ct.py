@@ -19,6 +19,7 @@ noise level and HU calibration offset, and the NIfTI axis order (RAS vs LPS).
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Any
 
@@ -49,6 +50,8 @@ CT_TISSUES: dict[str, int] = {
 
 #: Fraction of lesions whose malignancy label is left empty (partial labels).
 UNLABELLED_FRACTION = 0.15
+#: Fraction of nodules placed against the pleura (juxta-pleural); others may touch vessels.
+JUXTA_PLEURAL_FRACTION = 0.15
 
 
 @dataclass(frozen=True)
@@ -69,6 +72,10 @@ class CTSite:
         hu_offset: calibration offset added to every HU value.
         manufacturer: DICOM ``Manufacturer``.
         kvp: tube voltage, kV.
+        anatomy_ss: super-sampling factor of the anatomy (body, organs, vessels, bones) per
+            axis; lesions always use :data:`~medmtl.data.lesions.LESION_SS`. 1 is enough for
+            sub-millimetre voxels (the kernel blur then sets the partial volume) and keeps a
+            3-million-voxel scan at a few seconds.
     """
 
     name: str
@@ -84,22 +91,28 @@ class CTSite:
     hu_offset: float
     manufacturer: str
     kvp: float
+    anatomy_ss: int = 2
 
 
 CT_SITES: dict[str, CTSite] = {
     "a": CTSite(
-        name="a", spacing=(3.0, 3.0, 3.5), default_shape=(64, 64, 48), axis_signs=(1, 1, 1),
-        fov_center_ras=(0.0, 0.0, -150.0), kernel="SHARP-B70", sharpen=0.4, blur_mm=0.0,
-        noise_hu=15.0, noise_corr_vox=0.5, hu_offset=0.0, manufacturer="MEDMTL-PHANTOM-A", kvp=120.0,
+        name="a", spacing=(0.9, 0.9, 1.25), default_shape=(176, 144, 120), axis_signs=(1, 1, 1),
+        fov_center_ras=(0.0, 0.0, -150.0), kernel="SHARP-B60", sharpen=0.3, blur_mm=0.45,
+        noise_hu=20.0, noise_corr_vox=0.7, hu_offset=0.0, manufacturer="MEDMTL-PHANTOM-A", kvp=120.0,
+        anatomy_ss=1,
     ),
     "b": CTSite(
-        name="b", spacing=(3.6, 3.6, 7.0), default_shape=(56, 56, 24), axis_signs=(-1, -1, 1),
-        fov_center_ras=(0.0, 8.0, -150.0), kernel="SMOOTH-B30", sharpen=0.0, blur_mm=2.5,
-        noise_hu=35.0, noise_corr_vox=1.0, hu_offset=40.0, manufacturer="MEDMTL-PHANTOM-B", kvp=100.0,
+        name="b", spacing=(1.4, 1.4, 5.0), default_shape=(128, 104, 32), axis_signs=(-1, -1, 1),
+        fov_center_ras=(0.0, 8.0, -150.0), kernel="SMOOTH-B30", sharpen=0.0, blur_mm=1.2,
+        noise_hu=30.0, noise_corr_vox=1.0, hu_offset=40.0, manufacturer="MEDMTL-PHANTOM-B", kvp=100.0,
+        anatomy_ss=2,
     ),
 }
-"""The two simulated CT scanners. Site b: 1.2× coarser in-plane, 2× thicker slices, a wider
-field of view, a smooth kernel, 2.3× more noise and +40 HU calibration offset, LPS axis order."""
+"""The two simulated CT scanners. Site a: a modern thin-slice chest CT read for nodules
+(0.9 × 0.9 mm in-plane, 1.25 mm slices, a sharp kernel: every nodule of 3 mm or more spans
+at least 3 voxels in-plane), the field of view cropped to the thorax (158 × 130 × 150 mm).
+Site b: an older scanner — 1.56× coarser in-plane, 4× thicker slices (5 mm), a wider field of
+view, a smooth kernel, 1.5× more noise, +40 HU calibration offset, LPS axis order."""
 
 
 def _sample_diameter(rng: np.random.Generator) -> float:
@@ -181,8 +194,10 @@ def _paint(grid: Grid, vol: FloatArray, tissue: NDArray[np.uint8], inside: Insid
     tissue[sl][frac >= 0.5] = cls
 
 
-def _anatomy(rng: np.random.Generator, grid: Grid, vol: FloatArray, tissue: NDArray[np.uint8]) -> dict[str, Any]:
-    """Paint body, organs, lungs, vessels and bones; return the lung geometry for nodules."""
+def _anatomy(rng: np.random.Generator, grid: Grid, vol: FloatArray, tissue: NDArray[np.uint8],
+             ss: int = 2) -> dict[str, Any]:
+    """Paint body, organs, lungs, vessels and bones (super-sampling ``ss``); return the lung geometry."""
+    paint = functools.partial(_paint, ss=ss)
     t = CT_TISSUES
     x0, y0 = rng.uniform(-8.0, 8.0), rng.uniform(-6.0, 6.0)
     z_l = -150.0 + rng.uniform(-6.0, 6.0) + 10.0
@@ -193,24 +208,25 @@ def _anatomy(rng: np.random.Generator, grid: Grid, vol: FloatArray, tissue: NDAr
         return lambda p: np.asarray(((p[:, 0] - cx) / a) ** 2 + ((p[:, 1] - cy) / b) ** 2 <= 1.0)
 
     table_y = y0 - ay - rng.uniform(6.0, 10.0)
-    _paint(grid, vol, tissue, lambda p: (np.abs(p[:, 1] - table_y) <= 3.0) & (np.abs(p[:, 0] - x0) <= 110.0),
+    paint(grid, vol, tissue, lambda p: (np.abs(p[:, 1] - table_y) <= 3.0) & (np.abs(p[:, 0] - x0) <= 110.0),
            150.0, t["table"])
-    _paint(grid, vol, tissue, cyl(ax, ay), -100.0, t["fat"])
-    _paint(grid, vol, tissue, cyl(ax - fat, ay - fat), 40.0, t["soft_tissue"])
+    paint(grid, vol, tissue, cyl(ax, ay), -100.0, t["fat"])
+    paint(grid, vol, tissue, cyl(ax - fat, ay - fat), 40.0, t["soft_tissue"])
     liver_c = np.array([x0 + 0.35 * ax, y0, z_l - 70.0])
-    _paint(grid, vol, tissue, ellipsoid(liver_c, np.array([0.5 * ax, 0.65 * ay, 45.0])), 60.0,
+    paint(grid, vol, tissue, ellipsoid(liver_c, np.array([0.5 * ax, 0.65 * ay, 45.0])), 60.0,
            t["liver"], liver_c, 0.7 * ax)
     # Lungs: density increases posteriorly (dependent lung), plus smooth texture.
     lung_semi = np.array([0.32 * ax, 0.68 * ay, rng.uniform(62.0, 75.0)])
     lungs = [np.array([x0 + s * 0.45 * ax, y0 - 3.0, z_l]) for s in (1.0, -1.0)]
     centres_ras = grid.points(*grid.full_box(), 1).reshape(*grid.shape, 3)
-    texture = smooth_field(rng, grid.shape, 1.2)
+    # lung parenchyma texture correlated over ~3.6 mm whatever the voxel size
+    texture = smooth_field(rng, grid.shape, tuple(3.6 / float(v) for v in spacing_from_affine(grid.affine_ras)))
     lung_hu = -860.0 + 25.0 * texture + 50.0 * np.clip((y0 - centres_ras[..., 1]) / ay, -1.0, 1.0)
     for c in lungs:
-        _paint(grid, vol, tissue, ellipsoid(c, lung_semi), lung_hu, t["lung"], c, float(lung_semi.max()) + 3)
+        paint(grid, vol, tissue, ellipsoid(c, lung_semi), lung_hu, t["lung"], c, float(lung_semi.max()) + 3)
     heart_c = np.array([x0 - 0.12 * ax, y0 + 0.2 * ay, z_l - 25.0])
     heart_semi = np.array([0.42 * ax, 0.5 * ay, 40.0])
-    _paint(grid, vol, tissue, ellipsoid(heart_c, heart_semi), 45.0, t["heart"], heart_c, 0.5 * ax)
+    paint(grid, vol, tissue, ellipsoid(heart_c, heart_semi), 45.0, t["heart"], heart_c, 0.5 * ax)
     # Pulmonary vessels from each hilum.
     branches: list[tuple[FloatArray, FloatArray]] = []
     for c in lungs:
@@ -221,7 +237,7 @@ def _anatomy(rng: np.random.Generator, grid: Grid, vol: FloatArray, tissue: NDAr
             _vessel_tree(rng, hilum, d, rng.uniform(2.5, 4.0), (c, lung_semi), 4, branches)
     for pts, radii in branches:
         mid, ext = pts.mean(axis=0), float(np.linalg.norm(pts - pts.mean(axis=0), axis=1).max() + radii.max())
-        _paint(grid, vol, tissue, tube(pts, radii), 40.0, t["vessel"], mid, ext + 1.0)
+        paint(grid, vol, tissue, tube(pts, radii), 40.0, t["vessel"], mid, ext + 1.0)
     # Spine: vertebral bodies (cortical shell + marrow) separated by discs; ribs; sternum.
     sp = np.array([x0, y0 - 0.62 * ay])
     for zc in np.arange(z_l - 120.0, z_l + 120.0, 27.0) + rng.uniform(0.0, 27.0):
@@ -232,8 +248,8 @@ def _anatomy(rng: np.random.Generator, grid: Grid, vol: FloatArray, tissue: NDAr
             rr = np.sqrt((p[:, 0] - sp[0]) ** 2 + (p[:, 1] - sp[1]) ** 2)
             return np.where((rr >= 12.5) | (np.abs(p[:, 2] - zc) >= 9.5), 900.0, 300.0)
 
-        _paint(grid, vol, tissue, vert, vert_hu, t["bone"], np.array([sp[0], sp[1], zc]), 20.0)
-        _paint(grid, vol, tissue, ellipsoid(np.array([sp[0], sp[1] - 24.0, zc]), np.array([5.0, 9.0, 8.0])),
+        paint(grid, vol, tissue, vert, vert_hu, t["bone"], np.array([sp[0], sp[1], zc]), 20.0)
+        paint(grid, vol, tissue, ellipsoid(np.array([sp[0], sp[1] - 24.0, zc]), np.array([5.0, 9.0, 8.0])),
                700.0, t["bone"], np.array([sp[0], sp[1] - 24.0, zc]), 10.0)
     for zk in np.arange(z_l - 70.0, z_l + 80.0, 24.0):
         for side in (1.0, -1.0):
@@ -243,10 +259,10 @@ def _anatomy(rng: np.random.Generator, grid: Grid, vol: FloatArray, tissue: NDAr
                             zk - 18.0 * (ang - ang[0]) / (ang[-1] - ang[0])], axis=1)
             for part in (rib[0:4], rib[3:7], rib[6:10]):  # short pieces: small render boxes
                 mid = part.mean(axis=0)
-                _paint(grid, vol, tissue, tube(part, np.full(len(part), 3.5)), 700.0, t["bone"],
+                paint(grid, vol, tissue, tube(part, np.full(len(part), 3.5)), 700.0, t["bone"],
                        mid, float(np.linalg.norm(part - mid, axis=1).max()) + 5.0)
     st = np.array([x0, y0 + ay - fat - 6.0, z_l])
-    _paint(grid, vol, tissue, ellipsoid(st, np.array([12.0, 4.0, 55.0])), 500.0, t["bone"], st, 56.0)
+    paint(grid, vol, tissue, ellipsoid(st, np.array([12.0, 4.0, 55.0])), 500.0, t["bone"], st, 56.0)
     return {"lungs": lungs, "lung_semi": lung_semi, "heart": (heart_c, heart_semi)}
 
 
@@ -260,12 +276,16 @@ def _nodules(rng: np.random.Generator, grid: Grid, vol: FloatArray, mask: NDArra
     for _ in range(n):
         d, margin, texture, calc = sample_nodule_attributes(rng)
         r = d / 2.0
+        juxta_pleural = bool(rng.random() < JUXTA_PLEURAL_FRACTION)
         center = None
         for _try in range(200):
             lung = geo["lungs"][int(rng.integers(0, 2))]
             cand = lung + rng.uniform(-1.0, 1.0, size=3) * geo["lung_semi"]
             if (((cand - lung) / np.maximum(geo["lung_semi"] - r - 3.0, 1.0)) ** 2).sum() > 1.0:
                 continue
+            if juxta_pleural:  # pushed out until it touches the pleura (a harder, realistic case)
+                off = cand - lung
+                cand = lung + off / np.sqrt(((off / np.maximum(geo["lung_semi"] - 0.6 * r, 1.0)) ** 2).sum())
             hc, hs = geo["heart"]
             if (((cand - hc) / (hs + r + 3.0)) ** 2).sum() <= 1.0:
                 continue
@@ -299,7 +319,8 @@ def _nodules(rng: np.random.Generator, grid: Grid, vol: FloatArray, mask: NDArra
             seriesuid=scan_id, center_lps=centre_lps, diameter_mm=round(d, 2),
             malignancy=float(y) if labelled else None, lesion_id=f"{scan_id}_L{label}", site=site,
             extra={"bayes_malignancy_prob": round(CT_MALIGNANCY_MODEL.bayes_probability(d, margin, texture, calc), 6),
-                   "margin": margin, "texture": texture, "calcification": calc},
+                   "margin": margin, "texture": texture, "calcification": calc,
+                   "location": "juxta-pleural" if juxta_pleural else "intraparenchymal"},
         ))
     return lesions
 
@@ -343,7 +364,7 @@ def generate_ct(
     vol = np.full(shp, -1000.0)
     tissue = np.zeros(shp, dtype=np.uint8)
     mask = np.zeros(shp, dtype=np.int16)
-    geo = _anatomy(rng, grid, vol, tissue)
+    geo = _anatomy(rng, grid, vol, tissue, s.anatomy_ss)
     lesions = _nodules(rng, grid, vol, mask, tissue, geo, scan_id, s.name)
     vol = _scanner(rng, vol, s)
     return Phantom(

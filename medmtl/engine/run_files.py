@@ -17,6 +17,7 @@ RUN_ARTIFACTS = (
     "config.yaml",
     "versions.json",
     "metrics.csv",
+    "steps.csv",
     "gradient_conflict.csv",
     "gradient_conflict.json",
     "tb",
@@ -38,6 +39,7 @@ METRIC_COLUMNS = (
     "weight_size",
     "weight_malig",
     "grad_norm",
+    "grad_norm_max",
     "val_loss",
     "val_det",
     "val_size",
@@ -48,6 +50,9 @@ METRIC_COLUMNS = (
     "n_detections",
     "best",
 )
+
+#: Columns of ``steps.csv`` (one row per optimisation step; the gradient norm is before clipping).
+STEP_COLUMNS = ("step", "loss_total", "loss_det", "loss_size", "loss_malig", "grad_norm")
 
 #: Config keys that may differ between a run and its ``--resume``.
 RESUMABLE_CHANGES = ("train.epochs", "train.progress", "data.num_workers", "validation.patience")
@@ -99,6 +104,7 @@ class RunLog:
     def __init__(self, out: Path, history: list[dict[str, Any]] | None = None, *, tensorboard: bool = True) -> None:
         self.out = out
         self.history: list[dict[str, Any]] = list(history or [])
+        self._steps: list[dict[str, Any]] = _read_steps(out / "steps.csv") if self.history else []
         self._writer: Any = None
         if tensorboard:
             try:
@@ -124,6 +130,16 @@ class RunLog:
                     self._writer.add_scalar(_tb_name(k), float(v), global_step=step)
             self._writer.flush()
 
+    def log_steps(self, rows: list[dict[str, Any]]) -> None:
+        """Append per-step rows (losses, gradient norm before clipping) and rewrite ``steps.csv``.
+
+        The file is rewritten whole (atomically); on resume the rows already on disk are kept.
+        """
+        from medmtl.io.writers import atomic_write_csv
+
+        self._steps.extend({k: r.get(k) for k in STEP_COLUMNS} for r in rows)
+        atomic_write_csv(self.out / "steps.csv", self._steps, STEP_COLUMNS)
+
     def log_scalars(self, values: dict[str, float], step: int) -> None:
         """Extra TensorBoard scalars (e.g. gradient-conflict statistics)."""
         if self._writer is None:
@@ -137,6 +153,16 @@ class RunLog:
         if self._writer is not None:
             self._writer.close()
             self._writer = None
+
+
+def _read_steps(path: Path) -> list[dict[str, Any]]:
+    """Rows of an existing ``steps.csv`` (resume), or none."""
+    import csv
+
+    if not path.is_file():
+        return []
+    with path.open(newline="") as f:
+        return list(csv.DictReader(f))
 
 
 def _tb_name(key: str) -> str:

@@ -311,6 +311,7 @@ class TrainingSession:
                 if self.dist.is_main:
                     assert log is not None
                     log.log_epoch(row)
+                    log.log_steps(stats.per_step)
                     meta["history"] = log.history
                     if conflict is not None:
                         self._log_conflict(log, conflict, step)
@@ -347,6 +348,7 @@ class TrainingSession:
             "time_s": round(stats.seconds, 3),
             "loss": stats.losses.get("total"),
             "grad_norm": stats.grad_norm,
+            "grad_norm_max": stats.grad_norm_max,
         }
         for t in TASKS:
             row[f"loss_{t}"] = stats.losses.get(t)

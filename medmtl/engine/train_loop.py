@@ -84,9 +84,13 @@ class EpochStats:
     seconds: float = 0.0
     lr: float = 0.0
     grad_norm: float = 0.0
+    grad_norm_max: float = 0.0
+    per_step: list[dict[str, float]] = field(default_factory=list)
 
-    def add(self, losses: dict[str, float], weights: dict[str, float], grad_norm: float) -> None:
-        """Accumulate one step."""
+    def add(self, losses: dict[str, float], weights: dict[str, float], grad_norm: float, step: int = -1) -> None:
+        """Accumulate one step (and keep its row for ``steps.csv``)."""
+        self.per_step.append({"step": step, "grad_norm": grad_norm, **{f"loss_{k}": v for k, v in losses.items()}})
+        self.grad_norm_max = max(self.grad_norm_max, grad_norm)
         self.steps += 1
         n = self.steps
         for k, v in losses.items():
@@ -253,7 +257,7 @@ def train_epoch(
             )
             t_data = time.perf_counter()
             global_step += 1
-            stats.add(losses, weights, norm)
+            stats.add(losses, weights, norm, global_step)
             bar.update(1)
             bar.set_postfix(loss=f"{losses['total']:.4f}")
     finally:

@@ -72,6 +72,10 @@ class UNetDecoder(nn.Module):
             (deepest first) and one for the final full-resolution block. ``None`` →
             :func:`default_decoder_channels`.
         norm: ``"instance"`` (default, robust with 3D batch sizes of 1–2) or ``"batch"``.
+        input_channels: channels of the network input concatenated into the final
+            full-resolution block (a stride-1 skip; 0 = none). The encoder's finest level is
+            at stride 2, so without it a lesion of 2–4 voxels is located from features one
+            octave coarser than itself.
 
     Attributes:
         out_channels: channels of the output map.
@@ -82,6 +86,7 @@ class UNetDecoder(nn.Module):
         feature_info: Sequence[Mapping[str, Any]],
         channels: Sequence[int] | None = None,
         norm: str = "instance",
+        input_channels: int = 0,
     ) -> None:
         super().__init__()
         levels = list(feature_info)
@@ -109,15 +114,20 @@ class UNetDecoder(nn.Module):
             blocks.append(ConvBlock(c_prev + self.feature_channels[lvl], chans[i], norm))
             c_prev = chans[i]
         self.blocks = nn.ModuleList(blocks)
-        self.final = ConvBlock(c_prev, chans[-1], norm)
+        self.input_channels = int(input_channels)
+        self.final = ConvBlock(c_prev + self.input_channels, chans[-1], norm)
         self.out_channels = chans[-1]
 
-    def forward(self, features: Sequence[torch.Tensor], out_size: Sequence[int]) -> torch.Tensor:
+    def forward(
+        self, features: Sequence[torch.Tensor], out_size: Sequence[int], image: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Fuse features and upsample to ``out_size``.
 
         Args:
             features: the encoder's outputs, shallow → deep, ``(B, c_l, I/si, J/sj, K/sk)``.
             out_size: the input's spatial size ``(I, J, K)``.
+            image: the network input ``(B, input_channels, I, J, K)``; required when the
+                decoder was built with ``input_channels > 0``, ignored otherwise.
 
         Returns:
             ``(B, out_channels, I, J, K)``.
@@ -130,4 +140,8 @@ class UNetDecoder(nn.Module):
             x = F.interpolate(x, size=skip.shape[-3:], mode="trilinear", align_corners=False)
             x = block(torch.cat([x, skip], dim=1))
         x = F.interpolate(x, size=tuple(int(s) for s in out_size), mode="trilinear", align_corners=False)
+        if self.input_channels:
+            if image is None:
+                raise ValueError("this decoder has an input skip; pass the network input as `image`")
+            x = torch.cat([x, image.to(x.dtype)], dim=1)
         return self.final(x)  # type: ignore[no-any-return]

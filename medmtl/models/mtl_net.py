@@ -56,6 +56,7 @@ class MultiTaskNet(nn.Module):
         decoder_channels: decoder widths (see :class:`~medmtl.models.decoder.UNetDecoder`);
             ``None`` picks a default from ``feature_info``.
         norm: decoder normalisation, ``"instance"`` or ``"batch"``.
+        input_skip: concatenate the input into the decoder's full-resolution block.
 
     Attributes:
         encoder, decoder: the shared trunk.
@@ -65,13 +66,17 @@ class MultiTaskNet(nn.Module):
             ``log(10 mm)``; ``malignancy`` bias 0.
     """
 
-    def __init__(self, encoder: nn.Module, decoder_channels: Sequence[int] | None = None, norm: str = "instance") -> None:
+    def __init__(
+        self, encoder: nn.Module, decoder_channels: Sequence[int] | None = None, norm: str = "instance",
+        input_skip: bool = False,
+    ) -> None:
         super().__init__()
         info = getattr(encoder, "feature_info", None)
         if not info:
             raise ConfigError("encoder has no feature_info; build it with medmtl.models.registry.create_encoder")
         self.encoder = encoder
-        self.decoder = UNetDecoder(info, decoder_channels, norm=norm)
+        in_ch = int(getattr(getattr(encoder, "config", None), "in_channels", 3))
+        self.decoder = UNetDecoder(info, decoder_channels, norm=norm, input_channels=in_ch if input_skip else 0)
         c = self.decoder.out_channels
         convs = {name: nn.Conv3d(c, 1, kernel_size=1) for name in HEADS}
         init_bias = {
@@ -112,7 +117,7 @@ class MultiTaskNet(nn.Module):
                 "axis); choose a patch_size that is a multiple of it or pad the volume"
             )
         feats = self.encoder(x)
-        y = self.decoder(feats, size)
+        y = self.decoder(feats, size, x)
         return {name: head(y) for name, head in self.heads.items()}
 
     def shared_parameters(self) -> list[nn.Parameter]:
@@ -148,6 +153,7 @@ _CFG_KEYS = {
     "inflate_policy": "full",
     "context": "windows",
     "norm": "instance",
+    "input_skip": False,  # absent in cards written before the skip existed
 }
 
 
@@ -174,7 +180,8 @@ def build_model(cfg: Mapping[str, Any], *, pretrained: bool) -> MultiTaskNet:
     Args:
         cfg: ``{"encoder": name, "adapter": "2.5d"|"inflate"|"acs", "in_channels": 3,
             "decoder_channels": [...] | None, "depth_padding": "zeros", "weights": path | None,
-            "inflate_policy": "full", "context": "windows", "norm": "instance"}``; missing
+            "inflate_policy": "full", "context": "windows", "norm": "instance",
+            "input_skip": False}``; missing
             optional keys take these defaults.
         pretrained: load ImageNet weights into the encoder (``False`` when a checkpoint's
             weights will be loaded next).
@@ -198,7 +205,7 @@ def build_model(cfg: Mapping[str, Any], *, pretrained: bool) -> MultiTaskNet:
         inflate_policy=c["inflate_policy"],
         context=c["context"],
     )
-    net = MultiTaskNet(encoder, c["decoder_channels"], norm=c["norm"])
+    net = MultiTaskNet(encoder, c["decoder_channels"], norm=c["norm"], input_skip=bool(c["input_skip"]))
     net.build_config = c
     return net
 
@@ -219,5 +226,6 @@ def model_config(model: MultiTaskNet) -> dict[str, Any]:
     out = {k: base.get(k, v) for k, v in _CFG_KEYS.items()}
     out["decoder_channels"] = list(model.decoder.channels)
     out["norm"] = model.decoder.norm
+    out["input_skip"] = model.decoder.input_channels > 0
     out["weights"] = str(out["weights"]) if out["weights"] is not None else None
     return out
