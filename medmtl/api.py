@@ -224,6 +224,67 @@ def predict_folder(
     )
 
 
+def detect_classical(
+    *,
+    input_dir: str | Path,
+    out_dir: str | Path,
+    max_lesions: int = 50,
+    progress: bool = False,
+    overwrite: bool = False,
+    scan_ids: Sequence[str] | None = None,
+) -> dict[str, Any]:
+    """Detect lung nodules with the classical, training-free reference detector (the floor).
+
+    Multi-scale Hessian dot enhancement in the lungs (Li, Sone & Doi, Med. Phys. 2003), diameters
+    from the HU excess and a fixed size/calcification malignancy prior; see
+    :mod:`medmtl.engine.classical`. CT only. Writes the same ``predictions.csv`` / ``.json`` /
+    ``failures.json`` as :func:`predict_folder` (provenance ``method: classical``), so
+    :func:`evaluate` scores it unchanged.
+
+    Args:
+        input_dir: folder of CT scans (HU).
+        out_dir: output folder; a rerun with the same settings skips finished scans, a folder
+            holding other predictions is refused unless ``overwrite``.
+        max_lesions: at most this many detections per scan (≥ 1).
+        progress: show a progress bar.
+        overwrite: remove earlier predictions in ``out_dir`` first.
+        scan_ids: run only these scan ids of the folder.
+
+    Returns:
+        Summary dict: ``n_scans``, ``n_done``, ``n_skipped``, ``n_failed``, ``failures``,
+        ``outputs`` (paths), ``timings``, ``method``, ``run_key``.
+
+    Example:
+        >>> detect_classical(input_dir="sample_data/ct_site_a", out_dir="preds/classical")  # doctest: +SKIP
+    """
+    from medmtl.engine.classical_run import detect_folder
+
+    return detect_folder(input_dir=Path(input_dir), out_dir=Path(out_dir), max_lesions=max_lesions,
+                         progress=progress, overwrite=overwrite,
+                         scan_ids=list(scan_ids) if scan_ids is not None else None)
+
+
+def load_predictor(*, checkpoint: str | Path, device: str = "cpu", overlap: float = 0.5) -> Any:
+    """Build the predictor of a checkpoint folder (its model card alone decides preprocessing).
+
+    Args:
+        checkpoint: checkpoint folder (``model.safetensors`` + ``model_card.json``).
+        device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
+        overlap: sliding-window overlap in [0, 1).
+
+    Returns:
+        A :class:`medmtl.engine.inference.Predictor`: ``preprocess(scan)`` → a prepared scan
+        (``image (C, I, J, K)``, ``affine_ras``), ``model`` (eval mode), ``roi_size`` (the
+        sliding-window size, voxels), ``infer(prepared)`` → detections and maps.
+
+    Example:
+        >>> predictor = load_predictor(checkpoint="runs/tiny/checkpoint")  # doctest: +SKIP
+    """
+    from medmtl.engine.inference import Predictor
+
+    return Predictor.from_checkpoint(Path(checkpoint), device=device, overlap=overlap)
+
+
 def merge_predictions(*, input_dir: str | Path, out_dir: str | Path) -> dict[str, Any]:
     """Merge the per-scan results of a sharded :func:`predict_folder` run into the final tables.
 

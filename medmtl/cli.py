@@ -37,9 +37,9 @@ def main(verbose: int) -> None:
 
 def _register_commands() -> None:
     """Attach the command groups (each module keeps its heavy imports inside its commands)."""
-    from medmtl.commands import data, inference, models, shift, training
+    from medmtl.commands import classical, data, inference, models, shift, training
 
-    for module in (data, models, training, inference, shift):
+    for module in (data, models, training, inference, classical, shift):
         for cmd in module.COMMANDS:
             main.add_command(cmd)
 

@@ -81,6 +81,11 @@ METHOD_TITLES = {
     "n4": "N4",
 }
 
+#: Fresh site-A phantoms the demo trains on (seed disjoint from every committed set).
+DEFAULT_TRAIN_PHANTOMS = 24
+FAST_TRAIN_PHANTOMS = 3
+TRAIN_PHANTOM_SEED = 7000
+
 #: Overrides of ``--fast``: a smoke test, numbers meaningless.
 FAST_OVERRIDES = (
     "train.epochs=1",
@@ -99,7 +104,7 @@ class Condition:
 
     key: str
     title: str
-    checkpoint: Path
+    checkpoint: Path | None  # None: the classical, training-free detector
     input_dir: Path
     annotations: Path
     scan_ids: list[str] | None = None
@@ -120,7 +125,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--target", type=Path, default=C.REPO / "sample_data" / "ct_site_b", help="site B scan folder")
     p.add_argument("--methods", default=",".join(DEFAULT_METHODS),
                    help="comma-separated adaptation methods (adabn, histmatch, resim, tent, dann); '' for none")
-    p.add_argument("--n-heldout", type=int, default=3, help="site A scans held out (the last ones by id)")
+    p.add_argument("--n-heldout", type=int, default=3,
+                   help="with --train-phantoms 0: site A scans held out (the last ones by id)")
+    p.add_argument("--train-phantoms", type=int, default=DEFAULT_TRAIN_PHANTOMS,
+                   help=f"train on this many freshly generated site A phantoms (seed {TRAIN_PHANTOM_SEED}, disjoint "
+                   f"from --source), so every --source scan is held out (default {DEFAULT_TRAIN_PHANTOMS}; --fast "
+                   f"{FAST_TRAIN_PHANTOMS}); 0 trains on the --source scans but the last --n-heldout")
     p.add_argument("--n-bootstrap", type=int, default=None, help="bootstrap replicates (default 1000, fast 50)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="extra training-config override (repeatable), e.g. --set train.epochs=4")
@@ -181,6 +191,7 @@ def run_demo(
     overrides: Sequence[str] = (),
     diagnose: bool = True,
     checkpoint: Path | None = None,
+    train_phantoms: int | None = None,
 ) -> dict[str, Any]:
     """Run the whole demo into ``out`` (see the module docstring); returns ``results.json``'s dict.
 
@@ -197,6 +208,9 @@ def run_demo(
         overrides: extra ``key=value`` training-config overrides.
         diagnose: write the shift report.
         checkpoint: an already trained checkpoint to use instead of training.
+        train_phantoms: train on this many fresh site-A phantoms written to ``out/data``
+            (``None``: :data:`DEFAULT_TRAIN_PHANTOMS`, with ``fast`` :data:`FAST_TRAIN_PHANTOMS`;
+            0: train on the ``source`` scans but the last ``n_heldout``).
     """
     from medmtl import api
 
@@ -209,7 +223,15 @@ def run_demo(
     # --- split and config -------------------------------------------------------------
     ids = C.scan_ids(source)  # bad inputs fail here, before anything in `out` is touched
     C.scan_ids(target)  # an empty or missing target folder is refused by discovery
+    n_gen = (FAST_TRAIN_PHANTOMS if fast else DEFAULT_TRAIN_PHANTOMS) if train_phantoms is None else int(train_phantoms)
+    if n_gen < 0:
+        raise ValueError(f"--train-phantoms must be >= 0, got {n_gen}")
+    train_root = out / "data" / "train_phantoms"
     train_ids, heldout_ids, _ = C.split_ids(ids, n_test=0, n_val=n_heldout)
+    if n_gen and checkpoint is None:
+        heldout_ids, train_ids = list(ids), []
+        all_overrides = [f"data.root={train_root}", "data.max_scans=null", f"train.device={device}",
+                         *(FAST_OVERRIDES if fast else ()), *overrides]
     if checkpoint is not None:
         checkpoint = Path(checkpoint).resolve()
         data_cfg = (_read_card(checkpoint).get("train_config") or {}).get("data") or {}
@@ -217,7 +239,8 @@ def run_demo(
             train_ids, heldout_ids = sorted(data_cfg["train_ids"]), sorted(data_cfg["val_ids"])
         else:
             train_ids = sorted(set(ids) - set(heldout_ids))
-    all_overrides = [
+    if not (n_gen and checkpoint is None):
+        all_overrides = [
         f"data.root={source}",
         f"data.annotations={source / 'annotations.csv'}",
         "data.max_scans=null",
@@ -226,7 +249,7 @@ def run_demo(
         f"train.device={device}",
         *(FAST_OVERRIDES if fast else ()),
         *overrides,
-    ]
+        ]
     cfg = C.resolve_config(config, all_overrides) if checkpoint is None else _read_card(checkpoint).get("train_config")
     clear_outputs(out)
     C.write_run_records(
@@ -235,7 +258,8 @@ def run_demo(
         config=cfg,
         device=resolved_device,
         extra={"train_ids": train_ids, "heldout_ids": heldout_ids, "methods": list(methods), "fast": fast,
-               "overrides": all_overrides, "n_bootstrap": n_boot},
+               "overrides": all_overrides, "n_bootstrap": n_boot,
+               "train_phantoms": {"n": n_gen, "seed": TRAIN_PHANTOM_SEED} if n_gen and checkpoint is None else None},
     )
     heldout_ann = C.filter_annotations(source / "annotations.csv", out / "data" / "site_a_heldout_annotations.csv",
                                        heldout_ids)
@@ -248,6 +272,9 @@ def run_demo(
 
     # --- 2. training --------------------------------------------------------------------
     if checkpoint is None:
+        if n_gen:
+            timer.run("generate_train_phantoms", api.generate_sample_data, out=train_root, kind="ct", site="a",
+                      n=n_gen, seed=TRAIN_PHANTOM_SEED)
         ckpt = Path(timer.run("train", api.train, config=config, out_dir=out / "train", overrides=all_overrides))
     else:
         ckpt = checkpoint
@@ -256,6 +283,9 @@ def run_demo(
     conditions = [
         Condition("site_a_heldout", "site A held-out (in-domain)", ckpt, source, heldout_ann, list(heldout_ids)),
         Condition("site_b_none", "site B, no adaptation", ckpt, target, target / "annotations.csv"),
+        Condition("site_a_classical", "classical floor, site A held-out", None, source, heldout_ann,
+                  list(heldout_ids)),
+        Condition("site_b_classical", "classical floor, site B", None, target, target / "annotations.csv"),
     ]
     for method in methods:
         adapted = Path(timer.run(f"adapt_{method}", api.adapt, checkpoint=ckpt, target=target, method=method,
@@ -268,8 +298,13 @@ def run_demo(
     rows: list[C.Row] = []
     for cond in conditions:
         pred_dir = out / "predictions" / cond.key
-        timer.run(f"predict_{cond.key}", api.predict_folder, checkpoint=cond.checkpoint, input_dir=cond.input_dir,
-                  out_dir=pred_dir, device=device, progress=False, scan_ids=cond.scan_ids)
+        if cond.checkpoint is None:
+            timer.run(f"predict_{cond.key}", api.detect_classical, input_dir=cond.input_dir, out_dir=pred_dir,
+                      scan_ids=cond.scan_ids)
+        else:
+            timer.run(f"predict_{cond.key}", api.predict_folder, checkpoint=cond.checkpoint,
+                      input_dir=cond.input_dir, out_dir=pred_dir, device=device, progress=False,
+                      scan_ids=cond.scan_ids)
         timer.run(f"evaluate_{cond.key}", api.evaluate, predictions=pred_dir / "predictions.csv",
                   annotations=cond.annotations, out_dir=out / "metrics" / cond.key, n_bootstrap=n_boot, seed=0)
         rows.append(C.Row(cond.title, out / "metrics" / cond.key / "metrics.json"))
@@ -278,7 +313,8 @@ def run_demo(
     figures = timer.run("figures", make_figures, out, conditions)
     results = summarize(out, conditions, shift=shift, timings=timer.steps, cpu_s=timer.cpu, total_s=timer.total,
                         device=resolved_device, fast=fast, train_ids=train_ids, heldout_ids=heldout_ids,
-                        figures=figures, n_bootstrap=n_boot, checkpoint=ckpt, trained=checkpoint is None)
+                        figures=figures, n_bootstrap=n_boot, checkpoint=ckpt, trained=checkpoint is None,
+                        train_phantoms={"n": n_gen, "seed": TRAIN_PHANTOM_SEED} if n_gen and checkpoint is None else None)
     return results
 
 
@@ -315,6 +351,7 @@ def summarize(
     n_bootstrap: int,
     checkpoint: Path,
     trained: bool,
+    train_phantoms: dict[str, int] | None = None,
 ) -> dict[str, Any]:
     """Write ``results.csv``, ``results.json`` and ``README.md``; return the results dict."""
     ref = _overall(out / "metrics" / "site_a_heldout" / "metrics.json")
@@ -327,7 +364,7 @@ def summarize(
         for key, _, _ in C.METRICS:
             rec[key] = m[key]["value"]
             rec[f"{key}_ci95"] = m[key]["ci95"]
-            if cond.key.startswith("site_b_") and cond.key != "site_b_none":
+            if _is_adaptation(cond):
                 rec[f"{key}_gap_closed"] = C.gap_closed(m[key]["value"], base[key]["value"], ref[key]["value"])
         records.append(rec)
     csv_cols = ["key", "condition", *(k for k, _, _ in C.METRICS)]
@@ -348,10 +385,16 @@ def summarize(
         "n_bootstrap": n_bootstrap,
         "checkpoint": str(checkpoint),
         "trained": trained,
+        "train_phantoms": train_phantoms,
     }
     C.write_json(out / "results.json", results)
     C.write_text(out / "README.md", readme_text(out, conditions, results, figures))
     return results
+
+
+def _is_adaptation(cond: Condition) -> bool:
+    """A site-B condition with an adapted checkpoint (not the unadapted model, not the classical floor)."""
+    return cond.key.startswith("site_b_") and cond.key != "site_b_none" and cond.checkpoint is not None
 
 
 def _verdict_text(verdict: Any) -> str:
@@ -383,12 +426,21 @@ def readme_text(out: Path, conditions: Sequence[Condition], results: dict[str, A
         for c in conditions
     )
     if results.get("trained", True):
-        training = f"""**Training**: the multi-task net (detection + diameter + malignancy heads) fine-tuned from the
-   embedded ImageNet EfficientNet-Lite0 (inflated to 3D) on {len(results['train_ids'])} site A scans
+        training = """**Training**: the multi-task net (detection + diameter + malignancy heads) fine-tuned from the
+   embedded ImageNet EfficientNet-Lite0 (inflated to 3D) on site A scans
    ([config.yaml](config.yaml), [train/metrics.csv](train/metrics.csv),
    [train/gradient_conflict.csv](train/gradient_conflict.csv), checkpoint in `train/checkpoint/`)."""
     else:
         training = f"**Training skipped**: the given checkpoint `{results['checkpoint']}` was used."
+    if results.get("train_phantoms"):
+        tp = results["train_phantoms"]
+        heldout = (f"Trained on {tp['n']} freshly generated site A phantoms (seed {tp['seed']}; the config's validation "
+                   "split of them picks the checkpoint and fits the malignancy temperature); every site A scan of "
+                   f"the table ({', '.join(results['heldout_ids'])}) is held out of training and of validation.")
+    else:
+        heldout = (f"Held out of training: {', '.join(results['heldout_ids'])} (also the validation split that picks "
+                   "the best epoch and fits the malignancy temperature, so their numbers are a slightly optimistic "
+                   "in-domain reference).")
     fast_note = ("\n> **--fast smoke run**: one tiny epoch; the numbers below only show that everything runs.\n"
                  if results["fast"] else "")
     return f"""# medmtl demo results
@@ -398,9 +450,8 @@ What ran (`python -m pipelines.demo`, device `{results['device']}`, {results['to
 1. **Domain-shift report**, site A (`sample_data/ct_site_a`) vs site B (`sample_data/ct_site_b`):
    [shift/report.html](shift/report.html) ([report.json](shift/report.json)). Verdict: {_verdict_text(results['shift_verdict'])}
 2. {training}
-   Held out of training: {', '.join(results['heldout_ids'])} (also the validation split that picks the best
-   epoch and fits the malignancy temperature, so their numbers are a slightly optimistic in-domain reference).
-3. **Adaptation to site B without labels**: {', '.join(c.title for c in conditions[2:]) or 'none'}
+   {heldout}
+3. **Adaptation to site B without labels**: {', '.join(c.title for c in conditions if _is_adaptation(c)) or 'none'}
    (checkpoints in `adapted/`).
 4. **Prediction and evaluation** of each condition (LUNA16 CPM = mean sensitivity at 1/8…8 false
    positives per scan; diameter MAE in mm over detected lesions; malignancy AUC over detected,
@@ -586,6 +637,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             out=args.out, device=args.device, fast=args.fast, config=args.config, source=args.source,
             target=args.target, methods=methods, n_heldout=args.n_heldout, n_bootstrap=args.n_bootstrap,
             overrides=args.overrides, diagnose=not args.skip_diagnose, checkpoint=args.checkpoint,
+            train_phantoms=args.train_phantoms,
         )
         out = args.out.resolve()
         print()

@@ -179,7 +179,7 @@ def bayes_auc_interval(
     if len(set(labels)) < 2:
         return float("nan"), float("nan")
     rng = np.random.default_rng(seed)
-    vals = [auc(s[i], y[i]) for i in (rng.integers(0, len(s), len(s)) for _ in range(n_boot))]
+    vals = [auc(s[i].tolist(), y[i].tolist()) for i in (rng.integers(0, len(s), len(s)) for _ in range(n_boot))]
     finite = np.asarray([v for v in vals if v == v])
     return float(np.quantile(finite, 0.025)), float(np.quantile(finite, 0.975))
 

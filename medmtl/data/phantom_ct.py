@@ -220,7 +220,8 @@ def _anatomy(rng: np.random.Generator, grid: Grid, vol: FloatArray, tissue: NDAr
     lungs = [np.array([x0 + s * 0.45 * ax, y0 - 3.0, z_l]) for s in (1.0, -1.0)]
     centres_ras = grid.points(*grid.full_box(), 1).reshape(*grid.shape, 3)
     # lung parenchyma texture correlated over ~3.6 mm whatever the voxel size
-    texture = smooth_field(rng, grid.shape, tuple(3.6 / float(v) for v in spacing_from_affine(grid.affine_ras)))
+    si, sj, sk = (3.6 / float(v) for v in spacing_from_affine(grid.affine_ras))
+    texture = smooth_field(rng, grid.shape, (si, sj, sk))
     lung_hu = -860.0 + 25.0 * texture + 50.0 * np.clip((y0 - centres_ras[..., 1]) / ay, -1.0, 1.0)
     for c in lungs:
         paint(grid, vol, tissue, ellipsoid(c, lung_semi), lung_hu, t["lung"], c, float(lung_semi.max()) + 3)

@@ -1,0 +1,188 @@
+"""In-domain headline benchmark: the learned model against the classical floor on the same scans.
+
+``python -m bench.in_domain --train-data DIR --test-data DIR [--config configs/ct_phantom_cpu.yaml]
+[--seeds 0,1,2] [--out DIR] [--set key=value ...] [--device auto] [--append-results]``
+
+For each seed: ``api.train`` on ``--train-data`` (its own validation split picks the checkpoint
+and fits the temperature; the test scans are never seen), then ``api.predict_folder`` and
+``api.evaluate`` on every scan of ``--test-data``. Once per call: the training-free classical
+detector (``api.detect_classical``) on the same test scans. A finished run (``done.json``) is
+reused by a rerun, so a killed call continues where it stopped.
+
+Every row: CPM, diameter MAE (mm), malignancy AUC and ECE with 95 % intervals — over seeds
+(percentile bootstrap of the seed mean) when there are ≥ 2 seeds, else the evaluation's
+scan-level bootstrap — beside the **Bayes-optimal AUC of the same labelled test lesions**
+(with its lesion-bootstrap interval) and the training minutes. Outputs in ``--out``:
+``results.json``, ``results.md``; ``--append-results`` appends a dated section to
+``bench/RESULTS.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from bench.learning import append_results, bayes_auc, where_measured
+from pipelines._common import (
+    REPO,
+    add_run_options,
+    bootstrap_mean_ci,
+    default_device,
+    fmt_ci,
+    is_done,
+    mark_done,
+    markdown_table,
+    parse_list,
+    predict_and_evaluate,
+    run_guarded,
+    write_json,
+    write_text,
+)
+
+#: Metrics of the table: (key in ``metrics.json["overall"]``, header).
+COLUMNS: tuple[tuple[str, str], ...] = (
+    ("cpm", "CPM"),
+    ("diameter_mae_mm", "diameter MAE (mm)"),
+    ("malignancy_auc", "malignancy AUC"),
+    ("malignancy_ece", "ECE"),
+)
+
+
+def _overall(metrics: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    overall = metrics.get("overall", {})
+    return {k: {"value": (overall.get(k) or {}).get("value"), "ci95": (overall.get(k) or {}).get("ci95")}
+            for k, _ in COLUMNS}
+
+
+def run_seed(seed: int, *, out: Path, config: Path, train_data: Path, test_data: Path, overrides: Sequence[str],
+             device: str) -> dict[str, Any]:
+    """Train one seed and score it on the test scans (reused when ``done.json`` is there)."""
+    from medmtl import api
+
+    run = out / f"learned_seed{seed}"
+    if is_done(run):
+        return dict(json.loads((run / "done.json").read_text(encoding="utf-8")))
+    t0 = time.perf_counter()
+    ckpt = api.train(config=config, out_dir=run / "train", resume=(run / "train" / "last").exists(),
+                     overrides=[f"data.root={train_data}", f"seed={seed}", f"train.device={device}", *overrides])
+    minutes = (time.perf_counter() - t0) / 60.0
+    metrics = predict_and_evaluate(checkpoint=ckpt, input_dir=test_data, annotations=test_data / "annotations.csv",
+                                   out_dir=run, device=device, n_bootstrap=1000, seed=seed)
+    info = {"seed": seed, "train_minutes": round(minutes, 1), "metrics": _overall(metrics)}
+    mark_done(run, info)
+    return info
+
+
+def run_classical(*, out: Path, test_data: Path) -> dict[str, Any]:
+    """The training-free floor on the same test scans."""
+    from medmtl import api
+
+    run = out / "classical"
+    if is_done(run):
+        return dict(json.loads((run / "done.json").read_text(encoding="utf-8")))
+    api.detect_classical(input_dir=test_data, out_dir=run / "predictions")
+    metrics = api.evaluate(predictions=run / "predictions" / "predictions.csv",
+                           annotations=test_data / "annotations.csv", out_dir=run / "metrics", n_bootstrap=1000)
+    info = {"metrics": _overall(metrics)}
+    mark_done(run, info)
+    return info
+
+
+def pooled(records: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Seed mean and bootstrap interval per metric (one seed: that run's scan-level interval)."""
+    if len(records) == 1:
+        return dict(records[0]["metrics"])
+    out = {}
+    for key, _ in COLUMNS:
+        mean, ci = bootstrap_mean_ci([r["metrics"][key]["value"] for r in records])
+        out[key] = {"value": mean, "ci95": list(ci) if ci else None}
+    return out
+
+
+def markdown(res: Mapping[str, Any]) -> str:
+    """The results table (classical floor first) and the Bayes AUC line."""
+    header = ["condition", *(h for _, h in COLUMNS), "seeds", "train min"]
+    rows = [["classical (no training)", *(fmt_ci(res["classical"][k]) for k, _ in COLUMNS), "-", "0"]]
+    learned = res["learned"]
+    minutes = [r["train_minutes"] for r in learned["runs"]]
+    rows.append([f"learned ({res['config_name']})", *(fmt_ci(learned["pooled"][k]) for k, _ in COLUMNS),
+                 str(len(minutes)), f"{sum(minutes) / max(1, len(minutes)):.1f}"])
+    b = res["bayes_auc"]
+    bayes = fmt_ci({"value": b["value"], "ci95": b["ci95"]})
+    return "\n".join([
+        markdown_table(header, rows), "",
+        f"Bayes-optimal malignancy AUC of the same {b['n_lesions']} labelled test lesions "
+        f"({b['n_positive']} malignant): {bayes}. Intervals: "
+        + ("over seeds (bootstrap of the seed mean)." if len(minutes) > 1 else "scan-level bootstrap (one seed)."),
+    ])
+
+
+def run_benchmark(*, out: Path, config: Path, train_data: Path, test_data: Path, seeds: Sequence[int],
+                  overrides: Sequence[str], device: str) -> dict[str, Any]:
+    """Every seed, the classical floor and the tables; writes ``results.json`` / ``results.md``."""
+    from medmtl.config import load_config
+
+    cfg = load_config(config, overrides=[f"data.root={train_data}", *overrides])
+    runs = [run_seed(s, out=out, config=config, train_data=train_data, test_data=test_data, overrides=overrides,
+                     device=device) for s in seeds]
+    res = {
+        "config_name": cfg.name, "config": str(config), "overrides": list(overrides),
+        "train_data": str(train_data), "test_data": str(test_data), "where": where_measured(device),
+        "classical": run_classical(out=out, test_data=test_data)["metrics"],
+        "learned": {"runs": runs, "pooled": pooled(runs)},
+        "bayes_auc": bayes_auc(test_data / "annotations.csv", n_boot=2000),
+    }
+    write_json(out / "results.json", res)
+    write_text(out / "results.md", markdown(res) + "\n")
+    return res
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--train-data", type=Path, required=True, help="labelled training scans (with annotations.csv)")
+    p.add_argument("--test-data", type=Path, required=True, help="held-out labelled test scans")
+    p.add_argument("--config", type=Path, default=REPO / "configs" / "ct_phantom_cpu.yaml", help="training config")
+    p.add_argument("--seeds", default="0", help="training seeds, e.g. 0,1,2 (default 0)")
+    p.add_argument("--out", type=Path, required=True, help="output folder (reruns reuse finished runs)")
+    p.add_argument("--append-results", nargs="?", const=REPO / "bench" / "RESULTS.md", default=None, type=Path,
+                   help="append a dated section to bench/RESULTS.md (or the given file)")
+    add_run_options(p)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """CLI entry point."""
+    args = _parser().parse_args(argv)
+
+    def body() -> int:
+        from medmtl.errors import ConfigError
+
+        for name in ("train_data", "test_data"):
+            folder = Path(getattr(args, name))
+            if not (folder / "annotations.csv").is_file():
+                raise ConfigError(f"--{name.replace('_', '-')} {folder} has no annotations.csv; pass a labelled scan "
+                                  "folder (e.g. made by `medmtl sample-data`)")
+        device = default_device(args.device)
+        res = run_benchmark(out=args.out, config=args.config, train_data=args.train_data.resolve(),
+                            test_data=args.test_data.resolve(), seeds=parse_list(args.seeds, int) or [0],
+                            overrides=list(args.overrides), device=device)
+        text = markdown(res)
+        print(text)
+        if args.append_results is not None:
+            command = "python -m bench.in_domain " + " ".join(sys.argv[1:] if argv is None else argv)
+            append_results(args.append_results, "\n".join([
+                f"## In-domain headline: learned vs classical floor ({time.strftime('%Y-%m-%d')})", "",
+                f"Machine: {res['where']}. Command: `{command}`.", "", text,
+            ]))
+        return 0
+
+    return run_guarded(body)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
