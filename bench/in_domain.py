@@ -12,7 +12,8 @@ reused by a rerun, so a killed call continues where it stopped.
 Every row: CPM, diameter MAE (mm), malignancy AUC and ECE with 95 % intervals — over seeds
 (percentile bootstrap of the seed mean) when there are ≥ 2 seeds, else the evaluation's
 scan-level bootstrap — beside the **Bayes-optimal AUC of the same labelled test lesions**
-(with its lesion-bootstrap interval) and the training minutes. Outputs in ``--out``:
+(with its lesion-bootstrap interval) and the training minutes (optimisation steps, from the
+run's ``metrics.csv``; validation passes excluded). Outputs in ``--out``:
 ``results.json``, ``results.md``; ``--append-results`` appends a dated section to
 ``bench/RESULTS.md``.
 """
@@ -67,15 +68,26 @@ def run_seed(seed: int, *, out: Path, config: Path, train_data: Path, test_data:
     run = out / f"learned_seed{seed}"
     if is_done(run):
         return dict(json.loads((run / "done.json").read_text(encoding="utf-8")))
-    t0 = time.perf_counter()
     ckpt = api.train(config=config, out_dir=run / "train", resume=(run / "train" / "last").exists(),
                      overrides=[f"data.root={train_data}", f"seed={seed}", f"train.device={device}", *overrides])
-    minutes = (time.perf_counter() - t0) / 60.0
+    t0 = time.perf_counter()
     metrics = predict_and_evaluate(checkpoint=ckpt, input_dir=test_data, annotations=test_data / "annotations.csv",
                                    out_dir=run, device=device, n_bootstrap=1000, seed=seed)
-    info = {"seed": seed, "train_minutes": round(minutes, 1), "metrics": _overall(metrics)}
+    info = {"seed": seed, "train_minutes": round(training_minutes(run / "train" / "metrics.csv"), 1),
+            "test_minutes": round((time.perf_counter() - t0) / 60.0, 1), "metrics": _overall(metrics)}
     mark_done(run, info)
     return info
+
+
+def training_minutes(metrics_csv: Path) -> float:
+    """Minutes of optimisation steps in a run (sum of ``time_s`` of ``metrics.csv``; validation excluded).
+
+    Read from the run's own log, so a run that was resumed after a kill counts its steps once.
+    """
+    import csv
+
+    with open(metrics_csv, newline="", encoding="utf-8") as fh:
+        return sum(float(r["time_s"] or 0.0) for r in csv.DictReader(fh)) / 60.0
 
 
 def run_classical(*, out: Path, test_data: Path) -> dict[str, Any]:
@@ -132,7 +144,7 @@ def run_benchmark(*, out: Path, config: Path, train_data: Path, test_data: Path,
                      device=device) for s in seeds]
     res = {
         "config_name": cfg.name, "config": str(config), "overrides": list(overrides),
-        "train_data": str(train_data), "test_data": str(test_data), "where": where_measured(device),
+        "train_data": str(train_data), "test_data": str(test_data), "where": where_measured(default_device(device)),
         "classical": run_classical(out=out, test_data=test_data)["metrics"],
         "learned": {"runs": runs, "pooled": pooled(runs)},
         "bayes_auc": bayes_auc(test_data / "annotations.csv", n_boot=2000),
@@ -167,10 +179,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             if not (folder / "annotations.csv").is_file():
                 raise ConfigError(f"--{name.replace('_', '-')} {folder} has no annotations.csv; pass a labelled scan "
                                   "folder (e.g. made by `medmtl sample-data`)")
-        device = default_device(args.device)
         res = run_benchmark(out=args.out, config=args.config, train_data=args.train_data.resolve(),
                             test_data=args.test_data.resolve(), seeds=parse_list(args.seeds, int) or [0],
-                            overrides=list(args.overrides), device=device)
+                            overrides=list(args.overrides), device=args.device)
         text = markdown(res)
         print(text)
         if args.append_results is not None:

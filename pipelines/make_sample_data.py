@@ -26,7 +26,7 @@ from medmtl.errors import MedmtlError
 #: (folder, kind, site, n, seed, dicom, description) of every committed set.
 #: ``(folder, kind, site, n, seed, dicom, shape or None for the site's default, description)``.
 SETS: tuple[tuple[str, str, str, int, int, bool, tuple[int, int, int] | None, str], ...] = (
-    ("ct_site_a", "ct", "a", 5, 1000, False, None,
+    ("ct_site_a", "ct", "a", 5, 1002, False, None,
      "CT chest, site a (thin-slice nodule CT): 0.9×0.9×1.25 mm voxels, 176×144×120 (thorax), sharp "
      "kernel, noise σ 20 HU, RAS axis order"),
     ("ct_site_b", "ct", "b", 8, 2000, False, None,
@@ -100,7 +100,7 @@ def readme(out: Path) -> str:
         "`dicom_example_nifti/` is the NIfTI twin of `dicom_example/` (same voxels, same geometry,",
         "same `annotations.csv`), so readers and predictions can be compared scan by scan.",
         "",
-        "Equivalent CLI for one set: `medmtl sample-data OUT --kind ct --site a --n 5 --seed 1000`.",
+        "Equivalent CLI for one set: `medmtl sample-data OUT --kind ct --site a --n 5 --seed 1002`.",
         "",
     ]
     return "\n".join(lines)

@@ -27,6 +27,20 @@ def sample_data() -> Path:
     return SAMPLE_DATA
 
 
+#: A larger site-A set than the committed 5 scans, for tests that split one site into halves:
+#: 12 phantoms cropped to 96×96×64 voxels (site A's 0.9×0.9×1.25 mm grid; ~1 s each).
+SITE_A_MANY = {"n": 12, "seed": 1100, "shape": (96, 96, 64)}
+
+
+@pytest.fixture(scope="session")
+def site_a_many(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder of :data:`SITE_A_MANY` generated site-A phantoms (once per session)."""
+    from medmtl import api
+
+    out = tmp_path_factory.mktemp("site_a_many")
+    return api.generate_sample_data(out=out / "ct_site_a", kind="ct", site="a", **SITE_A_MANY)
+
+
 #: The session's tiny run: ``configs/tiny.yaml`` made lean for the suite. 3 scans (2 train,
 #: 1 validation at overlap 0), 2 epochs of 2 steps, one gradient-conflict measurement per
 #: epoch, validation only after the last epoch, reference statistics of 1 scan.

@@ -18,12 +18,12 @@ ALPHA = 0.05
 
 
 @pytest.fixture(scope="module")
-def site_features(sample_data: Path) -> tuple[np.ndarray, np.ndarray]:
+def site_features(sample_data: Path, site_a_many: Path) -> tuple[np.ndarray, np.ndarray]:
     from medmtl.io.read import load_folder
     from medmtl.shift.features import default_extractor
     from medmtl.transforms.presets import default_ct_spec
 
-    a, _ = load_folder(sample_data / "ct_site_a", progress=False)
+    a, _ = load_folder(site_a_many, progress=False)
     b, _ = load_folder(sample_data / "ct_site_b", progress=False)
     assert len(a) >= 12 and len(b) >= 8
     ex = default_extractor(default_ct_spec(spacing=(6.0, 6.0, 6.0)))

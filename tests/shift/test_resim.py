@@ -24,9 +24,9 @@ def cohorts(sample_data: Path) -> dict[str, list]:
 
 def test_estimate_acquisition_reads_the_sites(cohorts: dict[str, list]) -> None:
     a, b = estimate_acquisition(cohorts["a"]), estimate_acquisition(cohorts["b"])
-    assert a.spacing_ras == pytest.approx((3.0, 3.0, 3.5), abs=0.01)  # site A: 3.0 x 3.0 x 3.5 mm (RAS order)
-    assert b.spacing_ras == pytest.approx((3.6, 3.6, 7.0), abs=0.01)  # site B stores LPS; same world axes
-    assert b.noise > 2 * a.noise  # site B: sigma 35 HU correlated vs 15 HU
+    assert a.spacing_ras == pytest.approx((0.9, 0.9, 1.25), abs=0.01)  # site A: 0.9 x 0.9 x 1.25 mm (RAS order)
+    assert b.spacing_ras == pytest.approx((1.4, 1.4, 5.0), abs=0.01)  # site B stores LPS; same world axes
+    assert b.noise > 1.3 * a.noise  # site B: sigma 30 HU, more correlated, vs 20 HU
     assert a.hu_offset is not None and b.hu_offset is not None
     assert 20.0 < b.hu_offset - a.hu_offset < 70.0  # the generator's +40 HU (blur biases the reading)
     with pytest.raises(ShiftError, match="empty cohort"):
@@ -38,15 +38,15 @@ def test_simulated_source_scan_reads_like_the_target(cohorts: dict[str, list]) -
     rng = np.random.default_rng(0)
     src = cohorts["a"][0]
     sim, rec = simulate_acquisition(src, source=a, target=b, blur_mm=2.0, rng=rng)
-    assert rec["spacing_mm"] == pytest.approx([3.6, 3.6, 7.0], abs=0.01)
+    assert rec["spacing_mm"] == pytest.approx([1.4, 1.4, 5.0], abs=0.01)
     assert rec["offset_added"] == pytest.approx(b.hu_offset - a.hu_offset)
-    assert rec["slice_fwhm_mm"][2] == pytest.approx((7.0 ** 2 - 3.5 ** 2) ** 0.5, abs=0.01)
+    assert rec["slice_fwhm_mm"][2] == pytest.approx((5.0 ** 2 - 1.25 ** 2) ** 0.5, abs=0.01)
     # the same stretch of the world: the volume centre stays put within one target voxel
     def centre(scan) -> np.ndarray:
         aff = np.asarray(scan.image.affine, dtype=float)
         ijk = (np.asarray(scan.image.shape[1:], dtype=float) - 1) / 2
         return aff[:3, :3] @ ijk + aff[:3, 3]
-    assert np.linalg.norm(centre(sim) - centre(src)) < 7.0
+    assert np.linalg.norm(centre(sim) - centre(src)) < 5.0
     sims = [simulate_acquisition(s, source=a, target=b, blur_mm=2.0, rng=rng)[0] for s in cohorts["a"]]
     got = estimate_acquisition(sims)
     assert got.spacing_ras == pytest.approx(b.spacing_ras, abs=0.01)
