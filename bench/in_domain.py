@@ -73,6 +73,7 @@ def run_seed(seed: int, *, out: Path, config: Path, train_data: Path, test_data:
     t0 = time.perf_counter()
     metrics = predict_and_evaluate(checkpoint=ckpt, input_dir=test_data, annotations=test_data / "annotations.csv",
                                    out_dir=run, device=device, n_bootstrap=1000, seed=seed)
+    training_curves(run / "train" / "steps.csv", run / "training_curves.png")
     info = {"seed": seed, "train_minutes": round(training_minutes(run / "train" / "metrics.csv"), 1),
             "test_minutes": round((time.perf_counter() - t0) / 60.0, 1), "metrics": _overall(metrics)}
     mark_done(run, info)
@@ -88,6 +89,44 @@ def training_minutes(metrics_csv: Path) -> float:
 
     with open(metrics_csv, newline="", encoding="utf-8") as fh:
         return sum(float(r["time_s"] or 0.0) for r in csv.DictReader(fh)) / 60.0
+
+
+def training_curves(steps_csv: Path, dst: Path) -> Path:
+    """Per-step task losses (running mean over 25 steps) and the gradient norm before clipping.
+
+    Args:
+        steps_csv: a run's ``steps.csv``.
+        dst: PNG to write.
+    """
+    import csv
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    with open(steps_csv, newline="", encoding="utf-8") as fh:
+        rows = list(csv.DictReader(fh))
+    step = np.array([float(r["step"]) for r in rows])
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+    k = np.ones(25) / 25
+    for key in ("loss_det", "loss_size", "loss_malig"):
+        v = np.array([float(r[key]) for r in rows])
+        ax1.plot(step[len(k) - 1:], np.convolve(v, k, mode="valid"), label=key.removeprefix("loss_"))
+    ax1.set_xlabel("step")
+    ax1.set_ylabel("training loss (running mean of 25 steps)")
+    ax1.legend()
+    gn = np.array([float(r["grad_norm"]) for r in rows])
+    ax2.semilogy(step, gn, lw=0.6)
+    ax2.set_xlabel("step")
+    ax2.set_ylabel("gradient norm before clipping")
+    ax2.set_title(f"max {gn.max():.0f}, median {np.median(gn):.1f}")
+    fig.tight_layout()
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(dst, dpi=100)
+    plt.close(fig)
+    return dst
 
 
 def run_classical(*, out: Path, test_data: Path) -> dict[str, Any]:
