@@ -195,7 +195,8 @@ def test_demo_with_checkpoint(tmp_path: Path, pipeline_checkpoint: Path, capsys:
             "--target", str(target), "--methods", "histmatch,resim", "--skip-diagnose", "--n-heldout", "2"]
     assert demo.main(args) == 0
     printed = capsys.readouterr().out
-    keys = ["site_a_heldout", "site_b_none", "site_b_histmatch", "site_b_resim"]
+    keys = ["site_a_heldout", "site_b_none", "site_a_classical", "site_b_classical", "site_b_histmatch",
+            "site_b_resim"]
     for key in keys:
         assert (out / "predictions" / key / "predictions.csv").is_file()
         assert (out / "metrics" / key / "metrics.json").is_file()
@@ -211,6 +212,9 @@ def test_demo_with_checkpoint(tmp_path: Path, pipeline_checkpoint: Path, capsys:
     assert set(inputs["inputs"]) == {"source", "target", "checkpoint"}
     summary = (out / "README.md").read_text(encoding="utf-8")
     assert "site B + histogram matching" in summary and "site B + re-simulation" in summary
+    assert "classical floor, site A held-out" in summary  # the training-free floor on the same scans
+    classical = json.loads((out / "predictions" / "site_b_classical" / "predictions.json").read_text(encoding="utf-8"))
+    assert classical["run"]["method"] == "classical"
     rec = json.loads((out / "adapted" / "resim" / "model_card.json").read_text(encoding="utf-8"))["adaptation"][-1]
     assert rec["method"] == "resim" and rec["params"]["steps"] == 2  # --fast: two fine-tuning steps
 
@@ -226,7 +230,7 @@ def test_demo_fast_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]
                 "config.yaml", "versions.json", "inputs.json", "train/checkpoint/model_card.json",
                 "train/gradient_conflict.csv", "figures/results.png", "figures/froc_all.png"):
         assert (out / rel).is_file(), rel
-    _check_printed_table(out, printed, 4)
+    _check_printed_table(out, printed, 6)  # in-domain, site B, 2 methods, classical floor on A and B
     inputs = json.loads((out / "inputs.json").read_text(encoding="utf-8"))
     assert set(inputs["inputs"]) == {"source", "target", "config"}
     assert set(inputs["heldout_ids"]).isdisjoint(inputs["train_ids"])

@@ -285,6 +285,22 @@ def patch_starts(centres: np.ndarray, shape: Sequence[int], patch: Sequence[int]
     return np.clip(c - p // 2, 0, np.asarray(shape, dtype=int) - p)
 
 
+def crop_patches(
+    data: Mapping[Hashable, Any], starts: np.ndarray, size: Sequence[int], keys: Sequence[Hashable]
+) -> list[dict[Hashable, Any]]:
+    """One shallow copy of ``data`` per start voxel, with ``keys`` cropped to ``size`` (MONAI ``SpatialCrop``)."""
+    from monai.transforms import SpatialCrop
+
+    out = []
+    for start in np.asarray(starts, dtype=int):
+        crop = SpatialCrop(roi_start=start.tolist(), roi_end=(start + np.asarray(size, dtype=int)).tolist())
+        d = dict(data)
+        for key in keys:
+            d[key] = crop(d[key])
+        out.append(d)
+    return out
+
+
 class LesionCentredCropd(Randomizable, MapTransform):
     """One patch centred on every lesion of an item, optionally shifted by a random jitter.
 
@@ -323,20 +339,12 @@ class LesionCentredCropd(Randomizable, MapTransform):
         return peaks
 
     def __call__(self, data: Mapping[Hashable, Any]) -> list[dict[Hashable, Any]]:  # type: ignore[override]
-        from monai.transforms import SpatialCrop
-
         shape = tuple(int(s) for s in data[self.peak_key].shape[-3:])
         centres = self.centres(data)
         if self.jitter > 0:
             centres = centres + self.R.randint(-self.jitter, self.jitter + 1, size=centres.shape)
-        out = []
-        for start in patch_starts(centres, shape, self.spatial_size):
-            crop = SpatialCrop(roi_start=start.tolist(), roi_end=(start + self.spatial_size).tolist())
-            d = dict(data)
-            for key in self.key_iterator(d):
-                d[key] = crop(d[key])
-            out.append(d)
-        return out
+        return crop_patches(data, patch_starts(centres, shape, self.spatial_size), self.spatial_size,
+                            list(self.key_iterator(dict(data))))
 
 
 class LesionAnywhereCropd(Randomizable, MapTransform):
@@ -397,16 +405,7 @@ class LesionAnywhereCropd(Randomizable, MapTransform):
         return np.asarray(out, dtype=int)
 
     def __call__(self, data: Mapping[Hashable, Any]) -> list[dict[Hashable, Any]]:  # type: ignore[override]
-        from monai.transforms import SpatialCrop
-
-        out = []
-        for start in self.starts(data):
-            crop = SpatialCrop(roi_start=start.tolist(), roi_end=(start + self.spatial_size).tolist())
-            d = dict(data)
-            for key in self.key_iterator(d):
-                d[key] = crop(d[key])
-            out.append(d)
-        return out
+        return crop_patches(data, self.starts(data), self.spatial_size, list(self.key_iterator(dict(data))))
 
 
 def random_transforms(cfg: TrainConfig, spec: InputSpec) -> Compose:
