@@ -65,8 +65,8 @@ def response_vs_offset(
                 continue
             sl = tuple(slice(int(s), int(s + w)) for s, w in zip(start, p))
             with torch.no_grad():
-                logits = net(volume[(slice(None), *sl)][None])
-            out[axis, n] = float(torch.sigmoid(logits[(0, 0, *pos)]))
+                logits = net(volume[(slice(None),) + sl][None])
+            out[axis, n] = float(torch.sigmoid(logits[(0, 0) + tuple(int(v) for v in pos)]))
     return out
 
 

@@ -405,7 +405,7 @@ class LesionAnywhereCropd(Randomizable, MapTransform):
         return np.asarray(out, dtype=int)
 
     def __call__(self, data: Mapping[Hashable, Any]) -> list[dict[Hashable, Any]]:  # type: ignore[override]
-        return crop_patches(data, self.starts(data), self.spatial_size, list(self.key_iterator(dict(data))))
+        return crop_patches(data, self.starts(data), self.spatial_size.tolist(), list(self.key_iterator(dict(data))))
 
 
 def random_transforms(cfg: TrainConfig, spec: InputSpec) -> Compose:
