@@ -41,17 +41,20 @@ REPO = Path(__file__).resolve().parents[1]
 PATCH = (64, 64, 32)
 MODEL_CFG = {"encoder": "efficientnet-lite0", "adapter": "inflate", "norm": "instance"}
 CLINICAL_SPACING = (0.7, 0.7, 1.25)
-DECODE = {"threshold": 0.3, "nms_radius_mm": 8.0, "max_lesions": 20, "temperature": 1.0}
+DECODE: dict[str, Any] = {"threshold": 0.3, "nms_radius_mm": 8.0, "max_lesions": 20, "temperature": 1.0}
 
 
 def make_checkpoint(folder: Path) -> Path:
+    from medmtl.engine.card import card_for
     from medmtl.engine.checkpoint import save_checkpoint
+    from medmtl.engine.decode import DecodeSettings
     from medmtl.models.mtl_net import build_model
+    from medmtl.models.spec import ModelSpec
     from medmtl.transforms.presets import default_ct_spec
 
     torch.manual_seed(0)
-    model = build_model(MODEL_CFG, pretrained=False)
-    card = {"input_spec": default_ct_spec().to_dict(), "patch_size": list(PATCH), "decode": DECODE}
+    model = build_model(ModelSpec.from_dict(MODEL_CFG), pretrained=False)
+    card = card_for(model, input_spec=default_ct_spec(), patch_size=PATCH, decode=DecodeSettings(**DECODE))
     return save_checkpoint(folder, model, card)
 
 
@@ -84,11 +87,11 @@ def naive_loop(checkpoint: Path, files: list[Path], out: Path, device: str, over
 
     from medmtl.engine.checkpoint import load_checkpoint
     from medmtl.io.writers import save_nifti
-    from medmtl.transforms.presets import InputSpec, preprocess_transforms
+    from medmtl.transforms.presets import preprocess_transforms
 
     t0 = time.perf_counter()
     model, card = load_checkpoint(checkpoint, device=device)
-    tf = preprocess_transforms(InputSpec.from_dict(card["input_spec"]))
+    tf = preprocess_transforms(card.input_spec, card.harmonisation)
     loader = LoadImage(image_only=True, ensure_channel_first=True)
     out.mkdir(parents=True, exist_ok=True)
     for f in files:

@@ -63,14 +63,13 @@ def tiny_overrides() -> list[str]:
 
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory, tiny_overrides: list[str]) -> Path:
-    """A checkpoint folder trained briefly with ``configs/tiny.yaml`` (once per session).
+    """A checkpoint folder trained briefly with ``configs/tiny.yaml`` (once per session), through
+    ``api.train`` (which adds the reference statistics to the card).
 
     The run folder (``metrics.csv``, ``last/``, ``tb/`` ...) is the checkpoint's parent; the
     resume test continues the same config from scratch and compares against it.
     """
-    from medmtl.config import load_config
-    from medmtl.engine.trainer import run_training
+    from medmtl import api
 
-    cfg = load_config(REPO / "configs" / "tiny.yaml", tiny_overrides)
     run = tmp_path_factory.mktemp("tiny_run") / "run"
-    return run_training(cfg, run)
+    return api.train(config=REPO / "configs" / "tiny.yaml", out_dir=run, overrides=tiny_overrides)

@@ -65,9 +65,9 @@ def test_adabn_changes_only_bn_buffers(setup: dict[str, Path], tmp_path: Path) -
     changed = {k for k in s0 if not torch.equal(s0[k], s1[k])}
     bn_buffers = {f"{n}.{b}" for n, _ in bn_layers(m1) for b in ("running_mean", "running_var", "num_batches_tracked")}
     assert changed and changed <= bn_buffers
-    rec = card["adaptation"][-1]
-    assert rec["method"] == "adabn" and rec["n_target_scans"] == 1 and set(rec["parameters_changed"]) == changed
-    assert card["reference_stats"] is not None
+    rec = card.adaptation[-1]
+    assert rec.method == "adabn" and rec.n_target_scans == 1 and set(rec.parameters_changed) == changed
+    assert card.reference_stats is not None
 
 
 def test_adabn_statistics_shift_with_source(setup: dict[str, Path], tmp_path: Path) -> None:
@@ -85,7 +85,7 @@ def test_adabn_statistics_shift_with_source(setup: dict[str, Path], tmp_path: Pa
     m1, card = load_checkpoint(same)
     for k, v in m1.state_dict().items():
         assert torch.allclose(v.float(), s0[k].float(), rtol=1e-4, atol=1e-5), k
-    assert card["adaptation"][-1]["params"]["variant"] == "statistics-shift"
+    assert card.adaptation[-1].params["variant"] == "statistics-shift"
 
     moved = tmp_path / "moved"
     code, text = _run(["adapt", "--checkpoint", str(setup["ckpt"]), "--target", str(setup["b"]),
@@ -96,14 +96,14 @@ def test_adabn_statistics_shift_with_source(setup: dict[str, Path], tmp_path: Pa
     changed = {k for k in s0 if not torch.equal(s0[k], s2[k])}
     bn_buffers = {f"{n}.{b}" for n, _ in bn_layers(m2) for b in ("running_mean", "running_var")}
     assert changed and changed <= bn_buffers
-    rec = card2["adaptation"][-1]["params"]
+    rec = card2.adaptation[-1].params
     assert rec["variant"] == "statistics-shift" and len(rec["source_scans"]) == 3
     # a shift, not a replacement: the moved statistics differ from a plain AdaBN's
     plain = tmp_path / "plain"
     assert _run(["adapt", "--checkpoint", str(setup["ckpt"]), "--target", str(setup["b"]),
                  "--method", "adabn", "-o", str(plain)])[0] == 0
     m3, card3 = load_checkpoint(plain)
-    assert card3["adaptation"][-1]["params"]["variant"] == "replace"
+    assert card3.adaptation[-1].params["variant"] == "replace"
     name = next(n for n, _ in bn_layers(m3))
     assert not torch.allclose(m3.state_dict()[f"{name}.running_mean"], s2[f"{name}.running_mean"])
 
@@ -112,22 +112,24 @@ def test_histmatch_recorded_within_tolerance_and_applied_by_predictor(setup: dic
     from medmtl.engine.checkpoint import load_checkpoint, read_card
     from medmtl.engine.inference import Predictor
     from medmtl.io.read import load_folder
-    from medmtl.shift.fingerprint import body_mask, image_array
-    from medmtl.shift.harmonise import apply_harmonisation
+    from medmtl.shift.fingerprint import image_array
+    from medmtl.transforms.harmonise import Harmonise
+    from medmtl.transforms.intensity import body_mask
 
     out = tmp_path / "hm"
     code, text = _run(["adapt", "--checkpoint", str(setup["ckpt"]), "--target", str(setup["b"]),
                        "--method", "histmatch", "-o", str(out)])
     assert code == 0, text
     card = read_card(out)
-    assert card["harmonisation"]["method"] == "histmatch"
-    assert card["adaptation"][-1]["parameters_changed"] == ["card.harmonisation"]
-    q = card["reference_stats"]["quantiles"]
+    assert card.harmonisation is not None and card.harmonisation.method == "histmatch"
+    assert card.adaptation[-1].parameters_changed == ("card.harmonisation",)
+    assert card.reference_stats is not None
+    q = card.reference_stats.quantiles
     ref_p = np.interp([0.1, 0.5, 0.9], q["levels"], q["values"])
     scans, _ = load_folder(setup["b"], progress=False)
     for scan in scans:
         before = image_array(scan)
-        after = image_array(apply_harmonisation(scan, card))
+        after = Harmonise(card.harmonisation, "CT")(scan.image)[0].numpy()
         mask = body_mask(before, "CT")
         got = np.percentile(after[mask], [10, 50, 90])
         np.testing.assert_allclose(got, ref_p, atol=HISTMATCH_TOLERANCE_HU)
@@ -168,9 +170,10 @@ def test_dann_end_to_end(setup: dict[str, Path], tmp_path: Path) -> None:
     assert (out / "model.safetensors").is_file()
     m0, _ = load_checkpoint(setup["ckpt"])
     m1, card = load_checkpoint(out)
-    rec = card["adaptation"][-1]
-    assert rec["method"] == "dann" and rec["params"]["steps"] == 2 and rec["params"]["lr"] == 2e-4 and len(rec["params"]["source_scans"]) == 3
-    assert rec["n_target_scans"] == 2 and np.isfinite(rec["params"]["final_domain_loss"])
+    rec = card.adaptation[-1]
+    assert rec.method == "dann" and rec.params["steps"] == 2 and rec.params["lr"] == 2e-4
+    assert len(rec.params["source_scans"]) == 3
+    assert rec.n_target_scans == 2 and np.isfinite(rec.params["final_domain_loss"])
     s0, s1 = m0.state_dict(), m1.state_dict()
     enc_changed = [k for k in s0 if k.startswith("encoder.") and k.endswith("weight") and not torch.equal(s0[k], s1[k])]
     assert enc_changed, "DANN did not change any encoder weight"
@@ -188,28 +191,30 @@ def test_n4_recorded_and_applied_by_predictor(mri: dict[str, Path], tmp_path: Pa
     from medmtl.engine.checkpoint import load_checkpoint, read_card
     from medmtl.engine.inference import Predictor
     from medmtl.io.read import load_folder
-    from medmtl.shift.fingerprint import body_mask, image_array, spacing_of
-    from medmtl.shift.harmonise import n4_correct
+    from medmtl.shift.fingerprint import image_array, spacing_of
+    from medmtl.transforms.intensity import body_mask, n4_bias_correct
 
     out = tmp_path / "n4"
     code, text = _run(["adapt", "--checkpoint", str(mri["ckpt"]), "--target", str(mri["scans"]),
                        "--method", "n4", "-o", str(out)])
     assert code == 0, text
     card = read_card(out)
-    assert card["harmonisation"]["method"] == "n4"
-    rec = card["adaptation"][-1]
-    assert rec["method"] == "n4" and rec["parameters_changed"] == ["card.harmonisation"] and rec["n_target_scans"] == 2
+    assert card.harmonisation is not None and card.harmonisation.method == "n4"
+    rec = card.adaptation[-1]
+    assert rec.method == "n4" and rec.parameters_changed == ("card.harmonisation",) and rec.n_target_scans == 2
     scan = load_folder(mri["scans"], progress=False)[0][0]
-    plain = Predictor(*load_checkpoint(mri["ckpt"]), device="cpu").preprocess(scan).image
+    plain_predictor = Predictor(*load_checkpoint(mri["ckpt"]), device="cpu")
+    plain = plain_predictor.preprocess(scan).image
     corrected = Predictor(*load_checkpoint(out), device="cpu")
     got = corrected.preprocess(scan).image
     assert not torch.allclose(got, plain, atol=1e-3)
-    # exactly the N4-corrected scan through the unchanged preprocessing
+    # exactly the N4-corrected scan (inside the body mask) through the unchanged preprocessing
     arr = image_array(scan)
-    expect_arr = n4_correct(arr, body_mask(arr, "MR"), spacing_of(scan.image.affine))
+    expect_arr = n4_bias_correct(arr, spacing_of(scan.image.affine), mask=body_mask(arr, "MR"), shrink=2,
+                                 iterations=(30, 20, 10))
     image = scan.image.clone()
     image[0] = torch.as_tensor(expect_arr)
-    expect = corrected._transforms({"image": image})["image"]
+    expect = plain_predictor._transforms({"image": image})["image"]
     np.testing.assert_allclose(got.numpy(), np.asarray(expect), atol=1e-4)
 
     # a checkpoint whose preprocessing already runs N4 is refused with one line
@@ -232,9 +237,9 @@ def test_resim_end_to_end(setup: dict[str, Path], tmp_path: Path) -> None:
     assert code == 0, text
     m0, _ = load_checkpoint(setup["ckpt"])
     m1, card = load_checkpoint(out)
-    rec = card["adaptation"][-1]
-    p = rec["params"]
-    assert rec["method"] == "resim" and p["steps"] == 2 and len(p["source_scans"]) == 3
+    rec = card.adaptation[-1]
+    p = rec.params
+    assert rec.method == "resim" and p["steps"] == 2 and len(p["source_scans"]) == 3
     # the target acquisition is measured on the unlabelled site-B scans: 1.4 x 1.4 x 5.0 mm, noisier, +HU
     assert p["target_acquisition"]["spacing_ras"] == pytest.approx([1.4, 1.4, 5.0], abs=0.01)
     assert p["target_acquisition"]["noise"] > p["source_acquisition"]["noise"]
@@ -275,11 +280,12 @@ def test_statistics_shift_source_scans_are_not_harmonised(setup: dict[str, Path]
     """A histmatch card maps *target* intensities to the source; AdaBN's source scans skip it."""
     from medmtl.engine.checkpoint import load_checkpoint
     from medmtl.shift.adapt import prepare_volumes
-    from medmtl.shift.harmonise import harmonisation_record
     from medmtl.shift.report import load_cohort
+    from medmtl.transforms.harmonise import Harmonisation
 
     _, card = load_checkpoint(setup["ckpt"])
-    hm = {**card, "harmonisation": harmonisation_record("histmatch", card.get("reference_stats"))}
+    assert card.reference_stats is not None
+    hm = card.replace(harmonisation=Harmonisation.for_method("histmatch", card.reference_stats.quantiles, "CT"))
     scans = load_cohort(setup["b1"], "target")
     plain = prepare_volumes(scans, card)[0]
     assert torch.equal(prepare_volumes(scans, hm, harmonise=False)[0], plain)

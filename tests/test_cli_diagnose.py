@@ -90,7 +90,7 @@ def test_checkpoint_without_reference_stats(cohorts: dict[str, Path], tmp_path: 
     code, text = _run(["diagnose", "--source", str(ckpt), "--target", str(cohorts["b"]), "-o", str(tmp_path / "r")])
     assert code != 0
     errs = _error_lines(text)
-    assert len(errs) == 1 and "no reference statistics" in errs[0] and "compute_reference_stats" in errs[0]
+    assert len(errs) == 1 and "no reference statistics" in errs[0] and "add_reference_stats" in errs[0]
 
 
 def test_checkpoint_gives_prediction_level_tests(shared: dict[str, Path], tmp_path: Path) -> None:

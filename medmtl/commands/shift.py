@@ -9,9 +9,10 @@ from pathlib import Path
 
 import click
 
+from medmtl import api
 from medmtl.commands._common import handle_errors
 
-_METHODS = ("adabn", "tent", "dann", "resim", "histmatch", "n4")
+_METHODS = tuple(api.list_adaptations())
 
 
 @click.command("diagnose")

@@ -22,6 +22,7 @@ from medmtl.config.schema import (
     SAMPLING_MODES,
     SCHEDULERS,
     TrainConfig,
+    TrainSection,
 )
 from medmtl.errors import ConfigError, did_you_mean
 
@@ -71,7 +72,47 @@ def validate_config(cfg: TrainConfig, *, source: str = "<config>", base_dirs: Se
         ConfigError: a value is out of range, a name unknown, a path missing.
         RegistryError: an unknown weighting, strategy or encoder (with a did-you-mean).
     """
-    t, d, v = cfg.train, cfg.data, cfg.validation
+    check_values(cfg, source=source)
+    _resolve_paths(cfg, source, list(base_dirs))
+    return cfg
+
+
+def check_values(cfg: TrainConfig, *, source: str = "<config>") -> None:
+    """Check every range and name of a config (no paths: also used on a model card's training config).
+
+    Raises:
+        ConfigError: a value is out of range or not allowed.
+        RegistryError: an unknown weighting, strategy or encoder (with a did-you-mean).
+    """
+    _check_train(cfg.train, source)
+    d, v = cfg.data, cfg.validation
+    _check_range(0.0 <= d.val_fraction < 1.0, "data.val_fraction", d.val_fraction, "[0, 1), e.g. 0.25", source)
+    _check_range(0.0 < d.label_fraction <= 1.0, "data.label_fraction", d.label_fraction, "(0, 1]", source)
+    _check_range(0.0 <= d.cache_rate <= 1.0, "data.cache_rate", d.cache_rate, "[0, 1]", source)
+    _check_range(d.num_workers >= 0, "data.num_workers", d.num_workers, ">= 0", source)
+    _check_range(d.reference_scans >= 1, "data.reference_scans", d.reference_scans, ">= 1", source)
+    _check_range(d.max_scans is None or d.max_scans >= 1, "data.max_scans", d.max_scans, ">= 1 or null", source)
+    if (d.train_ids is None) != (d.val_ids is None) and d.train_ids is None:
+        raise ConfigError(f"data.val_ids in {source} needs data.train_ids as well; give both lists or neither")
+    _check_range(v.every >= 1, "validation.every", v.every, ">= 1", source)
+    _check_range(0.0 <= v.overlap < 1.0, "validation.overlap", v.overlap, "[0, 1)", source)
+    _check_range(v.sw_batch_size >= 1, "validation.sw_batch_size", v.sw_batch_size, ">= 1", source)
+    _check_range(v.patience >= 0, "validation.patience", v.patience, ">= 0 (0 = off)", source)
+    _check_choice(v.monitor, "validation.monitor", MONITORS, source)
+    _check_range(0.0 < cfg.decode.threshold < 1.0, "decode.threshold", cfg.decode.threshold, "(0, 1)", source)
+    _check_range(cfg.decode.nms_radius_mm > 0, "decode.nms_radius_mm", cfg.decode.nms_radius_mm, "> 0 mm", source)
+    _check_range(cfg.decode.max_lesions >= 1, "decode.max_lesions", cfg.decode.max_lesions, ">= 1", source)
+    _check_choice(cfg.preprocess.modality, "preprocess.modality", MODALITIES, source)
+    if cfg.preprocess.spacing_mm is not None:
+        _check_range(
+            len(cfg.preprocess.spacing_mm) == 3 and all(s > 0 for s in cfg.preprocess.spacing_mm),
+            "preprocess.spacing_mm", cfg.preprocess.spacing_mm, "3 positive spacings in mm or null", source,
+        )
+    _validate_names(cfg)
+
+
+def _check_train(t: TrainSection, source: str) -> None:
+    """Ranges and names of the ``train`` section."""
     _check_range(t.learning_rate > 0, "train.learning_rate", t.learning_rate, "> 0, e.g. 1e-3", source)
     _check_range(t.weight_decay >= 0, "train.weight_decay", t.weight_decay, ">= 0", source)
     _check_range(t.epochs >= 1, "train.epochs", t.epochs, ">= 1", source)
@@ -96,30 +137,11 @@ def validate_config(cfg: TrainConfig, *, source: str = "<config>", base_dirs: Se
     _check_range(t.patch_jitter >= 0, "train.patch_jitter", t.patch_jitter, ">= 0 voxels", source)
     if not (t.device in ("auto", "cpu", "cuda") or t.device.startswith("cuda:")):
         raise ConfigError(f"train.device = '{t.device}' in {source} is not allowed; allowed: auto, cpu, cuda, cuda:N")
-    _check_range(0.0 <= d.val_fraction < 1.0, "data.val_fraction", d.val_fraction, "[0, 1), e.g. 0.25", source)
-    _check_range(0.0 < d.label_fraction <= 1.0, "data.label_fraction", d.label_fraction, "(0, 1]", source)
-    _check_range(0.0 <= d.cache_rate <= 1.0, "data.cache_rate", d.cache_rate, "[0, 1]", source)
-    _check_range(d.num_workers >= 0, "data.num_workers", d.num_workers, ">= 0", source)
-    _check_range(d.reference_scans >= 1, "data.reference_scans", d.reference_scans, ">= 1", source)
-    _check_range(d.max_scans is None or d.max_scans >= 1, "data.max_scans", d.max_scans, ">= 1 or null", source)
-    if (d.train_ids is None) != (d.val_ids is None) and d.train_ids is None:
-        raise ConfigError(f"data.val_ids in {source} needs data.train_ids as well; give both lists or neither")
-    _check_range(v.every >= 1, "validation.every", v.every, ">= 1", source)
-    _check_range(0.0 <= v.overlap < 1.0, "validation.overlap", v.overlap, "[0, 1)", source)
-    _check_range(v.sw_batch_size >= 1, "validation.sw_batch_size", v.sw_batch_size, ">= 1", source)
-    _check_range(v.patience >= 0, "validation.patience", v.patience, ">= 0 (0 = off)", source)
-    _check_choice(v.monitor, "validation.monitor", MONITORS, source)
-    _check_range(0.0 <= cfg.decode.threshold <= 1.0, "decode.threshold", cfg.decode.threshold, "[0, 1]", source)
-    _check_range(cfg.decode.nms_radius_mm > 0, "decode.nms_radius_mm", cfg.decode.nms_radius_mm, "> 0 mm", source)
-    _check_range(cfg.decode.max_lesions >= 1, "decode.max_lesions", cfg.decode.max_lesions, ">= 1", source)
-    _check_choice(cfg.preprocess.modality, "preprocess.modality", MODALITIES, source)
-    if cfg.preprocess.spacing_mm is not None:
-        _check_range(
-            len(cfg.preprocess.spacing_mm) == 3 and all(s > 0 for s in cfg.preprocess.spacing_mm),
-            "preprocess.spacing_mm", cfg.preprocess.spacing_mm, "3 positive spacings in mm or null", source,
-        )
-    _validate_names(cfg)
-    bases = list(base_dirs)
+
+
+def _resolve_paths(cfg: TrainConfig, source: str, bases: list[Path]) -> None:
+    """Make ``data.root``, ``data.annotations`` and ``model.weights`` absolute (they must exist)."""
+    d = cfg.data
     d.root = _resolve_path(d.root, "data.root", bases, must_exist=True, source=source)
     if not Path(d.root).is_dir():
         raise ConfigError(f"data.root '{d.root}' in {source} is not a folder; give the scan folder")
@@ -134,7 +156,6 @@ def validate_config(cfg: TrainConfig, *, source: str = "<config>", base_dirs: Se
         d.annotations = _resolve_path(d.annotations, "data.annotations", bases, must_exist=True, source=source)
     if cfg.model.weights is not None:
         cfg.model.weights = _resolve_path(cfg.model.weights, "model.weights", bases, must_exist=True, source=source)
-    return cfg
 
 
 def _validate_names(cfg: TrainConfig) -> None:
@@ -164,4 +185,4 @@ def _validate_names(cfg: TrainConfig) -> None:
         raise unknown_name(f"adapter (model.adapter) for {cfg.model.encoder}", cfg.model.adapter, adapters)
 
 
-__all__ = ["validate_config"]
+__all__ = ["check_values", "validate_config"]

@@ -8,8 +8,10 @@ each epoch, so an epoch's patches do not depend on what happened before it (this
 makes ``--resume`` reach the same weights as an uninterrupted run).
 
 Dict keys of a training patch: ``image (C, I, J, K)`` and the targets of
-:func:`medmtl.data.targets.build_targets` (``heatmap``, ``log_diameter``, ``size_mask``,
-``malignancy``, ``malig_mask``; each ``(1, I, J, K)``), all plain ``torch.Tensor``.
+:func:`medmtl.transforms.targets.build_targets` (``heatmap``, ``log_diameter``, ``size_mask``,
+``malignancy``, ``malig_mask``; each ``(1, I, J, K)``), all plain ``torch.Tensor``. The
+transforms themselves (target building, hard-negative map, the lesion croppers) live in
+:mod:`medmtl.transforms.targets` and :mod:`medmtl.transforms.crops`.
 """
 
 from __future__ import annotations
@@ -23,10 +25,12 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
-from monai.transforms import Compose, MapTransform, RandCropByPosNegLabeld, Randomizable
+from monai.transforms import Compose, MapTransform, RandCropByPosNegLabeld
 
 from medmtl.errors import ConfigError
 from medmtl.io.types import Lesion
+from medmtl.transforms.crops import HardNegativeMapd, LesionAnywhereCropd, LesionCentredCropd
+from medmtl.transforms.targets import TARGET_KEYS, BuildTargetsd
 
 if TYPE_CHECKING:  # pragma: no cover
     from medmtl.config import TrainConfig
@@ -34,12 +38,8 @@ if TYPE_CHECKING:  # pragma: no cover
 
 logger = logging.getLogger(__name__)
 
-#: Target keys produced by ``build_targets`` (each ``(1, I, J, K)``).
-TARGET_KEYS = ("heatmap", "log_diameter", "size_mask", "malignancy", "malig_mask")
-#: Every tensor key of a training patch.
+#: Every tensor key of a training patch (the image and :data:`~medmtl.transforms.targets.TARGET_KEYS`).
 PATCH_KEYS = ("image", *TARGET_KEYS)
-#: Heatmap level above which a voxel counts as "positive" for patch sampling.
-POS_LEVEL = 0.5
 
 
 @dataclass
@@ -166,84 +166,6 @@ def _without_labels(lesion: Lesion) -> Lesion:
     return dataclasses.replace(lesion, malignancy=None)
 
 
-class BuildTargetsd(MapTransform):
-    """Build dense targets (and the ``pos`` sampling map) from an item's ``lesions``.
-
-    Reads ``image`` (``MetaTensor (C, I, J, K)``, preprocessed) and ``lesions``
-    (:class:`~medmtl.io.types.Lesion` list) plus ``labelled`` (bools, optional); writes
-    :data:`TARGET_KEYS` and ``pos`` (``(1, I, J, K)`` 0/1: heatmap ≥ 0.5) and drops
-    ``lesions`` / ``labelled`` so the item collates.
-    """
-
-    def __init__(self, keep_lesions: bool = False) -> None:
-        super().__init__(keys=["image"])
-        self.keep_lesions = keep_lesions
-
-    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
-        from medmtl.data.targets import build_targets
-
-        d = dict(data)
-        image = d["image"]
-        lesions: list[Lesion] = list(d.get("lesions", []))
-        labelled: list[bool] = list(d.get("labelled", [True] * len(lesions)))
-        targets = build_targets(image, lesions)
-        if not all(labelled):
-            kept = [les for les, ok in zip(lesions, labelled) if ok]
-            partial = build_targets(image, kept)
-            for key in ("log_diameter", "size_mask", "malignancy", "malig_mask"):
-                targets[key] = partial[key]
-        for key in TARGET_KEYS:
-            d[key] = torch.as_tensor(targets[key], dtype=torch.float32)
-        d["pos"] = (d["heatmap"] >= POS_LEVEL).to(torch.uint8)
-        if not self.keep_lesions:
-            d.pop("lesions", None)
-        d.pop("labelled", None)
-        return d
-
-
-#: CT: HU below which a voxel is aerated lung, and above which it is a dense structure.
-LUNG_HU, DENSE_HU = -700.0, -500.0
-#: How far (voxels) a dense voxel may lie from aerated lung to count as a hard negative.
-HARD_NEIGHBOURHOOD_VOX = 3
-
-
-class HardNegativeMapd(MapTransform):
-    """Mark the hard negatives of a preprocessed CT: dense structures next to aerated lung.
-
-    Vessels seen in cross-section, vessel crossings, fissures and the pleura are what a
-    nodule detector confuses with nodules. A voxel is a hard negative when it is dense
-    (> ``DENSE_HU``), lies within ``HARD_NEIGHBOURHOOD_VOX`` voxels of aerated lung
-    (< ``LUNG_HU``) and the heatmap target there is below 0.01 (not a lesion). HU are read back
-    from the first (lung-window) channel through the spec's window and mean/std. Writes
-    ``hard`` ``(1, I, J, K)`` uint8; for MR it is all zero (no HU scale), so negatives are
-    drawn uniformly.
-
-    Args:
-        spec: the input spec the image was preprocessed with.
-    """
-
-    def __init__(self, spec: InputSpec) -> None:
-        super().__init__(keys=["image"])
-        self.spec = spec
-
-    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
-        d = dict(data)
-        image = d["image"]
-        img = image.as_tensor() if hasattr(image, "as_tensor") else torch.as_tensor(image)
-        heat = torch.as_tensor(d["heatmap"])
-        if self.spec.modality != "CT":
-            d["hard"] = torch.zeros_like(heat, dtype=torch.uint8)
-            return d
-        centre, width = self.spec.windows[0]
-        hu = (centre - width / 2.0) + (img[0].float() * self.spec.std[0] + self.spec.mean[0]) * width
-        lung = (hu < LUNG_HU).float()[None, None]
-        k = 2 * HARD_NEIGHBOURHOOD_VOX + 1
-        near_lung = torch.nn.functional.max_pool3d(lung, k, stride=1, padding=HARD_NEIGHBOURHOOD_VOX)[0, 0] > 0
-        hard = (hu > DENSE_HU) & near_lung & (heat[0] < 0.01)
-        d["hard"] = hard[None].to(torch.uint8)
-        return d
-
-
 def deterministic_transforms(spec: InputSpec, *, keep_lesions: bool = False) -> Compose:
     """Preprocessing of the spec, then target building and the hard-negative map (cacheable)."""
     from medmtl.transforms.presets import preprocess_transforms
@@ -267,145 +189,6 @@ class _ToPlaind(MapTransform):
             v = v.as_tensor() if hasattr(v, "as_tensor") else torch.as_tensor(v)
             out[key] = v.to(torch.float32).contiguous()
         return out
-
-
-def patch_starts(centres: np.ndarray, shape: Sequence[int], patch: Sequence[int]) -> np.ndarray:
-    """First voxel of patches centred on ``centres``, shifted to lie inside the volume.
-
-    Args:
-        centres: ``(N, 3)`` voxel indices (integers or fractional).
-        shape: spatial shape ``(I, J, K)`` of the volume (at least ``patch`` per axis).
-        patch: patch size ``(pi, pj, pk)``.
-
-    Returns:
-        ``(N, 3)`` integer start indices with ``0 <= start <= shape - patch``.
-    """
-    c = np.rint(np.asarray(centres, dtype=np.float64).reshape(-1, 3)).astype(int)
-    p = np.asarray(patch, dtype=int)
-    return np.clip(c - p // 2, 0, np.asarray(shape, dtype=int) - p)
-
-
-def crop_patches(
-    data: Mapping[Hashable, Any], starts: np.ndarray, size: Sequence[int], keys: Sequence[Hashable]
-) -> list[dict[Hashable, Any]]:
-    """One shallow copy of ``data`` per start voxel, with ``keys`` cropped to ``size`` (MONAI ``SpatialCrop``)."""
-    from monai.transforms import SpatialCrop
-
-    out = []
-    for start in np.asarray(starts, dtype=int):
-        crop = SpatialCrop(roi_start=start.tolist(), roi_end=(start + np.asarray(size, dtype=int)).tolist())
-        d = dict(data)
-        for key in keys:
-            d[key] = crop(d[key])
-        out.append(d)
-    return out
-
-
-class LesionCentredCropd(Randomizable, MapTransform):
-    """One patch centred on every lesion of an item, optionally shifted by a random jitter.
-
-    The lesion centres are the exact peaks of the item's ``heatmap`` target (the voxel
-    nearest to each centre is ``1``). Each patch is shifted to lie inside the volume; an item
-    without lesions gives its central patch. Returns a list of dicts, like
-    ``RandCropByPosNegLabeld``. With ``jitter > 0`` each centre moves by a uniform integer
-    offset in ``[-jitter, jitter]`` voxels per axis (drawn from the transform's seeded RNG),
-    so the network cannot learn that lesions sit in the middle of every patch.
-
-    Args:
-        keys: keys to crop (all share the spatial grid of ``heatmap``).
-        spatial_size: patch size ``[I, J, K]`` in voxels.
-        peak_key: the heatmap key whose exact peaks are the lesion centres.
-        jitter: maximum shift of a patch centre per axis, voxels (0 = exactly centred).
-    """
-
-    def __init__(
-        self, keys: Sequence[str], spatial_size: Sequence[int], peak_key: str = "heatmap", jitter: int = 0
-    ) -> None:
-        MapTransform.__init__(self, keys=list(keys))
-        self.spatial_size = [int(s) for s in spatial_size]
-        self.peak_key = peak_key
-        self.jitter = int(jitter)
-
-    def randomize(self, data: Any = None) -> None:
-        """Nothing to draw up front; offsets are drawn per call (see :meth:`__call__`)."""
-
-    def centres(self, data: Mapping[Hashable, Any]) -> np.ndarray:
-        """``(N, 3)`` voxel indices of the lesion centres (the central voxel when there is none)."""
-        heat = data[self.peak_key]
-        arr = heat.as_tensor() if hasattr(heat, "as_tensor") else torch.as_tensor(heat)
-        peaks = torch.nonzero(arr[0] >= 1.0 - 1e-6).cpu().numpy()
-        if len(peaks) == 0:
-            peaks = (np.asarray(arr.shape[-3:]) // 2)[None]
-        return peaks
-
-    def __call__(self, data: Mapping[Hashable, Any]) -> list[dict[Hashable, Any]]:  # type: ignore[override]
-        shape = tuple(int(s) for s in data[self.peak_key].shape[-3:])
-        centres = self.centres(data)
-        if self.jitter > 0:
-            centres = centres + self.R.randint(-self.jitter, self.jitter + 1, size=centres.shape)
-        return crop_patches(data, patch_starts(centres, shape, self.spatial_size), self.spatial_size,
-                            list(self.key_iterator(dict(data))))
-
-
-class LesionAnywhereCropd(Randomizable, MapTransform):
-    """Positive and negative training patches with no preferred lesion position.
-
-    Each of ``num_samples`` patches is positive with probability ``pos_fraction``. A positive
-    patch picks one lesion centre (an exact peak of ``heatmap``) uniformly, then places it at
-    a position drawn uniformly over the patch, ``margin`` voxels away from its faces (so
-    the network sees lesions everywhere a sliding window will leave them, not only at the
-    centre, which is what MONAI's ``RandCropByPosNegLabeld`` does). A negative patch is
-    centred, with probability ``hard_fraction``, on a random hard-negative voxel (``hard``
-    map of :class:`HardNegativeMapd`: vessels, pleura), else on a uniform random voxel.
-    Patches are shifted to lie inside the volume. A lesion-free scan gives negatives only.
-
-    Args:
-        keys: keys to crop (all on the grid of ``heatmap``).
-        spatial_size: patch size ``[I, J, K]`` in voxels.
-        num_samples: patches per call.
-        pos_fraction: probability that a patch is positive, in [0, 1].
-        hard_fraction: share of negatives centred on hard negatives, in [0, 1].
-        margin: minimum distance (voxels) of a positive's lesion centre from the patch faces;
-            capped at a quarter of the patch.
-    """
-
-    def __init__(
-        self, keys: Sequence[str], spatial_size: Sequence[int], *, num_samples: int, pos_fraction: float,
-        hard_fraction: float = 0.5, margin: int = 4,
-    ) -> None:
-        MapTransform.__init__(self, keys=list(keys))
-        self.spatial_size = np.asarray([int(v) for v in spatial_size], dtype=int)
-        self.num_samples = int(num_samples)
-        self.pos_fraction = float(pos_fraction)
-        self.hard_fraction = float(hard_fraction)
-        self.margin = np.minimum(int(margin), self.spatial_size // 4)
-
-    def randomize(self, data: Any = None) -> None:
-        """Nothing to draw up front; every draw happens per call (see :meth:`starts`)."""
-
-    def starts(self, data: Mapping[Hashable, Any]) -> np.ndarray:
-        """``(num_samples, 3)`` patch start voxels drawn for one item."""
-        heat = torch.as_tensor(data["heatmap"])[0]
-        shape = np.asarray(heat.shape, dtype=int)
-        peaks = torch.nonzero(heat >= 1.0 - 1e-6).cpu().numpy()
-        hard = data.get("hard")
-        hard_idx = torch.nonzero(torch.as_tensor(hard)[0]).cpu().numpy() if hard is not None else np.zeros((0, 3))
-        p = self.spatial_size
-        out = []
-        for _ in range(self.num_samples):
-            if len(peaks) and self.R.rand() < self.pos_fraction:
-                peak = peaks[self.R.randint(len(peaks))]
-                offset = np.array([self.R.randint(m, s - m) for m, s in zip(self.margin, p)])
-                start = peak - offset
-            elif len(hard_idx) and self.R.rand() < self.hard_fraction:
-                start = hard_idx[self.R.randint(len(hard_idx))] - p // 2
-            else:
-                start = np.array([self.R.randint(0, max(1, n - s + 1)) for n, s in zip(shape, p)])
-            out.append(np.clip(start, 0, np.maximum(shape - p, 0)))
-        return np.asarray(out, dtype=int)
-
-    def __call__(self, data: Mapping[Hashable, Any]) -> list[dict[Hashable, Any]]:  # type: ignore[override]
-        return crop_patches(data, self.starts(data), self.spatial_size.tolist(), list(self.key_iterator(dict(data))))
 
 
 def random_transforms(cfg: TrainConfig, spec: InputSpec) -> Compose:
@@ -607,10 +390,6 @@ def stack_patches(patches: Sequence[Mapping[str, torch.Tensor]]) -> dict[str, to
 
 
 __all__ = [
-    "BuildTargetsd",
-    "HardNegativeMapd",
-    "LesionAnywhereCropd",
-    "LesionCentredCropd",
     "PATCH_KEYS",
     "PatchDataset",
     "TARGET_KEYS",
@@ -623,7 +402,6 @@ __all__ = [
     "input_spec_from_config",
     "labelled_mask",
     "load_training_data",
-    "patch_starts",
     "preprocess_volumes",
     "random_transforms",
     "split_scan_ids",

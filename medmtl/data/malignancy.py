@@ -129,25 +129,16 @@ MRI_MALIGNANCY_MODEL = MalignancyModel(
 
 
 def auc(scores: Sequence[float], labels: Sequence[float]) -> float:
-    """Area under the ROC curve (Mann-Whitney U with mid-ranks for ties).
+    """Area under the ROC curve (:func:`medmtl.metrics.auc`), ``nan`` when only one class is present.
 
     Args:
         scores: ``(N,)`` predicted scores.
         labels: ``(N,)`` 0/1 labels.
-
-    Returns:
-        The AUC in [0, 1], or ``nan`` when only one class is present.
     """
-    from scipy.stats import rankdata
+    from medmtl.metrics import auc as _auc
 
-    s = np.asarray(scores, dtype=np.float64)
-    y = np.asarray(labels, dtype=np.float64) > 0.5
-    n_pos = int(y.sum())
-    n_neg = int(y.size - n_pos)
-    if n_pos == 0 or n_neg == 0:
-        return float("nan")
-    ranks = rankdata(s)
-    return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
+    value = _auc(scores, labels)
+    return float("nan") if value is None else value
 
 
 def _labelled_pairs(rows: Sequence[Mapping[str, object]]) -> tuple[list[float], list[float]]:

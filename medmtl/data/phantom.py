@@ -130,6 +130,60 @@ def _remove_stale(folder: Path, prefix: str, keep: set[str]) -> None:
             path.unlink()
 
 
+def _check_set_args(kind: str, site: str, n: int, seed: int, shape: Sequence[int] | None) -> tuple[int, int, int] | None:
+    """Validate :func:`write_phantom_set`'s settings; return the checked shape (or ``None``).
+
+    Raises:
+        ConfigError: a bad ``kind``, ``site``, ``n``, ``seed`` or ``shape``.
+    """
+    if kind not in KINDS:
+        raise ConfigError(f"kind must be one of {', '.join(KINDS)}, got {kind!r}; pass --kind ct or --kind mri")
+    validate_site(site)
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
+        raise ConfigError(f"n (number of scans) must be an integer >= 1, got {n!r}; e.g. --n 4")
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ConfigError(f"seed must be an integer >= 0, got {seed!r}; e.g. --seed 0")
+    return None if shape is None else validate_shape(shape)
+
+
+def _write_nifti_scan(ph: Phantom, data: np.ndarray, scan_id: str, targets: list[tuple[Path, bool]]) -> None:
+    """Write the mask (and, where ``as_nifti``, the scan) of one phantom into each target folder."""
+    from medmtl.io.writers import save_nifti
+
+    for folder, as_nifti in targets:
+        if as_nifti:
+            save_nifti(folder / f"{scan_id}.nii.gz", data, ph.affine_ras)
+        save_nifti(folder / "masks" / f"{scan_id}_lesions.nii.gz", ph.label_mask, ph.affine_ras)
+
+
+def _write_dicom_scan(
+    ph: Phantom, data: np.ndarray, series_dir: Path, *, series_uid: str, study_uid: str, overwrite: bool
+) -> None:
+    """Write one phantom as a DICOM series folder, replacing an earlier generated one if ``overwrite``."""
+    from medmtl.io.dicom_write import write_dicom_series
+
+    if overwrite and series_dir.is_dir() and all(p.suffix == ".dcm" for p in series_dir.iterdir()):
+        shutil.rmtree(series_dir)  # an earlier generated series of this scan
+    write_dicom_series(
+        series_dir, data, ph.affine_ras, modality=ph.modality, series_uid=series_uid,
+        study_uid=study_uid, extra_tags={k: str(v) for k, v in ph.acquisition.items()},
+    )
+
+
+def _write_set_files(
+    folders: list[Path], meta: dict[str, Any], rows: list[dict[str, Any]], *, prefix: str,
+    keep: set[str], overwrite: bool,
+) -> None:
+    """Write ``generation.json`` and ``annotations.csv`` into each folder (after removing stale scans)."""
+    from medmtl.io.writers import atomic_write_csv, atomic_write_json
+
+    for folder in folders:
+        if overwrite:
+            _remove_stale(folder, prefix, keep)
+        atomic_write_json(folder / "generation.json", meta)
+        atomic_write_csv(folder / "annotations.csv", rows, ANNOTATION_COLUMNS)
+
+
 def write_phantom_set(
     out: Path,
     *,
@@ -166,25 +220,18 @@ def write_phantom_set(
     """
     from tqdm import tqdm
 
-    from medmtl.io.writers import atomic_write_csv, atomic_write_json, save_nifti
+    from medmtl.data.malignancy import bayes_auc
 
-    if kind not in KINDS:
-        raise ConfigError(f"kind must be one of {', '.join(KINDS)}, got {kind!r}; pass --kind ct or --kind mri")
-    validate_site(site)
-    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
-        raise ConfigError(f"n (number of scans) must be an integer >= 1, got {n!r}; e.g. --n 4")
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise ConfigError(f"seed must be an integer >= 0, got {seed!r}; e.g. --seed 0")
-    shp = None if shape is None else validate_shape(shape)
+    shp = _check_set_args(kind, site, n, seed, shape)
     out = Path(out)
     twin = out.with_name(out.name + "_nifti") if dicom else None
-    _check_target(out, overwrite)
-    if twin is not None:
-        _check_target(twin, overwrite)
-
+    folders = [out] + ([twin] if twin is not None else [])
+    for folder in folders:
+        _check_target(folder, overwrite)
     prefix = f"{kind}_{site}"
     scan_seeds = [int(s) for s in np.random.default_rng(seed).integers(0, 2**31 - 1, size=n)]
     ids = [f"{prefix}_{i:04d}" for i in range(n)]
+    targets = [(out, not dicom)] + ([(twin, True)] if twin is not None else [])
     rows: list[dict[str, Any]] = []
     scans: list[dict[str, Any]] = []
     for i, (name, sseed) in enumerate(tqdm(list(zip(ids, scan_seeds)), desc=f"{prefix} phantoms",
@@ -194,35 +241,18 @@ def write_phantom_set(
         ph = generate_ct(sseed, site, shp, scan_id=scan_id) if kind == "ct" else generate_mri(
             sseed, shp, site=site, scan_id=scan_id)
         data = ph.volume.astype(np.int16 if kind == "ct" else np.uint16)
-        targets = [(out, not dicom)] + ([(twin, True)] if twin is not None else [])
-        for folder, as_nifti in targets:
-            if as_nifti:
-                save_nifti(folder / f"{scan_id}.nii.gz", data, ph.affine_ras)
-            save_nifti(folder / "masks" / f"{scan_id}_lesions.nii.gz", ph.label_mask, ph.affine_ras)
-        if dicom and uid is not None:
-            from medmtl.io.dicom_write import write_dicom_series
-
-            series_dir = out / name
-            if overwrite and series_dir.is_dir() and all(p.suffix == ".dcm" for p in series_dir.iterdir()):
-                shutil.rmtree(series_dir)  # an earlier generated series of this scan
-            write_dicom_series(
-                out / name, data, ph.affine_ras, modality=ph.modality, series_uid=uid,
-                study_uid=make_uid(f"medmtl-study:{kind}:{site}:{seed}:{i}"),
-                extra_tags={k: str(v) for k, v in ph.acquisition.items()},
-            )
+        _write_nifti_scan(ph, data, scan_id, targets)
+        if uid is not None:
+            _write_dicom_scan(ph, data, out / name, series_uid=uid, overwrite=overwrite,
+                              study_uid=make_uid(f"medmtl-study:{kind}:{site}:{seed}:{i}"))
         rows.extend(phantom_rows(ph))
         scans.append({"scan_id": scan_id, "name": name, "seed": sseed, "shape": list(ph.volume.shape),
                       "spacing_mm": list(ph.spacing), "n_lesions": len(ph.lesions)})
-    from medmtl.data.malignancy import bayes_auc
-
     auc = bayes_auc(rows)
     meta = {"kind": kind, "site": site, "n": n, "seed": seed, "shape": None if shp is None else list(shp),
             "dicom": dicom, "bayes_auc": None if not np.isfinite(auc) else round(auc, 6),
             "n_lesions": len(rows), "n_labelled": sum(r["malignancy"] != "" for r in rows), "scans": scans}
-    for folder in [out] + ([twin] if twin is not None else []):
-        if overwrite:
-            _remove_stale(folder, prefix, set(ids) | {s["scan_id"] for s in scans})
-        atomic_write_json(folder / "generation.json", meta)
-        atomic_write_csv(folder / "annotations.csv", rows, ANNOTATION_COLUMNS)
+    _write_set_files(folders, meta, rows, prefix=prefix, keep=set(ids) | {s["scan_id"] for s in scans},
+                     overwrite=overwrite)
     logger.info("wrote %d %s scans (%d lesions) to %s", n, prefix, len(rows), out)
     return out

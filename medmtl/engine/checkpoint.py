@@ -1,12 +1,10 @@
-"""Checkpoints: a folder with ``model.safetensors`` and ``model_card.json`` (no pickle, ever).
+"""Checkpoint files: a folder with ``model.safetensors`` and ``model_card.json`` (no pickle, ever).
 
-The model card holds everything prediction needs (DESIGN.md, "Checkpoint"): the encoder's
-config record, the network build config, the input spec, the patch size, decode settings
-(with the fitted malignancy temperature), the training config, the training data's
-reference statistics for shift checks, adaptations applied later, library versions, the
-weights' SHA-256 and the creation time. The weights file is written with a canonical
-header (sorted keys), so identical tensors give identical bytes and the same
-``weights_sha256`` in every process (see :func:`canonical_safetensors_bytes`).
+This module only handles files — canonical safetensors bytes, SHA-256, atomic folders, reading
+and writing the card's JSON. The card itself is the typed record
+:class:`medmtl.engine.card.ModelCard` (validated when read). The weights file is written with
+a canonical header (sorted keys), so identical tensors give identical bytes and the same
+SHA-256 in every process (see :func:`canonical_safetensors_bytes`).
 
 Folders are written atomically: everything goes into a hidden sibling ``.<name>.tmp-xxxx``
 first, which is then renamed into place; an existing folder is swapped out and removed only
@@ -20,8 +18,6 @@ Example:
 
 from __future__ import annotations
 
-import datetime as _dt
-import hashlib
 import json
 import os
 import platform
@@ -29,37 +25,21 @@ import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from medmtl.errors import CheckpointError
+from medmtl.io.hashing import sha256_bytes, sha256_file
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
+    from medmtl.engine.card import ModelCard
     from medmtl.models.mtl_net import MultiTaskNet
 
-FORMAT_VERSION = 1
 WEIGHTS_FILE = "model.safetensors"
 CARD_FILE = "model_card.json"
-
-#: Keys every model card must hold.
-CARD_KEYS = (
-    "format_version",
-    "medmtl_version",
-    "encoder",
-    "model",
-    "input_spec",
-    "patch_size",
-    "decode",
-    "train_config",
-    "reference_stats",
-    "adaptation",
-    "versions",
-    "weights_sha256",
-    "created",
-)
-#: Keys of ``card["decode"]``.
-DECODE_KEYS = ("threshold", "nms_radius_mm", "max_lesions", "temperature")
+#: safetensors metadata tag of the weights layout.
+WEIGHTS_FORMAT = "1"
 
 
 def library_versions() -> dict[str, str]:
@@ -77,15 +57,6 @@ def library_versions() -> dict[str, str]:
         "numpy": numpy.__version__,
         "medmtl": __version__,
     }
-
-
-def sha256_file(path: str | Path) -> str:
-    """Hex SHA-256 of a file's bytes."""
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def canonical_safetensors_bytes(tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> bytes:
@@ -114,11 +85,6 @@ def canonical_safetensors_bytes(tensors: dict[str, torch.Tensor], metadata: dict
     text = json.dumps(header, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode("utf-8")
     text += b" " * (-len(text) % 8)
     return struct.pack("<Q", len(text)) + text + raw[8 + n :]
-
-
-def sha256_bytes(data: bytes) -> str:
-    """Hex SHA-256 of bytes."""
-    return hashlib.sha256(data).hexdigest()
 
 
 def state_dict_for_saving(module: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -164,35 +130,10 @@ def atomic_folder(folder: str | Path, fill: Callable[[Path], None]) -> Path:
     return target
 
 
-def _complete_card(model: MultiTaskNet, card: dict[str, Any]) -> dict[str, Any]:
-    from medmtl import __version__
-    from medmtl.models.mtl_net import model_config
-
-    out = dict(card)
-    out["format_version"] = FORMAT_VERSION
-    out["medmtl_version"] = __version__
-    if "model" not in out:
-        out["model"] = model_config(model)
-    if "encoder" not in out:
-        out["encoder"] = model.encoder.config.to_dict()  # type: ignore[union-attr,operator]
-    out.setdefault("train_config", None)
-    out.setdefault("reference_stats", None)
-    out.setdefault("adaptation", [])
-    out["versions"] = library_versions()
-    out["created"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-    missing = [k for k in ("input_spec", "patch_size", "decode") if k not in out]
-    if missing:
-        raise CheckpointError(f"model card is missing key(s) {missing}; the trainer must supply them")
-    dec_missing = [k for k in DECODE_KEYS if k not in out["decode"]]
-    if dec_missing:
-        raise CheckpointError(f"model card 'decode' is missing key(s) {dec_missing}; allowed keys: {list(DECODE_KEYS)}")
-    return out
-
-
 def save_checkpoint(
     folder: str | Path,
     model: MultiTaskNet,
-    card: dict[str, Any],
+    card: ModelCard,
     *,
     extra: Callable[[Path], None] | None = None,
 ) -> Path:
@@ -201,44 +142,53 @@ def save_checkpoint(
     Args:
         folder: checkpoint folder (replaced atomically if it exists).
         model: the multi-task network; its full state dict (incl. BatchNorm buffers) is saved.
-        card: model card; must hold ``input_spec``, ``patch_size`` and ``decode``
-            (``threshold``, ``nms_radius_mm``, ``max_lesions``, ``temperature``). ``model``
-            and ``encoder`` default to the network's own config records; versions, SHA-256,
-            format version and creation time are filled in here.
+        card: the model card; its provenance (versions, the weights' SHA-256, time) is set here.
         extra: optional callback writing more files into the (temporary) folder, e.g. the
             training state for resume; they appear atomically with the model.
 
     Returns:
         The checkpoint folder.
-
-    Raises:
-        CheckpointError: the card lacks a required key.
     """
-    from medmtl.io.writers import _jsonable
+    from medmtl.engine.card import new_provenance
 
-    full = _complete_card(model, card)
     blob = canonical_safetensors_bytes(
-        state_dict_for_saving(model), metadata={"format": "pt", "medmtl_format": str(FORMAT_VERSION)}
+        state_dict_for_saving(model), metadata={"format": "pt", "medmtl_format": WEIGHTS_FORMAT}
     )
-    full["weights_sha256"] = sha256_bytes(blob)  # a pure function of the tensors (same file bytes)
+    full = card.replace(provenance=new_provenance(sha256_bytes(blob)))  # hash = f(tensors) (same bytes)
 
     def fill(tmp: Path) -> None:
         (tmp / WEIGHTS_FILE).write_bytes(blob)
-        text = json.dumps(_jsonable(full), indent=2, allow_nan=False, sort_keys=False) + "\n"
-        (tmp / CARD_FILE).write_text(text, encoding="utf-8")
+        write_card_file(tmp, full)
         if extra is not None:
             extra(tmp)
 
     return atomic_folder(folder, fill)
 
 
-def read_card(folder: str | Path) -> dict[str, Any]:
-    """Read and check ``model_card.json`` of a checkpoint folder (weights not loaded).
+def write_card_file(folder: str | Path, card: ModelCard) -> Path:
+    """Write ``card`` as ``folder/model_card.json`` (atomically; the weights are not touched).
 
     Raises:
-        CheckpointError: the folder, the card file or a required key is missing, or the JSON
-            is invalid.
+        CheckpointError: the card has no provenance (it was never saved with weights).
     """
+    from medmtl.io.writers import _jsonable, atomic_write_text
+
+    if card.provenance is None:
+        raise CheckpointError("a model card without provenance (weights SHA-256) cannot be written alone; "
+                              "use save_checkpoint(folder, model, card)")
+    text = json.dumps(_jsonable(card.to_dict()), indent=2, allow_nan=False, sort_keys=False) + "\n"
+    return atomic_write_text(Path(folder) / CARD_FILE, text)
+
+
+def read_card(folder: str | Path) -> ModelCard:
+    """Read and validate ``model_card.json`` of a checkpoint folder (weights not loaded).
+
+    Raises:
+        CheckpointError: the folder or the card file is missing, the JSON is invalid, or a
+            card value is unknown, of the wrong type or out of range (one line naming the key).
+    """
+    from medmtl.engine.card import ModelCard
+
     folder = Path(folder)
     if not folder.is_dir():
         raise CheckpointError(f"checkpoint folder '{folder}' does not exist; pass a folder written by `medmtl train`")
@@ -246,26 +196,33 @@ def read_card(folder: str | Path) -> dict[str, Any]:
     if not card_path.is_file():
         raise CheckpointError(f"checkpoint '{folder}' has no {CARD_FILE}; it is incomplete, re-save or re-train it")
     try:
-        card = json.loads(card_path.read_text(encoding="utf-8"))
+        data = json.loads(card_path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise CheckpointError(f"{card_path} is not valid JSON ({exc.__class__.__name__}); the file is corrupt") from exc
-    if not isinstance(card, dict):
-        raise CheckpointError(f"{card_path} must hold a JSON object; the file is corrupt")
-    missing = [k for k in CARD_KEYS if k not in card]
-    if missing:
-        raise CheckpointError(f"{card_path} is missing key '{missing[0]}' (required: {', '.join(CARD_KEYS)})")
-    if not isinstance(card["decode"], dict) or any(k not in card["decode"] for k in DECODE_KEYS):
-        raise CheckpointError(f"{card_path} key 'decode' must hold {', '.join(DECODE_KEYS)}")
-    if card["format_version"] != FORMAT_VERSION:
+    return ModelCard.from_dict(data, where=str(card_path))
+
+
+def check_weights(folder: str | Path, card: ModelCard) -> Path:
+    """The weights file of ``folder``, after checking its SHA-256 against the card.
+
+    Raises:
+        CheckpointError: the file is missing or its hash differs.
+    """
+    weights = Path(folder) / WEIGHTS_FILE
+    if not weights.is_file():
+        raise CheckpointError(f"checkpoint '{folder}' has no {WEIGHTS_FILE}; it is incomplete, re-save or re-train it")
+    digest = sha256_file(weights)
+    if digest != card.weights_sha256:
         raise CheckpointError(
-            f"{card_path} has format_version {card['format_version']!r}; this medmtl reads {FORMAT_VERSION}"
+            f"{weights} SHA-256 {digest[:12]}… does not match the card's {card.weights_sha256[:12]}…;"
+            " the weights are corrupt or were replaced"
         )
-    return card
+    return weights
 
 
 def load_checkpoint(
     folder: str | Path, *, device: str | torch.device = "cpu"
-) -> tuple[MultiTaskNet, dict[str, Any]]:
+) -> tuple[MultiTaskNet, ModelCard]:
     """Rebuild the network from its card and load the weights strictly (no pickle).
 
     Args:
@@ -276,30 +233,25 @@ def load_checkpoint(
         ``(model, card)``; the model is in ``eval()`` mode.
 
     Raises:
-        CheckpointError: a file or card key is missing, the weights' SHA-256 does not match
-            the card, or the tensors do not fit the network.
+        CheckpointError: a file is missing, a card value is invalid, the weights' SHA-256 does
+            not match the card, the card's patch size does not fit the network's strides, or
+            the tensors do not fit the network.
     """
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
     from medmtl.errors import MedmtlError
     from medmtl.models.mtl_net import build_model
+    from medmtl.models.spec import check_patch_divisible
 
     folder = Path(folder)
     card = read_card(folder)
-    weights = folder / WEIGHTS_FILE
-    if not weights.is_file():
-        raise CheckpointError(f"checkpoint '{folder}' has no {WEIGHTS_FILE}; it is incomplete, re-save or re-train it")
-    digest = sha256_file(weights)
-    if digest != card["weights_sha256"]:
-        raise CheckpointError(
-            f"{weights} SHA-256 {digest[:12]}… does not match the card's {str(card['weights_sha256'])[:12]}…;"
-            " the weights are corrupt or were replaced"
-        )
+    weights = check_weights(folder, card)
     try:
-        model = build_model(card["model"], pretrained=False)
+        model = build_model(card.model, pretrained=False)
+        check_patch_divisible(card.patch_size, model.divisor, f"{folder / CARD_FILE} key 'patch_size'")
     except MedmtlError as exc:
-        raise CheckpointError(f"cannot rebuild the network from {folder / CARD_FILE} key 'model': {exc}") from exc
+        raise CheckpointError(f"cannot rebuild the network from {folder / CARD_FILE}: {exc}") from exc
     try:
         state = load_file(str(weights), device="cpu")
     except (SafetensorError, OSError) as exc:
@@ -321,17 +273,14 @@ def load_checkpoint(
 
 __all__ = [
     "CARD_FILE",
-    "CARD_KEYS",
-    "DECODE_KEYS",
-    "FORMAT_VERSION",
     "WEIGHTS_FILE",
     "atomic_folder",
     "canonical_safetensors_bytes",
+    "check_weights",
     "library_versions",
     "load_checkpoint",
     "read_card",
     "save_checkpoint",
-    "sha256_bytes",
-    "sha256_file",
     "state_dict_for_saving",
+    "write_card_file",
 ]

@@ -17,8 +17,10 @@ Steps (CenterNet-style decoding, Zhou et al., "Objects as Points", 2019, in 3D):
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -29,9 +31,57 @@ from numpy.typing import NDArray
 from medmtl.errors import ConfigError
 from medmtl.io import coords
 from medmtl.io.types import Detection
+from medmtl.records import check_keys, number_in
 
 #: Peaks examined before NMS, per requested lesion (bounds the work on noisy maps).
 _CANDIDATES_PER_LESION = 20
+
+
+@dataclass(frozen=True)
+class DecodeSettings:
+    """How maps become lesions: the one record shared by validation, the card and the predictor.
+
+    Attributes:
+        threshold: minimum detection probability of a peak, in (0, 1).
+        nms_radius_mm: peaks closer than this (mm) to a stronger one are suppressed (> 0).
+        max_lesions: at most this many lesions per scan (>= 1).
+        temperature: malignancy temperature ``T`` (> 0), fitted on the validation lesions.
+    """
+
+    threshold: float
+    nms_radius_mm: float = 8.0
+    max_lesions: int = 20
+    temperature: float = 1.0
+
+    def __post_init__(self) -> None:
+        w = "decode"
+        number_in(self.threshold, f"{w}.threshold", low=0.0, high=1.0, low_open=True, high_open=True,
+                  error=ConfigError)
+        number_in(self.nms_radius_mm, f"{w}.nms_radius_mm", low=0.0, high=1000.0, low_open=True, error=ConfigError)
+        number_in(self.max_lesions, f"{w}.max_lesions", low=1, high=100000, integer=True, error=ConfigError)
+        number_in(self.temperature, f"{w}.temperature", low=0.0, high=1000.0, low_open=True, error=ConfigError)
+        object.__setattr__(self, "threshold", float(self.threshold))
+        object.__setattr__(self, "nms_radius_mm", float(self.nms_radius_mm))
+        object.__setattr__(self, "temperature", float(self.temperature))
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-safe dict."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> DecodeSettings:
+        """Inverse of :meth:`to_dict` (every key required; unknown keys fail).
+
+        Raises:
+            ConfigError: unknown or missing key, wrong type, out of range.
+        """
+        names = [f.name for f in dataclasses.fields(cls)]
+        check_keys(data, names, "decode", required=names, error=ConfigError)
+        return cls(**dict(data))
+
+    def replace(self, **changes: Any) -> DecodeSettings:
+        """A copy with some values changed (validated again)."""
+        return dataclasses.replace(self, **changes)
 
 
 def _volume(t: Any, name: str) -> torch.Tensor:
@@ -133,10 +183,7 @@ def decode_lesions(
     affine_ras: Any,
     *,
     seriesuid: str,
-    threshold: float = 0.3,
-    nms_radius_mm: float = 8.0,
-    max_lesions: int = 20,
-    temperature: float = 1.0,
+    settings: DecodeSettings,
     subvoxel: bool = True,
 ) -> list[Detection]:
     """Decode the multi-task maps of one scan into detections.
@@ -146,10 +193,8 @@ def decode_lesions(
             (logits), each ``(1, 1, I, J, K)`` (or ``(I, J, K)``) on the preprocessed grid.
         affine_ras: 4×4 voxel→RAS affine of the preprocessed volume.
         seriesuid: scan id written into each detection.
-        threshold: minimum detection probability (sigmoid of the heatmap) of a peak.
-        nms_radius_mm: peaks closer than this (mm) to a stronger one are suppressed.
-        max_lesions: at most this many detections (highest probabilities).
-        temperature: malignancy temperature ``T`` (> 0), from the model card.
+        settings: threshold (of the heatmap's sigmoid), NMS radius (mm), lesion cap and
+            malignancy temperature (validated by the record).
         subvoxel: refine peak positions below the voxel size.
 
     Returns:
@@ -157,14 +202,9 @@ def decode_lesions(
         sorted by decreasing probability.
 
     Raises:
-        ConfigError: a decode setting is out of range.
+        ValueError: a map is missing or the maps' shapes differ.
     """
-    if not 0.0 <= threshold <= 1.0:
-        raise ConfigError(f"decode threshold must be in [0, 1], got {threshold}; set decode.threshold")
-    if temperature <= 0 or not math.isfinite(temperature):
-        raise ConfigError(f"decode temperature must be > 0, got {temperature}; refit the temperature")
-    if max_lesions < 1:
-        raise ConfigError(f"decode max_lesions must be >= 1, got {max_lesions}")
+    threshold, max_lesions, temperature = settings.threshold, settings.max_lesions, settings.temperature
     for key in ("heatmap", "log_diameter", "malignancy"):
         if key not in maps:
             raise ValueError(f"maps lacks '{key}'; has {sorted(maps)}")
@@ -184,7 +224,7 @@ def decode_lesions(
     ijk = refine_subvoxel(prob, peaks) if subvoxel else peaks.numpy().astype(np.float64)
     ras = coords.voxel_to_ras(ijk, affine)
     scores = prob[peaks[:, 0], peaks[:, 1], peaks[:, 2]].numpy().astype(np.float64)
-    kept = nms_world(ras, scores, nms_radius_mm)[:max_lesions]
+    kept = nms_world(ras, scores, settings.nms_radius_mm)[:max_lesions]
     lps = coords.voxel_to_lps(ijk[kept], affine)
     out: list[Detection] = []
     pk = peaks.numpy()

@@ -14,6 +14,7 @@ over folders.
 
 from __future__ import annotations
 
+import copy
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -24,9 +25,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from medmtl.errors import CheckpointError, ConfigError, MedmtlError
+from medmtl.errors import ConfigError, MedmtlError
 
 if TYPE_CHECKING:  # pragma: no cover
+    from medmtl.engine.card import ModelCard
     from medmtl.io.types import Detection, Scan
 
 log = logging.getLogger(__name__)
@@ -80,7 +82,8 @@ def resolve_amp(amp: str, device: torch.device) -> str:
     return "off"
 
 
-def _autocast_dtype(amp: str) -> torch.dtype | None:
+def autocast_dtype(amp: str) -> torch.dtype | None:
+    """The autocast dtype of a resolved AMP mode (``bf16``, ``fp16``; ``None`` for ``off``)."""
     return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp)
 
 
@@ -154,6 +157,65 @@ def _stitch_plans(device_type: str, stitch_device: str, sw_batch_size: int) -> l
     return plans
 
 
+def _check_window_args(
+    image: torch.Tensor, *, overlap: float, sw_batch_size: int, amp: str, stitch_device: str
+) -> None:
+    """Validate the :func:`sliding_window_maps` settings.
+
+    Raises:
+        ValueError: ``image`` is not ``(1, C, I, J, K)``.
+        ConfigError: a setting is out of range.
+    """
+    if image.ndim != 5 or image.shape[0] != 1:
+        raise ValueError(f"image must be (1, C, I, J, K), got {tuple(image.shape)}")
+    if not 0.0 <= overlap < 1.0:
+        raise ConfigError(f"--overlap must be in [0, 1), got {overlap}")
+    if sw_batch_size < 1:
+        raise ConfigError(f"--sw-batch-size must be >= 1, got {sw_batch_size}")
+    if amp not in ("bf16", "fp16", "off"):
+        raise ConfigError(f"amp '{amp}' is not allowed here; use bf16, fp16 or off")
+    if stitch_device not in ("auto", "device", "cpu"):
+        raise ConfigError(f"stitch_device '{stitch_device}' is not allowed; use auto, device or cpu")
+
+
+def _tta_maps(
+    predictor: Callable[[torch.Tensor], dict[str, torch.Tensor]],
+    image: torch.Tensor,
+    *,
+    tta: bool,
+    roi_size: Sequence[int],
+    sw_batch_size: int,
+    overlap: float,
+    device: torch.device,
+    stitch: str,
+) -> dict[str, torch.Tensor]:
+    """Padded-grid maps of one stitching plan, averaged over :data:`TTA_FLIPS` when ``tta``.
+
+    Heatmap probabilities are averaged and returned as logits; the other maps are averaged
+    as they are. Without ``tta`` the maps of the single unflipped pass are returned.
+    """
+    flips = TTA_FLIPS if tta else ((),)
+    acc: dict[str, torch.Tensor] = {}
+    with torch.inference_mode():
+        for axes in flips:
+            x = torch.flip(image, axes) if axes else image
+            maps = _run_inferer(predictor, x, roi_size=roi_size, sw_batch_size=sw_batch_size, overlap=overlap,
+                                device=device, stitch=stitch)
+            for k in MAP_KEYS:
+                v = maps[k].float()
+                v = torch.flip(v, axes) if axes else v
+                if tta and k == "heatmap":
+                    v = torch.sigmoid(v)  # average probabilities, not logits
+                acc[k] = v if k not in acc else acc[k] + v
+    result: dict[str, torch.Tensor] = {}
+    for k in MAP_KEYS:
+        mean = acc[k] / len(flips) if tta else acc[k]
+        if tta and k == "heatmap":
+            mean = torch.logit(mean.clamp(1e-7, 1.0 - 1e-7))
+        result[k] = mean
+    return result
+
+
 def sliding_window_maps(
     model: torch.nn.Module,
     image: torch.Tensor,
@@ -191,20 +253,11 @@ def sliding_window_maps(
         ConfigError: a setting is out of range.
         MedmtlError: even the most frugal fallback ran out of memory.
     """
-    if image.ndim != 5 or image.shape[0] != 1:
-        raise ValueError(f"image must be (1, C, I, J, K), got {tuple(image.shape)}")
-    if not 0.0 <= overlap < 1.0:
-        raise ConfigError(f"--overlap must be in [0, 1), got {overlap}")
-    if sw_batch_size < 1:
-        raise ConfigError(f"--sw-batch-size must be >= 1, got {sw_batch_size}")
-    if amp not in ("bf16", "fp16", "off"):
-        raise ConfigError(f"amp '{amp}' is not allowed here; use bf16, fp16 or off")
-    if stitch_device not in ("auto", "device", "cpu"):
-        raise ConfigError(f"stitch_device '{stitch_device}' is not allowed; use auto, device or cpu")
+    _check_window_args(image, overlap=overlap, sw_batch_size=sw_batch_size, amp=amp, stitch_device=stitch_device)
     dev = torch.device(device)
     roi = [int(r) for r in roi_size]
     padded, crop = _pad_to_roi(image.detach().as_subclass(torch.Tensor).float(), roi)
-    cast = _autocast_dtype(amp)
+    cast = autocast_dtype(amp)
 
     def predictor(x: torch.Tensor) -> dict[str, torch.Tensor]:
         with torch.autocast(device_type=dev.type, dtype=cast or torch.float32, enabled=cast is not None):
@@ -212,29 +265,12 @@ def sliding_window_maps(
         return {k: out[k].float() for k in MAP_KEYS}
 
     plans = _stitch_plans(dev.type, stitch_device, sw_batch_size)
-    flips = TTA_FLIPS if tta else ((),)
     x_dev = padded.to(dev)
     for n, (stitch, bs) in enumerate(plans):
         try:
-            acc: dict[str, torch.Tensor] = {}
-            with torch.inference_mode():
-                for axes in flips:
-                    x = torch.flip(x_dev, axes) if axes else x_dev
-                    maps = _run_inferer(predictor, x, roi_size=roi, sw_batch_size=bs, overlap=overlap,
-                                        device=dev, stitch=stitch)
-                    for k in MAP_KEYS:
-                        v = maps[k].float()
-                        v = torch.flip(v, axes) if axes else v
-                        if tta and k == "heatmap":
-                            v = torch.sigmoid(v)  # average probabilities, not logits
-                        acc[k] = v if k not in acc else acc[k] + v
-            result: dict[str, torch.Tensor] = {}
-            for k in MAP_KEYS:
-                mean = acc[k] / len(flips) if tta else acc[k]
-                if tta and k == "heatmap":
-                    mean = torch.logit(mean.clamp(1e-7, 1.0 - 1e-7))
-                result[k] = mean[tuple(crop)].to("cpu", torch.float32).contiguous()
-            return result
+            maps = _tta_maps(predictor, x_dev, tta=tta, roi_size=roi, sw_batch_size=bs, overlap=overlap,
+                             device=dev, stitch=stitch)
+            return {k: v[tuple(crop)].to("cpu", torch.float32).contiguous() for k, v in maps.items()}
         except _OOM_ERRORS:
             if n == len(plans) - 1:
                 raise MedmtlError(
@@ -297,7 +333,7 @@ class Predictor:
 
     Args:
         model: the multi-task net (moved to ``device`` and put in ``eval()`` mode here).
-        card: its model card (``input_spec``, ``patch_size``, ``decode``, ``weights_sha256``).
+        card: its :class:`~medmtl.engine.card.ModelCard` (input spec, harmonisation, patch size, decode).
         device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
         amp: ``auto``, ``bf16``, ``fp16`` or ``off``.
         overlap: sliding-window overlap in [0, 1).
@@ -314,7 +350,7 @@ class Predictor:
     def __init__(
         self,
         model: torch.nn.Module,
-        card: Mapping[str, Any],
+        card: ModelCard,
         *,
         device: str = "auto",
         amp: str = "auto",
@@ -323,7 +359,8 @@ class Predictor:
         tta: bool = False,
         decode_overrides: Mapping[str, Any] | None = None,
     ) -> None:
-        from medmtl.transforms.presets import InputSpec, preprocess_transforms
+        from medmtl.models.spec import check_patch_divisible
+        from medmtl.transforms.presets import preprocess_transforms
 
         self.device = resolve_device(device)
         self.amp = resolve_amp(amp, self.device)
@@ -334,19 +371,15 @@ class Predictor:
         self.overlap = float(overlap)
         self.sw_batch_size = int(sw_batch_size)
         self.tta = bool(tta)
-        self.card = dict(card)
-        self.spec = InputSpec.from_dict(card["input_spec"])
-        self.roi_size = tuple(int(v) for v in card["patch_size"])
-        self.decode = {k: card["decode"][k] for k in ("threshold", "nms_radius_mm", "max_lesions", "temperature")}
-        self.decode.update(dict(decode_overrides or {}))
+        self.card = card
+        self.spec = card.input_spec
+        self.roi_size = card.patch_size
+        self.decode = card.decode.replace(**dict(decode_overrides or {}))
         divisor = tuple(int(d) for d in getattr(model, "divisor", (1, 1, 1)))
-        if any(r % d for r, d in zip(self.roi_size, divisor)):
-            raise CheckpointError(
-                f"model card patch_size {list(self.roi_size)} is not a multiple of the network's stride"
-                f" {list(divisor)}; re-save the checkpoint with a patch size that is"
-            )
+        check_patch_divisible(self.roi_size, divisor, "model card patch_size")
         self.model = model.to(self.device).eval()
-        self._transforms = preprocess_transforms(self.spec)
+        # the card's intensity harmonisation (``medmtl adapt --method histmatch|n4``) comes first
+        self._transforms = preprocess_transforms(self.spec, card.harmonisation)
 
     @classmethod
     def from_checkpoint(cls, folder: Any, **kwargs: Any) -> Predictor:
@@ -359,7 +392,15 @@ class Predictor:
     @property
     def weights_sha256(self) -> str:
         """SHA-256 of the checkpoint's weights (provenance, resume checks)."""
-        return str(self.card.get("weights_sha256", ""))
+        return self.card.weights_sha256
+
+    def with_model(self, model: torch.nn.Module, card: ModelCard | None = None) -> Predictor:
+        """A predictor with the same settings around another network (e.g. BN-adapted by the drift gate)."""
+        out = copy.copy(self)
+        out.model = model.to(self.device).eval()
+        if card is not None:
+            out.card = card
+        return out
 
     def preprocess(self, scan: Scan) -> PreparedScan:
         """Harmonise (per the card) and preprocess a scan (orientation, spacing, windows, normalisation).
@@ -369,17 +410,13 @@ class Predictor:
         Raises:
             MedmtlError: the scan's modality does not match the model's input spec.
         """
-        spec_modality = str(getattr(self.spec, "modality", scan.modality)).upper()
-        if scan.modality.upper() != spec_modality:
+        if scan.modality.upper() != self.spec.modality:
             raise MedmtlError(
-                f"scan '{scan.scan_id}' is {scan.modality} but the checkpoint expects {spec_modality};"
+                f"scan '{scan.scan_id}' is {scan.modality} but the checkpoint expects {self.spec.modality};"
                 " use a checkpoint trained on that modality"
             )
-        from medmtl.shift.harmonise import apply_harmonisation
-
         t0 = time.perf_counter()
-        # the card's intensity harmonisation (``medmtl adapt --method histmatch|n4``) comes first
-        out = self._transforms({"image": apply_harmonisation(scan, self.card).image})["image"]
+        out = self._transforms({"image": scan.image})["image"]
         affine = np.asarray(out.affine.detach().cpu().numpy() if hasattr(out, "affine") else scan.image.affine,
                             dtype=np.float64)
         image = out.detach().as_subclass(torch.Tensor).float().contiguous()
@@ -412,15 +449,7 @@ class Predictor:
         from medmtl.engine.decode import decode_lesions
 
         t1 = time.perf_counter()
-        detections = decode_lesions(
-            maps,
-            prepared.affine_ras,
-            seriesuid=prepared.scan.scan_id,
-            threshold=float(self.decode["threshold"]),
-            nms_radius_mm=float(self.decode["nms_radius_mm"]),
-            max_lesions=int(self.decode["max_lesions"]),
-            temperature=float(self.decode["temperature"]),
-        )
+        detections = decode_lesions(maps, prepared.affine_ras, seriesuid=prepared.scan.scan_id, settings=self.decode)
         timings = dict(prepared.timings)
         timings.update({"infer": infer_s, "decode": time.perf_counter() - t1})
         return ScanPrediction(prepared.scan.scan_id, detections, maps, prepared.affine_ras, prepared, timings)

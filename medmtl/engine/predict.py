@@ -14,7 +14,7 @@ import logging
 import os
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -28,8 +28,6 @@ log = logging.getLogger(__name__)
 
 ADAPT_CHOICES = ("off", "auto")
 STAGES = ("read", "preprocess", "infer", "decode", "write")
-#: Scans given to the shift gate for ``adapt="auto"`` (a sample of the batch).
-ADAPT_SAMPLE = 16
 
 
 def shard_refs(refs: Sequence[ScanRef], shard: tuple[int, int] | None) -> list[ScanRef]:
@@ -80,25 +78,19 @@ def _discovery_failures(skipped: Sequence[Skipped]) -> list[dict[str, Any]]:
             for s in skipped if getattr(s, "failed", False)]
 
 
-def _maybe_adapt(predictor: Predictor, refs: Sequence[ScanRef], adapt: str) -> dict[str, Any] | None:
-    """Run the shift gate on a sample of the batch and adapt BN statistics if it flags a shift."""
+#: The drift gate of ``adapt="auto"``: given the predictor and the scans still to predict, it
+#: returns the predictor to use (e.g. with BN statistics adapted) and what it did. Supplied by
+#: :func:`medmtl.api.predict_folder` (``medmtl.shift.gate``), so the engine never imports ``shift``.
+Gate = Callable[[Predictor, Sequence[ScanRef]], tuple[Predictor, dict[str, Any]]]
+
+
+def _check_options(adapt: str, prefetch: int | None, gate: Gate | None) -> None:
     if adapt not in ADAPT_CHOICES:
         raise ConfigError(f"--adapt '{adapt}' is not allowed; use one of {', '.join(ADAPT_CHOICES)}")
-    if adapt == "off":
-        return None
-    try:
-        from medmtl.shift.gate import maybe_adapt
-    except ImportError:
-        raise MedmtlError(
-            "--adapt auto is not available: the shift gate (medmtl.shift.gate) is missing from this build;"
-            " use --adapt off, or run `medmtl adapt` first"
-        ) from None
-    from medmtl.io.read import read_scan
-
-    sample = [read_scan(r) for r in refs[:ADAPT_SAMPLE]]
-    model, info = maybe_adapt(predictor.model, predictor.card, sample)
-    predictor.model = model.to(predictor.device).eval()
-    return dict(info) if isinstance(info, dict) else {"info": info}
+    if adapt == "auto" and gate is None:
+        raise ConfigError("--adapt auto needs the drift gate: call medmtl.api.predict_folder (or pass gate=...)")
+    if prefetch is not None and prefetch < 1:
+        raise ConfigError(f"--prefetch must be at least 1 (scans read ahead), got {prefetch}")
 
 
 def default_prefetch(device: str) -> int:
@@ -121,6 +113,7 @@ def predict_folder(
     save_maps: bool = False,
     preview: bool = False,
     adapt: str = "off",
+    gate: Gate | None = None,
     progress: bool = True,
     scan_ids: Sequence[str] | None = None,
     shard: tuple[int, int] | None = None,
@@ -139,7 +132,8 @@ def predict_folder(
         tta: flip test-time augmentation.
         save_maps: write the maps as NIfTI in each input's geometry.
         preview: write PNG previews through each lesion.
-        adapt: ``off`` or ``auto``.
+        adapt: ``off`` or ``auto`` (run ``gate`` on the scans to predict first).
+        gate: the drift gate of ``adapt="auto"`` (:data:`Gate`).
         progress: tqdm progress bar (scans/s).
         scan_ids: predict only these scans of the folder.
         shard: ``(rank, world_size)``: predict only this rank's round-robin share and do not
@@ -159,16 +153,8 @@ def predict_folder(
         MedmtlError: the checkpoint, the folder or an option is invalid (per-scan problems
             are recorded instead).
     """
-    from tqdm import tqdm
-
-    from medmtl import __version__
-    from medmtl.io.read import read_scan
-
     t_start = time.perf_counter()
-    if adapt not in ADAPT_CHOICES:
-        raise ConfigError(f"--adapt '{adapt}' is not allowed; use one of {', '.join(ADAPT_CHOICES)}")
-    if prefetch is not None and prefetch < 1:
-        raise ConfigError(f"--prefetch must be at least 1 (scans read ahead), got {prefetch}")
+    _check_options(adapt, prefetch, gate)
     all_refs, skipped = discover(Path(input_dir), scan_ids)
     refs = shard_refs(all_refs, shard)
     predictor = Predictor.from_checkpoint(
@@ -176,111 +162,140 @@ def predict_folder(
     )
     out_dir = Path(out_dir)
     (out_dir / "scans").mkdir(parents=True, exist_ok=True)
-    sha = predictor.weights_sha256
     resume = pio.resume_key(predictor.card, adapt)  # adapted BN / harmonisation change results too
-    pending = [r for r in refs if not pio.is_complete(out_dir, r.scan_id, sha, need_maps=save_maps,
-                                                       need_previews=preview, resume=resume)]
-    n_skipped = len(refs) - len(pending)
-    shift_info = _maybe_adapt(predictor, pending, adapt) if pending else None
-    provenance = {
+    pending = [r for r in refs if not pio.is_complete(out_dir, r.scan_id, predictor.weights_sha256,
+                                                       need_maps=save_maps, need_previews=preview, resume=resume)]
+    shift_info = None
+    if pending and adapt == "auto" and gate is not None:
+        predictor, shift_info = gate(predictor, pending)
+    provenance = _provenance(predictor, checkpoint, resume, shift_info, shard)
+    batch = _Batch(out_dir, predictor, provenance, save_maps=save_maps, preview=preview)
+    batch.run(pending, prefetch if prefetch is not None else default_prefetch(str(predictor.device)), progress)
+    return _summary(batch, refs, skipped, shard, n_skipped=len(refs) - len(pending), t_start=t_start)
+
+
+def _summary(batch: _Batch, refs: Sequence[ScanRef], skipped: Sequence[Skipped], shard: tuple[int, int] | None,
+             *, n_skipped: int, t_start: float) -> dict[str, Any]:
+    """Merge the records into the final tables (unless sharded) and summarise the call."""
+    failures = list(batch.failures)
+    if shard is not None and shard[0] == 0:
+        failures.extend(_discovery_failures(skipped))
+    outputs: dict[str, Any] = {"scans_dir": str(batch.out_dir / "scans")}
+    if shard is None:
+        merged = pio.merge_outputs(batch.out_dir, [r.scan_id for r in refs],
+                                   extra_failures=_discovery_failures(skipped), run_info=batch.provenance)
+        outputs.update(merged["outputs"])
+        failures = merged["failures"]
+    wall = time.perf_counter() - t_start
+    n_done = batch.n_done
+    return {
+        "n_scans": len(refs), "n_done": n_done, "n_skipped": n_skipped, "n_failed": len(failures),
+        "failures": failures, "outputs": outputs,
+        "timings": {**batch.totals, "wall_s": wall, "scans_per_s": n_done / wall if wall > 0 and n_done else 0.0},
+        "device": str(batch.predictor.device), "amp": batch.predictor.amp,
+    }
+
+
+def _provenance(predictor: Predictor, checkpoint: Path, resume: str, shift_info: dict[str, Any] | None,
+                shard: tuple[int, int] | None) -> dict[str, Any]:
+    """The call record written into every scan record and ``predictions.json``."""
+    from medmtl import __version__
+
+    return {
         "medmtl_version": __version__,
         "checkpoint": str(checkpoint),
-        "weights_sha256": sha,
+        "weights_sha256": predictor.weights_sha256,
         "resume_key": resume,
         "device": str(predictor.device),
         "amp": predictor.amp,
         "tta": predictor.tta,
         "overlap": predictor.overlap,
         "sw_batch_size": predictor.sw_batch_size,
-        "decode": dict(predictor.decode),
-        "adaptation_in_card": predictor.card.get("adaptation", []),
+        "decode": predictor.decode.to_dict(),
+        "adaptation_in_card": [a.to_dict() for a in predictor.card.adaptation],
         "shift": shift_info,
         "shard": list(shard) if shard is not None else None,
     }
-    totals = dict.fromkeys(STAGES, 0.0)
-    failures: list[dict[str, Any]] = []
 
-    def load(ref: ScanRef) -> PreparedScan:
+
+class _Batch:
+    """The scans of one call, through a pipeline: ``workers`` threads read + preprocess ahead,
+    the calling thread runs the network, one thread decodes and writes. A failing scan is
+    recorded at whichever stage it fails and the batch goes on."""
+
+    def __init__(self, out_dir: Path, predictor: Predictor, provenance: dict[str, Any], *, save_maps: bool,
+                 preview: bool) -> None:
+        self.out_dir, self.predictor, self.provenance = out_dir, predictor, provenance
+        self.save_maps, self.preview = save_maps, preview
+        self.totals = dict.fromkeys(STAGES, 0.0)
+        self.failures: list[dict[str, Any]] = []
+        self.n_done = 0
+        self._posts: deque[tuple[ScanRef, Future[dict[str, float]]]] = deque()
+
+    def load(self, ref: ScanRef) -> PreparedScan:
+        """Read and preprocess one scan (prefetch thread)."""
+        from medmtl.io.read import read_scan
+
         t0 = time.perf_counter()
         scan = read_scan(ref)
         t_read = time.perf_counter() - t0
-        prepared = predictor.preprocess(scan)
+        prepared = self.predictor.preprocess(scan)
         prepared.timings["read"] = t_read
         return prepared
 
-    workers = prefetch if prefetch is not None else default_prefetch(str(predictor.device))
-    n_done = 0
-
-    def fail(ref: ScanRef, exc: BaseException) -> None:
+    def fail(self, ref: ScanRef, exc: BaseException) -> None:
+        """Record a failed scan (its record file and the failure list)."""
         reason = str(exc) if isinstance(exc, MedmtlError) else f"{type(exc).__name__}: {exc}"
         log.warning("scan %s failed: %s", ref.scan_id, reason)
         log.debug("scan %s failed", ref.scan_id, exc_info=exc)
-        pio.write_failure(out_dir, ref.scan_id, str(ref.paths[0] if ref.format != "dicom" else ref.folder), reason)
-        failures.append({"seriesuid": ref.scan_id, "path": str(ref.paths[0]), "reason": reason, "stage": "predict"})
+        pio.write_failure(self.out_dir, ref.scan_id, str(ref.paths[0] if ref.format != "dicom" else ref.folder),
+                          reason)
+        self.failures.append({"seriesuid": ref.scan_id, "path": str(ref.paths[0]), "reason": reason,
+                              "stage": "predict"})
 
-    def post(ref: ScanRef, prepared: PreparedScan, maps: dict[str, Any], infer_s: float) -> dict[str, float]:
-        result = predictor.decode_maps(prepared, maps, infer_s)
-        return _write_scan(out_dir, ref, result, predictor, provenance, save_maps, preview)
+    def post(self, ref: ScanRef, prepared: PreparedScan, maps: dict[str, Any], infer_s: float) -> dict[str, float]:
+        """Decode and write one scan (writer thread)."""
+        result = self.predictor.decode_maps(prepared, maps, infer_s)
+        return _write_scan(self.out_dir, ref, result, self.predictor, self.provenance, self.save_maps, self.preview)
 
-    bar = tqdm(total=len(pending), unit="scan", desc="predict", disable=not progress)
-    posts: deque[tuple[ScanRef, Future[dict[str, float]]]] = deque()
-
-    def drain(keep: int) -> None:
+    def drain(self, keep: int, bar: Any) -> None:
         """Collect finished decode/write jobs until at most ``keep`` are outstanding (bounds memory)."""
-        nonlocal n_done
-        while len(posts) > keep:
-            ref, fut = posts.popleft()
+        while len(self._posts) > keep:
+            ref, fut = self._posts.popleft()
             try:
                 timings = fut.result()
                 for k in STAGES:
-                    totals[k] += timings.get(k, 0.0)
-                n_done += 1
+                    self.totals[k] += timings.get(k, 0.0)
+                self.n_done += 1
             except Exception as exc:  # a failing scan is recorded; the batch goes on
-                fail(ref, exc)
+                self.fail(ref, exc)
             bar.update(1)
 
-    # a pipeline: `workers` threads read + preprocess ahead; this thread runs the network; one
-    # thread decodes and writes (a failing scan is recorded at whichever stage it fails)
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="medmtl-prefetch") as loader, \
-            ThreadPoolExecutor(max_workers=1, thread_name_prefix="medmtl-write") as writer:
-        loads: deque[Future[PreparedScan]] = deque(loader.submit(load, r) for r in pending[:workers])
-        nxt = len(loads)
-        for ref in pending:
-            current = loads.popleft()
-            if nxt < len(pending):
-                loads.append(loader.submit(load, pending[nxt]))
-                nxt += 1
-            try:
-                prepared = current.result()
-                maps, infer_s = predictor.run_network(prepared)
-            except Exception as exc:  # a failing scan is recorded; the batch goes on
-                fail(ref, exc)
-                bar.update(1)
-                continue
-            posts.append((ref, writer.submit(post, ref, prepared, maps, infer_s)))
-            drain(workers)
-        drain(0)
-    bar.close()
-    if shard is not None and shard[0] == 0:
-        failures.extend(_discovery_failures(skipped))
-    outputs: dict[str, Any] = {"scans_dir": str(out_dir / "scans")}
-    if shard is None:
-        merged = pio.merge_outputs(out_dir, [r.scan_id for r in refs],
-                                   extra_failures=_discovery_failures(skipped), run_info=provenance)
-        outputs.update(merged["outputs"])
-        failures = merged["failures"]
-    wall = time.perf_counter() - t_start
-    return {
-        "n_scans": len(refs),
-        "n_done": n_done,
-        "n_skipped": n_skipped,
-        "n_failed": len(failures),
-        "failures": failures,
-        "outputs": outputs,
-        "timings": {**totals, "wall_s": wall, "scans_per_s": n_done / wall if wall > 0 and n_done else 0.0},
-        "device": str(predictor.device),
-        "amp": predictor.amp,
-    }
+    def run(self, pending: Sequence[ScanRef], workers: int, progress: bool) -> None:
+        """Predict every scan of ``pending``."""
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(pending), unit="scan", desc="predict", disable=not progress)
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="medmtl-prefetch") as loader, \
+                ThreadPoolExecutor(max_workers=1, thread_name_prefix="medmtl-write") as writer:
+            loads: deque[Future[PreparedScan]] = deque(loader.submit(self.load, r) for r in pending[:workers])
+            nxt = len(loads)
+            for ref in pending:
+                current = loads.popleft()
+                if nxt < len(pending):
+                    loads.append(loader.submit(self.load, pending[nxt]))
+                    nxt += 1
+                try:
+                    prepared = current.result()
+                    maps, infer_s = self.predictor.run_network(prepared)
+                except Exception as exc:  # a failing scan is recorded; the batch goes on
+                    self.fail(ref, exc)
+                    bar.update(1)
+                    continue
+                self._posts.append((ref, writer.submit(self.post, ref, prepared, maps, infer_s)))
+                self.drain(workers, bar)
+            self.drain(0, bar)
+        bar.close()
 
 
 def _write_scan(
@@ -304,7 +319,7 @@ def _write_scan(
     if save_maps:
         maps = pio.save_maps(out_dir, ref.scan_id, result.maps, affine_pre=result.affine_ras,
                              affine_input=affine_in, shape_input=shape_in,
-                             temperature=float(predictor.decode["temperature"]))
+                             temperature=predictor.decode.temperature)
     if preview:
         from medmtl.engine.preview import save_lesion_previews
 

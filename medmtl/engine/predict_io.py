@@ -20,7 +20,7 @@ import logging
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -28,6 +28,9 @@ import torch
 from medmtl.io import coords
 from medmtl.io.types import Detection
 from medmtl.io.writers import atomic_write_csv, atomic_write_json, save_nifti
+
+if TYPE_CHECKING:  # pragma: no cover
+    from medmtl.engine.card import ModelCard
 
 log = logging.getLogger(__name__)
 
@@ -79,17 +82,18 @@ def load_record(path: Path) -> dict[str, Any] | None:
     return rec if isinstance(rec, dict) else None
 
 
-def resume_key(card: Mapping[str, Any], adapt: str) -> str:
+def resume_key(card: ModelCard, adapt: str) -> str:
     """Hash of what, besides the weights, changes a scan's predictions: the card's
     ``adaptation`` and ``harmonisation`` records and the ``--adapt`` mode (SHA-256, 16 hex).
 
     A rerun reuses a scan's record only when this key matches too (see :func:`is_complete`).
     """
-    import hashlib
+    from medmtl.io.hashing import sha256_bytes
 
-    state = {"weights_sha256": card.get("weights_sha256"), "adaptation": card.get("adaptation") or [],
-             "harmonisation": card.get("harmonisation"), "adapt": adapt}
-    return hashlib.sha256(json.dumps(state, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    state = {"weights_sha256": card.weights_sha256, "adaptation": [a.to_dict() for a in card.adaptation],
+             "harmonisation": card.harmonisation.to_dict() if card.harmonisation is not None else None,
+             "adapt": adapt}
+    return sha256_bytes(json.dumps(state, sort_keys=True, default=str).encode())[:16]
 
 
 def is_complete(out_dir: Path, scan_id: str, weights_sha256: str, *, need_maps: bool, need_previews: bool,

@@ -20,16 +20,16 @@ import torch
 
 from medmtl.config import TrainConfig
 from medmtl.engine import ddp
+from medmtl.engine.card import ModelCard
 from medmtl.engine.checkpoint import WEIGHTS_FILE, save_checkpoint
+from medmtl.engine.decode import DecodeSettings
+from medmtl.engine.inference import autocast_dtype
 from medmtl.engine.run_files import RunLog
 from medmtl.engine.train_loop import EpochStats, StepContext, patch_batches, train_epoch
 from medmtl.errors import CheckpointError, ConfigError
+from medmtl.mtl.losses import TASKS
 
 logger = logging.getLogger(__name__)
-
-TASKS = ("det", "size", "malig")
-#: Weightings that step their own parameters (the trainer must not optimise them).
-SELF_STEPPING_WEIGHTINGS = ("gradnorm",)
 
 
 def _reseed(seed: int, epoch: int) -> int:
@@ -66,6 +66,7 @@ class TrainingSession:
     def _setup(self) -> None:
         from medmtl.data.dataset import build_train_dataset, load_training_data, preprocess_volumes
         from medmtl.models.mtl_net import build_model, required_divisor
+        from medmtl.models.spec import ModelSpec, check_patch_divisible
         from medmtl.mtl.conflict import GradientConflictTracker
         from medmtl.mtl.weighting import create_weighting
 
@@ -75,13 +76,12 @@ class TrainingSession:
         self.train_ds = build_train_dataset(cfg, self.data, progress=self.progress)
         self.val_volumes = preprocess_volumes(self.data.val_items, self.data.spec) if self.dist.is_main else []
         torch.manual_seed(cfg.seed)
-        self.model = build_model(cfg.model.build_config(self.data.spec.channels), pretrained=cfg.model.pretrained)
+        self.model = build_model(ModelSpec.from_config(cfg.model, self.data.spec.channels),
+                                 pretrained=cfg.model.pretrained)
         div = required_divisor(self.model)
-        if any(p % d for p, d in zip(cfg.train.patch_size, div)):
-            raise ConfigError(
-                f"train.patch_size {cfg.train.patch_size} must be divisible by {list(div)} (the encoder's stride"
-                f" per axis); e.g. {[max(d, (p // d) * d) for p, d in zip(cfg.train.patch_size, div)]}"
-            )
+        check_patch_divisible(cfg.train.patch_size, div, "train.patch_size")
+        self.decode = DecodeSettings(threshold=cfg.decode.threshold, nms_radius_mm=cfg.decode.nms_radius_mm,
+                                     max_lesions=cfg.decode.max_lesions)
         deepest = math.prod(p // d for p, d in zip(cfg.train.patch_size, div))
         if cfg.train.batch_size * deepest < 2:
             raise ConfigError(
@@ -123,10 +123,7 @@ class TrainingSession:
 
         t = self.cfg.train
         groups = [dict(g) for g in self.plan.param_groups]
-        if self.weighting.name not in SELF_STEPPING_WEIGHTINGS:
-            wparams = list(self.weighting.parameters())
-            if wparams:
-                groups.append({"params": wparams, "lr": t.learning_rate, "weight_decay": 0.0, "name": "weighting"})
+        groups.extend(self.weighting.optimizer_groups(t.learning_rate))  # learnable weightings, stepped here too
         self.optimizer = make_optimizer(groups, name=t.optimizer, lr=t.learning_rate, weight_decay=t.weight_decay)
         self.lr_schedule = LRSchedule(
             self.optimizer, total_steps=self.total_steps, warmup_steps=t.warmup_steps, kind=t.scheduler, step=0
@@ -142,7 +139,7 @@ class TrainingSession:
             shared_params=[p for p in self.model.shared_parameters() if p.requires_grad],
             params=[p for g in self.optimizer.param_groups for p in g["params"] if p.requires_grad],
             device=self.device,
-            amp_dtype={"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.amp),
+            amp_dtype=autocast_dtype(self.amp),
             grad_clip=self.cfg.train.grad_clip,
             dist=self.dist,
             regularizer=self.regularizer,
@@ -187,34 +184,17 @@ class TrainingSession:
         return make
 
     # ------------------------------------------------------------------ checkpoints
-    def _card(self, *, epoch: int, metrics: dict[str, Any], temperature: float, reference: Any) -> dict[str, Any]:
-        from medmtl.models.mtl_net import model_config
+    def _card(self, *, epoch: int, metrics: dict[str, Any], temperature: float) -> ModelCard:
+        """The card of the weights in memory (reference statistics are added by ``medmtl.api.train``)."""
+        from medmtl.engine.card import TrainingInfo, card_for
 
         c = self.cfg
-        mcfg = model_config(self.model)
-        return {
-            "encoder": self.model.encoder.config.to_dict(),  # type: ignore[union-attr,operator]
-            "model": mcfg,
-            "input_spec": self.data.spec.to_dict(),
-            "patch_size": list(c.train.patch_size),
-            "decode": {
-                "threshold": c.decode.threshold,
-                "nms_radius_mm": c.decode.nms_radius_mm,
-                "max_lesions": c.decode.max_lesions,
-                "temperature": float(temperature),
-            },
-            "train_config": c.to_dict(),
-            "reference_stats": reference,
-            "adaptation": [],
-            "training": {
-                "epoch": epoch + 1,
-                "epochs": c.train.epochs,
-                "metrics": metrics,
-                "train_ids": self.data.train_ids,
-                "val_ids": self.data.val_ids,
-                "monitor": c.validation.monitor,
-            },
-        }
+        training = TrainingInfo(epoch=epoch + 1, epochs=c.train.epochs, metrics=metrics,
+                                train_ids=tuple(self.data.train_ids), val_ids=tuple(self.data.val_ids),
+                                monitor=c.validation.monitor)
+        return card_for(self.model, input_spec=self.data.spec, patch_size=c.train.patch_size,
+                        decode=self.decode.replace(temperature=float(temperature)), train_config=c,
+                        training=training)
 
     def _save_last(self, epoch: int, step: int, meta: dict[str, Any]) -> None:
         from medmtl.engine.state import save_train_state
@@ -225,20 +205,20 @@ class TrainingSession:
                 weighting=self.weighting, meta=meta,
             )
 
-        card = self._card(epoch=epoch, metrics=meta.get("last_metrics", {}), temperature=1.0, reference=None)
+        card = self._card(epoch=epoch, metrics=meta.get("last_metrics", {}), temperature=1.0)
         save_checkpoint(self.out / "last", self.model, card, extra=extra)
 
     def _resume(self) -> dict[str, Any]:
         from safetensors.torch import load_file
 
-        from medmtl.engine.checkpoint import read_card, sha256_file
+        from medmtl.engine.checkpoint import check_weights, read_card
         from medmtl.engine.state import load_train_state
 
         last = self.out / "last"
-        card = read_card(last)
-        weights = last / WEIGHTS_FILE
-        if not weights.is_file() or sha256_file(weights) != card["weights_sha256"]:
-            raise CheckpointError(f"cannot resume: '{weights}' is missing or does not match its card")
+        try:
+            weights = check_weights(last, read_card(last))
+        except CheckpointError as exc:
+            raise CheckpointError(f"cannot resume from '{last}': {exc}") from exc
         self.model.load_state_dict(load_file(str(weights), device=str(self.device)), strict=True)
         self._build_optimizer()
         meta = load_train_state(
@@ -263,7 +243,6 @@ class TrainingSession:
     def run(self, *, resume: bool, stop_after_epochs: int | None) -> Path:
         """Train (or continue) and finish; returns the checkpoint folder."""
         from medmtl.engine.trainer import write_run_header
-        from medmtl.engine.validation import validate
 
         cfg = self.cfg
         self._setup()
@@ -296,12 +275,7 @@ class TrainingSession:
                 row = self._row(epoch, step, stats)
                 is_last = epoch + 1 == cfg.train.epochs
                 if self.dist.is_main and self.val_volumes and ((epoch + 1) % cfg.validation.every == 0 or is_last):
-                    res = validate(
-                        self.model, self.val_volumes, patch_size=cfg.train.patch_size, overlap=cfg.validation.overlap,
-                        sw_batch_size=cfg.validation.sw_batch_size, device=self.device, amp=self.amp,
-                        threshold=cfg.decode.threshold, nms_radius_mm=cfg.decode.nms_radius_mm,
-                        max_lesions=cfg.decode.max_lesions, progress=self.progress,
-                    )
+                    res = self._validate(progress=self.progress)
                     row.update(res.metrics)
                     self._last_val = (epoch, res)
                 stop = self._early_stopping(meta, row, epoch) if self.dist.is_main else False
@@ -319,7 +293,7 @@ class TrainingSession:
                         meta["conflict"] = self.tracker.state()
                         self.tracker.write(self.out)
                     if row["best"]:
-                        card = self._card(epoch=epoch, metrics=row, temperature=1.0, reference=None)
+                        card = self._card(epoch=epoch, metrics=row, temperature=1.0)
                         save_checkpoint(self.out / "checkpoint", self.model, card)
                     self._save_last(epoch, step, meta)
                 ddp.barrier(self.dist)
@@ -381,12 +355,20 @@ class TrainingSession:
                 values[f"conflict/share_{pair}"] = s["conflict_share"]
         log.log_scalars(values, step)
 
+    def _validate(self, *, progress: bool) -> Any:
+        from medmtl.engine.validation import validate
+
+        v = self.cfg.validation
+        return validate(self.model, self.val_volumes, patch_size=self.cfg.train.patch_size, overlap=v.overlap,
+                        sw_batch_size=v.sw_batch_size, device=self.device, amp=self.amp, decode=self.decode,
+                        progress=progress)
+
     # ------------------------------------------------------------------ finish
     def _finish(self) -> None:
         """Reload the best weights, fit the temperature, add reference stats, save the card."""
         from safetensors.torch import load_file
 
-        from medmtl.engine.validation import fit_malignancy_temperature, validate
+        from medmtl.engine.validation import fit_malignancy_temperature
 
         cfg = self.cfg
         best = self.out / "checkpoint"
@@ -406,18 +388,12 @@ class TrainingSession:
                 assert self._last_val is not None
                 res = self._last_val[1]
             else:
-                res = validate(
-                    self.model, self.val_volumes, patch_size=cfg.train.patch_size, overlap=cfg.validation.overlap,
-                    sw_batch_size=cfg.validation.sw_batch_size, device=self.device, amp=self.amp,
-                    threshold=cfg.decode.threshold, nms_radius_mm=cfg.decode.nms_radius_mm,
-                    max_lesions=cfg.decode.max_lesions, progress=False,
-                )
+                res = self._validate(progress=False)
             metrics = dict(res.metrics)
             if cfg.validation.calibrate:
                 temperature = fit_malignancy_temperature(res)
             logger.info("final validation in %.1f s: %s", time.perf_counter() - start, metrics)
-        reference = self._reference_stats()
-        card = self._card(epoch=best_epoch if best_epoch is not None else 0, metrics=metrics, temperature=temperature, reference=reference)
+        card = self._card(epoch=best_epoch if best_epoch is not None else 0, metrics=metrics, temperature=temperature)
         save_checkpoint(best, self.model, card)
 
     def _history(self) -> list[dict[str, Any]]:
@@ -431,15 +407,6 @@ class TrainingSession:
         with open(path, encoding="utf-8") as fh:
             rows = list(csv.DictReader(fh))
         return [_jsonable({**r, "best": r.get("best") == "True"}) for r in rows]
-
-    def _reference_stats(self) -> Any:
-        from medmtl.shift.reference import compute_reference_stats
-
-        train = [s for s in self.data.scans if s.scan_id in set(self.data.train_ids)]
-        if not train:
-            return None
-        return compute_reference_stats(model=self.model, scans=train, input_spec=self.data.spec,
-                                       max_scans=self.cfg.data.reference_scans)
 
 
 __all__ = ["TrainingSession"]

@@ -1,10 +1,14 @@
 """One training epoch: patch batches → forward (AMP) → task losses → weighting → step.
 
-The trainer owns ``backward()`` and ``step()`` (DESIGN.md, "Task weighting"):
+The trainer alone runs ``backward()``, writes ``.grad`` and steps (DESIGN.md, "Task
+weighting"); :func:`backward_losses` treats the two kinds of weighting by their type:
 
-* loss-level weightings (fixed, uncertainty, DWA...) return a total: ``total.backward()``;
-* gradient-level weightings (PCGrad, CAGrad, UPGrad...) return ``None`` as total and fill
-  ``.grad`` themselves.
+* a :class:`~medmtl.mtl.weighting.LossWeighting` (fixed, uncertainty, DWA, GradNorm) returns a
+  total loss: ``total.backward()`` (GradNorm's weight-balancing gradient rides along in it);
+* a :class:`~medmtl.mtl.gradient_methods.GradientMethod` (PCGrad, UPGrad, CAGrad) returns
+  weights ``w`` from the task Gramian: the trainer computes the per-task gradients on the
+  shared parameters once, writes ``.grad = Σ_t w_t g_t`` there and backpropagates the heads'
+  own losses into the heads.
 
 Either way an L2-SP term (Li et al., "Explicit Inductive Bias for Transfer Learning with
 Convolutional Networks", ICML 2018) is added by a separate backward, gradients are averaged
@@ -18,7 +22,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,6 +31,9 @@ import torch
 from medmtl.data.dataset import TARGET_KEYS, stack_patches
 from medmtl.engine.ddp import DistInfo, average_gradients
 from medmtl.errors import MedmtlError
+from medmtl.mtl.conflict import per_task_shared_grads, trainable
+from medmtl.mtl.gradient_methods import GradientMethod
+from medmtl.mtl.weighting import LossWeighting, Weighting
 
 logger = logging.getLogger(__name__)
 
@@ -40,7 +47,7 @@ class StepContext:
         optimizer: its optimizer.
         scheduler: per-step LR scheduler (or ``None``).
         scaler: ``torch.amp.GradScaler`` (enabled only for fp16 on CUDA).
-        weighting: the task weighting (``combine``, ``needs_gradients``).
+        weighting: the task weighting (a ``LossWeighting`` or a ``GradientMethod``).
         shared_params: trainable parameters shared by all tasks (encoder + decoder).
         params: every trainable parameter (clipping, DDP averaging).
         device: training device.
@@ -60,7 +67,7 @@ class StepContext:
     optimizer: torch.optim.Optimizer
     scheduler: Any
     scaler: Any
-    weighting: Any
+    weighting: Weighting
     shared_params: list[torch.nn.Parameter]
     params: list[torch.nn.Parameter]
     device: torch.device
@@ -108,6 +115,118 @@ def _to_float_dict(weights: Any) -> dict[str, float]:
     return {}
 
 
+def private_leaves(losses: Sequence[torch.Tensor], exclude: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    """Leaf tensors requiring grad that the losses depend on, minus ``exclude``.
+
+    Walks the autograd graph (``AccumulateGrad`` nodes); finds the task-specific parameters
+    (heads) without a hidden attribute contract with the model.
+    """
+    skip = {id(p) for p in exclude}
+    seen: set[int] = set()
+    found: dict[int, torch.Tensor] = {}
+    stack = [loss.grad_fn for loss in losses if loss.grad_fn is not None]
+    while stack:
+        node = stack.pop()
+        if node is None or id(node) in seen:
+            continue
+        seen.add(id(node))
+        var = getattr(node, "variable", None)
+        if var is not None:
+            if var.requires_grad and id(var) not in skip:
+                found[id(var)] = var
+            continue
+        stack.extend(fn for fn, _ in node.next_functions if fn is not None)
+    return list(found.values())
+
+
+def write_combined_grad(params: Sequence[torch.nn.Parameter], weights: torch.Tensor, jacobian: torch.Tensor) -> None:
+    """Accumulate ``weightsᵀ · jacobian`` into ``.grad`` of ``params``.
+
+    Args:
+        params: the parameters the Jacobian's columns cover, in order (flattened, concatenated).
+        weights: ``(T,)`` combination weights.
+        jacobian: ``(T, P)`` task gradients, ``P`` the total size of ``params``.
+    """
+    combined = weights.to(jacobian) @ jacobian
+    offset = 0
+    for p in params:
+        n = p.numel()
+        g = combined[offset : offset + n].view_as(p).to(p.dtype)
+        offset += n
+        p.grad = g.clone() if p.grad is None else p.grad + g
+
+
+def _backward_gradient_method(
+    method: GradientMethod,
+    losses: Mapping[str, torch.Tensor],
+    shared_params: Sequence[torch.nn.Parameter],
+    task_grads: Mapping[str, torch.Tensor] | None,
+) -> dict[str, float]:
+    method.check_losses(losses)
+    params = trainable(shared_params)
+    grads = task_grads if task_grads is not None else per_task_shared_grads(losses, params, retain_graph=True)
+    device = params[0].device if params else torch.device("cpu")
+    jac = torch.stack([grads[t].to(device).float() for t in method.tasks])
+    w = method.step_weights(jac)
+    if params:
+        write_combined_grad(params, w, jac)
+    loss_list = [losses[t] for t in method.tasks if losses[t].requires_grad]
+    own = private_leaves(loss_list, params)
+    if own and loss_list:
+        torch.autograd.backward(torch.stack([loss.float() for loss in loss_list]).sum(), inputs=own)
+    return {t: float(w[i]) for i, t in enumerate(method.tasks)}
+
+
+def backward_losses(
+    weighting: Weighting,
+    losses: Mapping[str, torch.Tensor],
+    shared_params: Sequence[torch.nn.Parameter],
+    *,
+    scale: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    task_grads: Mapping[str, torch.Tensor] | None = None,
+    regularizer: Callable[[], torch.Tensor] | None = None,
+) -> tuple[float, dict[str, float]]:
+    """Fill ``.grad`` of one step from the task losses: the trainer's one backward.
+
+    A :class:`LossWeighting`'s total (plus the regulariser) is backpropagated. For a
+    :class:`GradientMethod`, the task gradients on the trainable shared parameters
+    (``task_grads`` when given, else computed once) make the Jacobian ``J`` (``T × P``), the
+    method turns it into weights ``w`` and ``.grad = wᵀJ`` is written there; each head gets
+    the plain gradient of the losses it feeds, and the regulariser its own backward.
+    Gradients accumulate (zero them before).
+
+    Args:
+        weighting: the task weighting.
+        losses: task → scalar loss (unscaled).
+        shared_params: the shared parameters (frozen ones skipped).
+        scale: AMP loss scaling (``GradScaler.scale``) applied to every backpropagated loss.
+        task_grads: :func:`~medmtl.mtl.conflict.per_task_shared_grads` of the losses after ``scale``
+            already computed this step (saves recomputing them).
+        regularizer: optional extra loss (e.g. L2-SP).
+
+    Returns:
+        ``(total, weights)``: the unscaled total loss value (``Σ w_t L_t`` for a gradient
+        method, plus the regulariser) and the task weights used.
+    """
+    values = {k: float(v.detach()) for k, v in losses.items()}
+    if isinstance(weighting, GradientMethod):
+        scaled = {k: scale(v) for k, v in losses.items()} if scale is not None else losses
+        weights = _backward_gradient_method(weighting, scaled, shared_params, task_grads)
+        total_value = sum(w * values[k] for k, w in weights.items() if k in values)
+        if regularizer is not None:
+            reg = regularizer()
+            (scale(reg) if scale is not None else reg).backward()
+            total_value += float(reg.detach())
+        return total_value, weights
+    if not isinstance(weighting, LossWeighting):
+        raise TypeError(f"weighting {weighting.name!r} is neither a LossWeighting nor a GradientMethod")
+    total, raw = weighting.combine(losses, shared_params)
+    if regularizer is not None:
+        total = total + regularizer()
+    (scale(total) if scale is not None else total).backward()
+    return float(total.detach()), _to_float_dict(raw)
+
+
 def train_step(ctx: StepContext, batch: dict[str, torch.Tensor], step: int) -> tuple[dict[str, float], dict[str, float], float]:
     """One optimisation step on a batch.
 
@@ -141,30 +260,19 @@ def train_step(ctx: StepContext, batch: dict[str, torch.Tensor], step: int) -> t
         )
     conflict_grads = None
     if ctx.conflict is not None and ctx.conflict_every > 0 and step % ctx.conflict_every == 0:
-        from medmtl.mtl.conflict import per_task_shared_grads
-
         conflict_grads = per_task_shared_grads(losses, ctx.shared_params, retain_graph=True)
     scaler = ctx.scaler
     scaling = scaler is not None and scaler.is_enabled()
-    if getattr(ctx.weighting, "needs_gradients", False):
-        to_combine = {k: scaler.scale(v) for k, v in losses.items()} if scaling else losses
-        reuse = conflict_grads if not scaling else None
-        total, weights = ctx.weighting.combine(to_combine, ctx.shared_params, task_grads=reuse)
-        if total is not None:  # a gradient method may still hand back a loss to differentiate
-            total.backward()
-        total_value = sum(float(w) * values[k] for k, w in _to_float_dict(weights).items() if k in values)
-        if ctx.regularizer is not None:
-            reg = ctx.regularizer()
-            (scaler.scale(reg) if scaling else reg).backward()
-            total_value += float(reg.detach())
-    else:
-        total, weights = ctx.weighting.combine(losses, ctx.shared_params)
-        if ctx.regularizer is not None:
-            total = total + ctx.regularizer()
-        (scaler.scale(total) if scaling else total).backward()
-        total_value = float(total.detach())
+    total_value, weights = backward_losses(
+        ctx.weighting,
+        losses,
+        ctx.shared_params,
+        scale=scaler.scale if scaling else None,
+        task_grads=conflict_grads if not scaling else None,
+        regularizer=ctx.regularizer,
+    )
     if conflict_grads is not None:
-        ctx.conflict.update(conflict_grads, _to_float_dict(weights))
+        ctx.conflict.update(conflict_grads, weights)
     average_gradients(ctx.params, ctx.dist)
     if scaling:
         scaler.unscale_(ctx.optimizer)
@@ -183,7 +291,7 @@ def train_step(ctx: StepContext, batch: dict[str, torch.Tensor], step: int) -> t
     if ctx.scheduler is not None:
         ctx.scheduler.step()
     values["total"] = total_value
-    return values, _to_float_dict(weights), norm
+    return values, weights, norm
 
 
 def patch_batches(
@@ -267,4 +375,13 @@ def train_epoch(
     return stats, global_step
 
 
-__all__ = ["EpochStats", "StepContext", "patch_batches", "train_epoch", "train_step"]
+__all__ = [
+    "EpochStats",
+    "StepContext",
+    "backward_losses",
+    "patch_batches",
+    "private_leaves",
+    "train_epoch",
+    "train_step",
+    "write_combined_grad",
+]

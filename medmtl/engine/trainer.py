@@ -23,24 +23,21 @@ from __future__ import annotations
 
 import logging
 import os
-import random
 import shutil
 import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from medmtl.config import TrainConfig
 from medmtl.engine import ddp
-from medmtl.engine.checkpoint import library_versions, save_checkpoint
+from medmtl.engine.checkpoint import library_versions
 from medmtl.engine.run_files import RUN_ARTIFACTS, RunLog, check_resume_config
 from medmtl.errors import CheckpointError, ConfigError
 
 logger = logging.getLogger(__name__)
 
-TASKS = ("det", "size", "malig")
 
 
 def prepare_run_dir(out_dir: Path, *, resume: bool, overwrite: bool, is_main: bool) -> None:
@@ -79,23 +76,6 @@ def prepare_run_dir(out_dir: Path, *, resume: bool, overwrite: bool, is_main: bo
             elif p.exists():
                 p.unlink()
     out_dir.mkdir(parents=True, exist_ok=True)
-
-
-def seed_everything(seed: int) -> None:
-    """Seed Python, NumPy and torch (all devices)."""
-    seed = int(seed) % (2**32)
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
-def epoch_seed(seed: int, epoch: int) -> int:
-    """The seed an epoch starts from."""
-    return (int(seed) * 1_000_003 + int(epoch) * 7_919 + 17) % (2**31)
-
-
-def _amp_dtype(amp: str) -> torch.dtype | None:
-    return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp)
 
 
 def run_training(
@@ -174,4 +154,4 @@ def write_run_header(cfg: TrainConfig, out: Path, *, device: torch.device, amp: 
     atomic_write_json(out / "versions.json", versions)
 
 
-__all__ = ["RunLog", "TASKS", "epoch_seed", "prepare_run_dir", "run_training", "save_checkpoint", "seed_everything"]
+__all__ = ["RunLog", "prepare_run_dir", "run_training"]

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from medmtl.data.dataset import VolumeItem
+from medmtl.engine.decode import DecodeSettings
 
 logger = logging.getLogger(__name__)
 
@@ -75,6 +76,60 @@ def logits_at_lesions(malignancy: torch.Tensor, affine_ras: Any, lesions: Sequen
     return logits, labels
 
 
+def _volume_maps(
+    model: torch.nn.Module,
+    vol: VolumeItem,
+    *,
+    patch_size: Sequence[int],
+    overlap: float,
+    sw_batch_size: int,
+    device: torch.device,
+    amp: str,
+) -> dict[str, torch.Tensor]:
+    """Sliding-window maps ``(1, 1, I, J, K)`` of one validation volume."""
+    from medmtl.engine.inference import sliding_window_maps
+
+    image = vol.image.as_tensor() if hasattr(vol.image, "as_tensor") else vol.image
+    return sliding_window_maps(
+        model,
+        image[None],
+        roi_size=patch_size,
+        sw_batch_size=sw_batch_size,
+        overlap=overlap,
+        device=device,
+        amp=amp,
+    )
+
+
+def _add_losses(losses: dict[str, list[float]], maps: dict[str, torch.Tensor], vol: VolumeItem) -> None:
+    """Append the dense task losses of ``maps`` against ``vol``'s targets to ``losses``."""
+    from medmtl.mtl.losses import task_losses
+
+    targets = {k: (v.as_tensor() if hasattr(v, "as_tensor") else v)[None].float() for k, v in vol.targets.items()}
+    with torch.no_grad():
+        tl = task_losses(maps, targets)
+    for k in losses:
+        if k in tl:
+            losses[k].append(float(tl[k]))
+
+
+def _summary_metrics(
+    losses: dict[str, list[float]], detections: list[Any], lesions: list[Any], scan_ids: list[str]
+) -> dict[str, float | None]:
+    """The :attr:`ValidationResult.metrics` of a pass: mean losses and the LUNA16 scores."""
+    from medmtl.metrics import detection_metrics
+
+    scores = detection_metrics(detections, lesions, scan_ids=scan_ids)
+    metrics: dict[str, float | None] = {f"val_{k}": (float(np.mean(v)) if v else None) for k, v in losses.items()}
+    parts = [metrics[f"val_{k}"] for k in losses]
+    metrics["val_loss"] = float(sum(p for p in parts if p is not None))
+    metrics["cpm"] = _finite_or_none(scores.get("cpm"))
+    metrics["diameter_mae_mm"] = _finite_or_none(scores.get("diameter_mae_mm"))
+    metrics["malignancy_auc"] = _finite_or_none(scores.get("malignancy_auc"))
+    metrics["n_detections"] = float(len(detections))
+    return metrics
+
+
 def validate(
     model: torch.nn.Module,
     volumes: Sequence[VolumeItem],
@@ -84,10 +139,7 @@ def validate(
     sw_batch_size: int,
     device: torch.device,
     amp: str,
-    threshold: float,
-    nms_radius_mm: float,
-    max_lesions: int,
-    temperature: float = 1.0,
+    decode: DecodeSettings,
     progress: bool = False,
 ) -> ValidationResult:
     """Run the model over whole validation volumes and score it.
@@ -100,10 +152,7 @@ def validate(
         sw_batch_size: windows per forward pass.
         device: forward device.
         amp: ``bf16``, ``fp16`` or ``off``.
-        threshold: decode threshold (detection probability).
-        nms_radius_mm: decode NMS radius (mm).
-        max_lesions: decode cap per scan.
-        temperature: malignancy temperature used when decoding.
+        decode: how maps become lesions (threshold, NMS radius in mm, cap, temperature).
         progress: tqdm bar over volumes.
 
     Returns:
@@ -112,9 +161,6 @@ def validate(
     from tqdm import tqdm
 
     from medmtl.engine.decode import decode_lesions
-    from medmtl.engine.inference import sliding_window_maps
-    from medmtl.metrics import detection_metrics
-    from medmtl.mtl.losses import task_losses
 
     was_training = model.training
     model.eval()
@@ -125,32 +171,11 @@ def validate(
     all_labels: list[float] = []
     try:
         for vol in tqdm(volumes, desc="validate", leave=False, disable=not progress):
-            image = vol.image.as_tensor() if hasattr(vol.image, "as_tensor") else vol.image
-            maps = sliding_window_maps(
-                model,
-                image[None],
-                roi_size=patch_size,
-                sw_batch_size=sw_batch_size,
-                overlap=overlap,
-                device=device,
-                amp=amp,
-            )
-            targets = {k: (v.as_tensor() if hasattr(v, "as_tensor") else v)[None].float() for k, v in vol.targets.items()}
-            with torch.no_grad():
-                tl = task_losses(maps, targets)
-            for k in losses:
-                if k in tl:
-                    losses[k].append(float(tl[k]))
+            maps = _volume_maps(model, vol, patch_size=patch_size, overlap=overlap, sw_batch_size=sw_batch_size,
+                                device=device, amp=amp)
+            _add_losses(losses, maps, vol)
             detections.extend(
-                decode_lesions(
-                    maps,
-                    vol.image.affine,
-                    seriesuid=vol.scan_id,
-                    threshold=threshold,
-                    nms_radius_mm=nms_radius_mm,
-                    max_lesions=max_lesions,
-                    temperature=temperature,
-                )
+                decode_lesions(maps, vol.image.affine, seriesuid=vol.scan_id, settings=decode)
             )
             lesions.extend(vol.lesions)
             lg, lb = logits_at_lesions(maps["malignancy"], vol.image.affine, vol.lesions)
@@ -158,14 +183,7 @@ def validate(
             all_labels += lb
     finally:
         model.train(was_training)
-    scores = detection_metrics(detections, lesions, scan_ids=[v.scan_id for v in volumes])
-    metrics: dict[str, float | None] = {f"val_{k}": (float(np.mean(v)) if v else None) for k, v in losses.items()}
-    parts = [metrics[f"val_{k}"] for k in losses]
-    metrics["val_loss"] = float(sum(p for p in parts if p is not None))
-    metrics["cpm"] = _finite_or_none(scores.get("cpm"))
-    metrics["diameter_mae_mm"] = _finite_or_none(scores.get("diameter_mae_mm"))
-    metrics["malignancy_auc"] = _finite_or_none(scores.get("malignancy_auc"))
-    metrics["n_detections"] = float(len(detections))
+    metrics = _summary_metrics(losses, detections, lesions, [v.scan_id for v in volumes])
     return ValidationResult(metrics=metrics, logits=np.asarray(all_logits), labels=np.asarray(all_labels))
 
 

@@ -11,12 +11,16 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from numpy.typing import ArrayLike
 
 from medmtl.errors import MedmtlError
 from medmtl.io.coords import affine_ras_to_sitk
+
+if TYPE_CHECKING:
+    import SimpleITK as sitk
 
 #: SOP classes of the written slices.
 SOP_CLASS = {"CT": "1.2.840.10008.5.1.4.1.1.2", "MR": "1.2.840.10008.5.1.4.1.1.4"}
@@ -39,6 +43,73 @@ def _ds(value: float) -> str:
     if text in ("", "-0"):
         text = "0"
     return text[:16]
+
+
+def _series_tags(
+    *,
+    modality: str,
+    series_uid: str,
+    study_uid: str | None,
+    spacing: tuple[float, ...],
+    direction: tuple[float, ...],
+    extra_tags: Mapping[str, str] | None,
+) -> dict[str, str]:
+    """The tags shared by every slice of the series (``"gggg|eeee"`` → value)."""
+    study = study_uid or series_uid + ".1"
+    patient_id = "ANON-" + hashlib.sha256(study.encode("utf-8")).hexdigest()[:12]
+    d = np.asarray(direction, dtype=np.float64).reshape(3, 3)
+    iop = "\\".join(_ds(v) for v in (*d[:, 0], *d[:, 1]))
+    common = {
+        "0008|0008": "ORIGINAL\\PRIMARY\\AXIAL",
+        "0008|0016": SOP_CLASS[modality],
+        "0008|0020": _FIXED_DATE, "0008|0021": _FIXED_DATE, "0008|0030": _FIXED_TIME,
+        "0008|0031": _FIXED_TIME, "0008|0012": _FIXED_DATE, "0008|0013": _FIXED_TIME,
+        "0008|0060": modality,
+        "0008|0070": "MEDMTL-PHANTOM",
+        "0008|103e": f"medmtl phantom {modality}",
+        "0010|0010": "ANONYMOUS",
+        "0010|0020": patient_id,
+        "0018|0050": _ds(spacing[2]),
+        "0018|0088": _ds(spacing[2]),
+        "0020|000d": study,
+        "0020|000e": series_uid,
+        "0020|0011": "1",
+        "0020|0037": iop,
+        "0020|0052": series_uid + ".2",
+        "0028|0030": f"{_ds(spacing[1])}\\{_ds(spacing[0])}",
+        "0028|1052": "0",
+        "0028|1053": "1",
+    }
+    for key, value in (extra_tags or {}).items():
+        tag = TAG_NAMES.get(key, key if "|" in key else None)
+        if tag is not None:
+            common[tag] = str(value)
+    return common
+
+
+def _write_slices(out: Path, img: sitk.Image, common: Mapping[str, str], series_uid: str) -> None:
+    """Write each slice ``k`` of ``img`` atomically as ``out/IM_####.dcm`` with its tags."""
+    import SimpleITK as sitk
+
+    from medmtl.io.writers import atomic_save
+
+    writer = sitk.ImageFileWriter()
+    writer.KeepOriginalImageUIDOn()
+    for k in range(img.GetSize()[2]):
+        sl = img[:, :, k : k + 1]  # a one-slice 3D image keeps the slice spacing
+        for tag, value in common.items():
+            sl.SetMetaData(tag, value)
+        pos = img.TransformIndexToPhysicalPoint((0, 0, k))
+        sl.SetMetaData("0020|0032", "\\".join(_ds(v) for v in pos))
+        sl.SetMetaData("0020|1041", _ds(pos[2]))
+        sl.SetMetaData("0020|0013", str(k + 1))
+        sl.SetMetaData("0008|0018", f"{series_uid}.{k + 1}")
+
+        def _write(tmp: Path, sl: sitk.Image = sl) -> None:
+            writer.SetFileName(str(tmp))
+            writer.Execute(sl)
+
+        atomic_save(out / f"IM_{k + 1:04d}.dcm", _write)
 
 
 def write_dicom_series(
@@ -72,8 +143,6 @@ def write_dicom_series(
     """
     import SimpleITK as sitk
 
-    from medmtl.io.writers import atomic_save
-
     if modality not in SOP_CLASS:
         raise MedmtlError(f"modality must be CT or MR, got {modality!r}; pass modality='CT' or 'MR'")
     arr = np.asarray(volume_ijk)
@@ -90,50 +159,7 @@ def write_dicom_series(
     img.SetOrigin(origin)
     img.SetSpacing(spacing)
     img.SetDirection(direction)
-    study = study_uid or series_uid + ".1"
-    patient_id = "ANON-" + hashlib.sha256(study.encode("utf-8")).hexdigest()[:12]
-    d = np.asarray(direction, dtype=np.float64).reshape(3, 3)
-    iop = "\\".join(_ds(v) for v in (*d[:, 0], *d[:, 1]))
-    common = {
-        "0008|0008": "ORIGINAL\\PRIMARY\\AXIAL",
-        "0008|0016": SOP_CLASS[modality],
-        "0008|0020": _FIXED_DATE, "0008|0021": _FIXED_DATE, "0008|0030": _FIXED_TIME,
-        "0008|0031": _FIXED_TIME, "0008|0012": _FIXED_DATE, "0008|0013": _FIXED_TIME,
-        "0008|0060": modality,
-        "0008|0070": "MEDMTL-PHANTOM",
-        "0008|103e": f"medmtl phantom {modality}",
-        "0010|0010": "ANONYMOUS",
-        "0010|0020": patient_id,
-        "0018|0050": _ds(spacing[2]),
-        "0018|0088": _ds(spacing[2]),
-        "0020|000d": study,
-        "0020|000e": series_uid,
-        "0020|0011": "1",
-        "0020|0037": iop,
-        "0020|0052": series_uid + ".2",
-        "0028|0030": f"{_ds(spacing[1])}\\{_ds(spacing[0])}",
-        "0028|1052": "0",
-        "0028|1053": "1",
-    }
-    for key, value in (extra_tags or {}).items():
-        tag = TAG_NAMES.get(key, key if "|" in key else None)
-        if tag is not None:
-            common[tag] = str(value)
-    writer = sitk.ImageFileWriter()
-    writer.KeepOriginalImageUIDOn()
-    for k in range(arr.shape[2]):
-        sl = img[:, :, k : k + 1]  # a one-slice 3D image keeps the slice spacing
-        for tag, value in common.items():
-            sl.SetMetaData(tag, value)
-        pos = img.TransformIndexToPhysicalPoint((0, 0, k))
-        sl.SetMetaData("0020|0032", "\\".join(_ds(v) for v in pos))
-        sl.SetMetaData("0020|1041", _ds(pos[2]))
-        sl.SetMetaData("0020|0013", str(k + 1))
-        sl.SetMetaData("0008|0018", f"{series_uid}.{k + 1}")
-
-        def _write(tmp: Path, sl: sitk.Image = sl) -> None:
-            writer.SetFileName(str(tmp))
-            writer.Execute(sl)
-
-        atomic_save(out / f"IM_{k + 1:04d}.dcm", _write)
+    common = _series_tags(modality=modality, series_uid=series_uid, study_uid=study_uid, spacing=spacing,
+                          direction=direction, extra_tags=extra_tags)
+    _write_slices(out, img, common, series_uid)
     return out

@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 import os
 from collections import defaultdict
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from medmtl.errors import ScanReadError
@@ -123,6 +124,121 @@ def _is_label_file(rel_parts: tuple[str, ...], stem: str) -> str | None:
     return None
 
 
+@dataclass
+class _DicomFiles:
+    """DICOM files met during the walk, grouped per ``(folder, SeriesInstanceUID)``.
+
+    Attributes:
+        groups: the files of each series.
+        types: the upper-cased ImageType values seen in each series.
+        broken: per folder, ``(path, reason)`` of the files whose header could not be read.
+    """
+
+    groups: dict[tuple[Path, str], list[Path]] = field(default_factory=lambda: defaultdict(list))
+    types: dict[tuple[Path, str], set[str]] = field(default_factory=lambda: defaultdict(set))
+    broken: dict[Path, list[tuple[Path, str]]] = field(default_factory=lambda: defaultdict(list))
+
+
+def _walk(root: Path) -> tuple[Path, list[tuple[Path, list[str]]]]:
+    """``(base, [(folder, sorted file names), ...])`` to look at under ``root`` (folder or file).
+
+    Raises:
+        ScanReadError: ``root`` does not exist.
+    """
+    if root.is_file():
+        return root.parent, [(root.parent, [root.name])]
+    if not root.is_dir():
+        raise ScanReadError(f"scan folder {root} does not exist; give an existing folder of scans")
+    walk: list[tuple[Path, list[str]]] = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        walk.append((Path(dirpath), sorted(filenames)))
+    return root, walk
+
+
+def _add_dicom_file(path: Path, folder: Path, dicom: _DicomFiles, skipped: list[Skipped]) -> None:
+    """Read one DICOM file's header and file it under its series (or as broken / skipped)."""
+    try:
+        header = read_dicom_header(path)
+    except ScanReadError as exc:
+        dicom.broken[folder].append((path, str(exc)))
+        return
+    uid = header.get(TAG_SERIES_UID, "")
+    if not uid:
+        skipped.append(
+            Skipped(path, f"DICOM file {path} has no SeriesInstanceUID (0020,000E); cannot group it", failed=True)
+        )
+        return
+    dicom.groups[(folder, uid)].append(path)
+    dicom.types[(folder, uid)].add(header.get(TAG_IMAGE_TYPE, "").upper())
+
+
+def _add_file(
+    path: Path, base: Path, refs: list[ScanRef], skipped: list[Skipped], dicom: _DicomFiles
+) -> None:
+    """Sort one file into a scan file ref, a skipped label file, a DICOM file or nothing."""
+    split = split_scan_name(path.name)
+    if split is not None:
+        stem, fmt = split
+        label_reason = _is_label_file(path.relative_to(base).parts, stem)
+        if label_reason is not None:
+            skipped.append(Skipped(path, label_reason))
+        else:
+            refs.append(ScanRef(scan_id=stem, format=fmt, paths=(path,), folder=path.parent))
+    elif is_dicom_file(path):
+        _add_dicom_file(path, path.parent, dicom, skipped)
+    else:
+        log.debug("ignoring non-image file %s", path)
+
+
+def _dicom_series_refs(dicom: _DicomFiles, refs: list[ScanRef], skipped: list[Skipped]) -> None:
+    """Turn the grouped DICOM files into series refs; skip localizers, short or broken series."""
+    series_per_folder: dict[Path, int] = defaultdict(int)
+    for folder, _uid in dicom.groups:
+        series_per_folder[folder] += 1
+    for folder, items in dicom.broken.items():
+        if series_per_folder[folder] != 1:  # cannot tell which series it belonged to
+            skipped.extend(Skipped(path, reason, failed=True) for path, reason in items)
+    for (folder, uid), files in dicom.groups.items():
+        types = dicom.types[(folder, uid)]
+        if series_per_folder[folder] == 1 and dicom.broken.get(folder):
+            # a missing slice would silently shorten the volume: refuse the whole series
+            _bad_path, reason = dicom.broken[folder][0]
+            skipped.append(Skipped(folder, f"DICOM series {uid}: {reason}", failed=True))
+        elif any("LOCALIZER" in t for t in types):
+            skipped.append(Skipped(folder, f"DICOM series {uid} ({len(files)} files) is a localizer/scout; skipped"))
+        elif len(files) < MIN_SLICES:
+            skipped.append(
+                Skipped(
+                    folder,
+                    f"DICOM series {uid} has {len(files)} slice(s); a 3D series needs at least {MIN_SLICES} "
+                    "(localizer/scout?); skipped",
+                )
+            )
+        else:
+            refs.append(ScanRef(scan_id=uid, format="dicom", paths=tuple(sorted(files)), folder=folder))
+
+
+def _unique_ids(refs: list[ScanRef], skipped: list[Skipped]) -> list[ScanRef]:
+    """The refs with the first of each scan id; later duplicates are recorded as failed."""
+    unique: list[ScanRef] = []
+    seen: dict[str, ScanRef] = {}
+    for ref in refs:
+        if ref.scan_id in seen:
+            other = seen[ref.scan_id]
+            skipped.append(
+                Skipped(
+                    ref.paths[0] if ref.format != "dicom" else ref.folder,
+                    f"duplicate scan id '{ref.scan_id}' (also {other.paths[0]}); scan ids must be unique: rename one",
+                    failed=True,
+                )
+            )
+            continue
+        seen[ref.scan_id] = ref
+        unique.append(ref)
+    return unique
+
+
 def discover_scans(root: str | Path) -> tuple[list[ScanRef], list[Skipped]]:
     """Walk ``root`` recursively and list its scans.
 
@@ -139,94 +255,14 @@ def discover_scans(root: str | Path) -> tuple[list[ScanRef], list[Skipped]]:
     root = Path(root)
     refs: list[ScanRef] = []
     skipped: list[Skipped] = []
-    dicom_groups: dict[tuple[Path, str], list[Path]] = defaultdict(list)
-    dicom_types: dict[tuple[Path, str], set[str]] = defaultdict(set)
-    broken: dict[Path, list[tuple[Path, str]]] = defaultdict(list)
-
-    if root.is_file():
-        walk: list[tuple[str, list[str], list[str]]] = [(str(root.parent), [], [root.name])]
-        base = root.parent
-    elif root.is_dir():
-        walk = []
-        for dirpath, dirnames, filenames in os.walk(root):
-            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-            walk.append((dirpath, dirnames, sorted(filenames)))
-        base = root
-    else:
-        raise ScanReadError(f"scan folder {root} does not exist; give an existing folder of scans")
-
-    for dirpath, _dirs, filenames in walk:
-        folder = Path(dirpath)
+    dicom = _DicomFiles()
+    base, walk = _walk(root)
+    for folder, filenames in walk:
         for name in filenames:
-            if name.startswith("."):
-                continue
-            path = folder / name
-            split = split_scan_name(name)
-            if split is not None:
-                stem, fmt = split
-                label_reason = _is_label_file(path.relative_to(base).parts, stem)
-                if label_reason is not None:
-                    skipped.append(Skipped(path, label_reason))
-                    continue
-                refs.append(ScanRef(scan_id=stem, format=fmt, paths=(path,), folder=folder))
-            elif is_dicom_file(path):
-                try:
-                    header = read_dicom_header(path)
-                except ScanReadError as exc:
-                    broken[folder].append((path, str(exc)))
-                    continue
-                uid = header.get(TAG_SERIES_UID, "")
-                if not uid:
-                    skipped.append(
-                        Skipped(path, f"DICOM file {path} has no SeriesInstanceUID (0020,000E); cannot group it", failed=True)
-                    )
-                    continue
-                dicom_groups[(folder, uid)].append(path)
-                dicom_types[(folder, uid)].add(header.get(TAG_IMAGE_TYPE, "").upper())
-            else:
-                log.debug("ignoring non-image file %s", path)
-
-    series_per_folder: dict[Path, int] = defaultdict(int)
-    for folder, _uid in dicom_groups:
-        series_per_folder[folder] += 1
-    for folder, items in broken.items():
-        if series_per_folder[folder] != 1:  # cannot tell which series it belonged to
-            skipped.extend(Skipped(path, reason, failed=True) for path, reason in items)
-    for (folder, uid), files in dicom_groups.items():
-        types = dicom_types[(folder, uid)]
-        if series_per_folder[folder] == 1 and broken.get(folder):
-            # a missing slice would silently shorten the volume: refuse the whole series
-            _bad_path, reason = broken[folder][0]
-            skipped.append(Skipped(folder, f"DICOM series {uid}: {reason}", failed=True))
-        elif any("LOCALIZER" in t for t in types):
-            skipped.append(Skipped(folder, f"DICOM series {uid} ({len(files)} files) is a localizer/scout; skipped"))
-        elif len(files) < MIN_SLICES:
-            skipped.append(
-                Skipped(
-                    folder,
-                    f"DICOM series {uid} has {len(files)} slice(s); a 3D series needs at least {MIN_SLICES} "
-                    "(localizer/scout?); skipped",
-                )
-            )
-        else:
-            refs.append(ScanRef(scan_id=uid, format="dicom", paths=tuple(sorted(files)), folder=folder))
-
-    unique: list[ScanRef] = []
-    seen: dict[str, ScanRef] = {}
-    for ref in refs:
-        if ref.scan_id in seen:
-            other = seen[ref.scan_id]
-            skipped.append(
-                Skipped(
-                    ref.paths[0] if ref.format != "dicom" else ref.folder,
-                    f"duplicate scan id '{ref.scan_id}' (also {other.paths[0]}); scan ids must be unique: rename one",
-                    failed=True,
-                )
-            )
-            continue
-        seen[ref.scan_id] = ref
-        unique.append(ref)
-
+            if not name.startswith("."):
+                _add_file(folder / name, base, refs, skipped, dicom)
+    _dicom_series_refs(dicom, refs, skipped)
+    unique = _unique_ids(refs, skipped)
     if not unique:
         detail = f" ({len(skipped)} skipped; first: {skipped[0].path.name}: {skipped[0].reason})" if skipped else ""
         raise ScanReadError(

@@ -16,13 +16,14 @@ from torch import nn
 
 from medmtl.errors import ConfigError, did_you_mean
 from medmtl.models.decoder import UNetDecoder
+from medmtl.models.spec import ModelSpec
 
 __all__ = [
     "HEADS",
     "TASK_TO_HEAD",
     "MultiTaskNet",
     "build_model",
-    "model_config",
+    "model_spec",
     "required_divisor",
 ]
 
@@ -91,8 +92,8 @@ class MultiTaskNet(nn.Module):
                     conv.bias.fill_(init_bias[name])
         self.heads = nn.ModuleDict(convs)
         self.divisor = _max_stride(info)
-        #: the :func:`build_model` config this net was built from (empty when hand-built)
-        self.build_config: dict[str, Any] = {}
+        #: the :class:`ModelSpec` this net was built from (``None`` when hand-built)
+        self.spec: ModelSpec | None = None
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """Run the network.
@@ -143,89 +144,56 @@ def required_divisor(model: MultiTaskNet) -> tuple[int, int, int]:
     return model.divisor
 
 
-_CFG_KEYS = {
-    "encoder": None,
-    "adapter": None,
-    "in_channels": 3,
-    "decoder_channels": None,
-    "depth_padding": "zeros",
-    "weights": None,
-    "inflate_policy": "full",
-    "context": "windows",
-    "norm": "instance",
-    "input_skip": False,  # absent in cards written before the skip existed
-}
-
-
-def _check_cfg(cfg: Mapping[str, Any]) -> dict[str, Any]:
-    if not isinstance(cfg, Mapping):
-        raise ConfigError(f"model config must be a mapping, got {type(cfg).__name__}")
-    for key in cfg:
-        if key not in _CFG_KEYS:
-            raise ConfigError(
-                f"unknown model config key {key!r}; allowed: {', '.join(_CFG_KEYS)}.{did_you_mean(str(key), _CFG_KEYS)}"
-            )
-    for key in ("encoder", "adapter"):
-        if not cfg.get(key):
-            raise ConfigError(f"model config needs {key!r}, e.g. encoder: efficientnet-lite0, adapter: inflate")
-    out = {k: cfg.get(k, v) for k, v in _CFG_KEYS.items()}
-    if out["decoder_channels"] is not None:
-        out["decoder_channels"] = [int(c) for c in out["decoder_channels"]]
-    return out
-
-
-def build_model(cfg: Mapping[str, Any], *, pretrained: bool) -> MultiTaskNet:
-    """Build the network from its config (what the model card stores).
+def build_model(spec: ModelSpec, *, pretrained: bool) -> MultiTaskNet:
+    """Build the network from its spec (what the model card stores).
 
     Args:
-        cfg: ``{"encoder": name, "adapter": "2.5d"|"inflate"|"acs", "in_channels": 3,
-            "decoder_channels": [...] | None, "depth_padding": "zeros", "weights": path | None,
-            "inflate_policy": "full", "context": "windows", "norm": "instance",
-            "input_skip": False}``; missing
-            optional keys take these defaults.
+        spec: the :class:`~medmtl.models.spec.ModelSpec`.
         pretrained: load ImageNet weights into the encoder (``False`` when a checkpoint's
             weights will be loaded next).
 
     Returns:
-        The :class:`MultiTaskNet`.
+        The :class:`MultiTaskNet` (its ``spec`` attribute is ``spec``).
 
     Raises:
-        ConfigError: unknown keys (did-you-mean) or missing ``encoder``/``adapter``.
+        ConfigError: ``spec`` is not a :class:`ModelSpec`.
+        RegistryError: unknown encoder or adapter.
     """
     from medmtl.models.registry import create_encoder
 
-    c = _check_cfg(cfg)
+    if not isinstance(spec, ModelSpec):
+        raise ConfigError(f"build_model needs a ModelSpec, got {type(spec).__name__}; use ModelSpec.from_dict(...)")
     encoder = create_encoder(
-        c["encoder"],
-        adapter=c["adapter"],
+        spec.encoder,
+        adapter=spec.adapter,
         pretrained=pretrained,
-        in_channels=int(c["in_channels"]),
-        weights=c["weights"] if pretrained else None,
-        depth_padding=c["depth_padding"],
-        inflate_policy=c["inflate_policy"],
-        context=c["context"],
+        in_channels=spec.in_channels,
+        weights=spec.weights if pretrained else None,
+        depth_padding=spec.depth_padding,
+        inflate_policy=spec.inflate_policy,
+        context=spec.context,
     )
-    net = MultiTaskNet(encoder, c["decoder_channels"], norm=c["norm"], input_skip=bool(c["input_skip"]))
-    net.build_config = c
+    net = MultiTaskNet(encoder, spec.decoder_channels, norm=spec.norm, input_skip=spec.input_skip)
+    net.spec = spec
     return net
 
 
-def model_config(model: MultiTaskNet) -> dict[str, Any]:
-    """The JSON-safe config that rebuilds ``model`` with :func:`build_model`.
+def model_spec(model: MultiTaskNet) -> ModelSpec:
+    """The spec that rebuilds ``model`` with :func:`build_model`.
 
-    Encoder fields come from ``model.encoder.config`` when present; decoder widths and norm
-    from the decoder itself, so the result is right even for hand-built nets.
+    Encoder fields come from ``model.encoder.config`` when present; decoder widths, norm and
+    the input skip from the decoder itself, so the result is right for hand-built nets too.
     """
-    base = dict(model.build_config)
+    base = model.spec.to_dict() if model.spec is not None else {}
     enc_cfg = getattr(model.encoder, "config", None)
     if enc_cfg is not None:
         for key in ("in_channels", "depth_padding", "inflate_policy", "context", "adapter"):
             if hasattr(enc_cfg, key):
                 base[key] = getattr(enc_cfg, key)
         base["encoder"] = getattr(enc_cfg, "name", base.get("encoder"))
-    out = {k: base.get(k, v) for k, v in _CFG_KEYS.items()}
-    out["decoder_channels"] = list(model.decoder.channels)
-    out["norm"] = model.decoder.norm
-    out["input_skip"] = model.decoder.input_channels > 0
-    out["weights"] = str(out["weights"]) if out["weights"] is not None else None
-    return out
+    base["decoder_channels"] = list(model.decoder.channels)
+    base["norm"] = model.decoder.norm
+    base["input_skip"] = model.decoder.input_channels > 0
+    if base.get("weights") is not None:
+        base["weights"] = str(base["weights"])
+    return ModelSpec.from_dict(base)

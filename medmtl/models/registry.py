@@ -19,7 +19,7 @@ import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import torch
 from torch import nn
@@ -33,20 +33,6 @@ logger = logging.getLogger(__name__)
 ADAPTERS = ("2d", "2.5d", "inflate", "acs")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-class Backbone(Protocol):
-    """What a registered 2D network provides (besides being an ``nn.Module``)."""
-
-    first_conv: str
-    feature_channels: list[int]
-    feature_strides: list[int]
-
-    def strip_head(self) -> list[str]: ...
-
-    def forward_features(self, x: torch.Tensor) -> list[torch.Tensor]: ...
-
-    def forward_head(self, x: torch.Tensor) -> torch.Tensor: ...
 
 
 Loader = Callable[..., LoadReport]
@@ -160,6 +146,21 @@ class EncoderConfig:
     inflate_policy: str = "full"
     context: str = "windows"
 
+    def __post_init__(self) -> None:
+        from medmtl.records import expect_type, number_in, one_of
+
+        for key in ("name", "source", "licence", "first_conv", "weights_sha256", "depth_padding", "inflate_policy",
+                    "context"):
+            expect_type(getattr(self, key), str, f"encoder.{key}", error=ConfigError)
+        one_of(self.adapter, ADAPTERS, "encoder.adapter", error=ConfigError)
+        number_in(self.in_channels, "encoder.in_channels", low=1, high=64, integer=True, error=ConfigError)
+        expect_type(self.pretrained, bool, "encoder.pretrained", error=ConfigError)
+        for key in ("mean", "std"):
+            values = expect_type(getattr(self, key), (tuple, list), f"encoder.{key}", error=ConfigError)
+            for i, v in enumerate(values):
+                number_in(v, f"encoder.{key}[{i}]", low=0.0 if key == "mean" else 1e-6, high=1e3, error=ConfigError)
+            object.__setattr__(self, key, tuple(float(v) for v in values))
+
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict (tuples as lists)."""
         return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
@@ -167,10 +168,11 @@ class EncoderConfig:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> EncoderConfig:
         """Inverse of :meth:`to_dict` (unknown keys are refused)."""
-        names = {f.name for f in dataclasses.fields(cls)}
-        extra = set(data) - names
-        if extra:
-            raise ConfigError(f"unknown encoder config keys {sorted(extra)}; allowed: {sorted(names)}")
+        from medmtl.records import check_keys
+
+        names = [f.name for f in dataclasses.fields(cls)]
+        required = [f.name for f in dataclasses.fields(cls) if f.default is dataclasses.MISSING]
+        check_keys(data, names, "encoder", required=required, error=ConfigError)
         kw = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
         return cls(**kw)  # type: ignore[arg-type]
 
@@ -235,6 +237,82 @@ def _state_keys(module: nn.Module) -> list[str]:
     return list(module.state_dict().keys())
 
 
+def _check_encoder_args(
+    info: EncoderInfo, *, adapter: str, in_channels: int, depth_padding: str, context: str
+) -> None:
+    """Validate the :func:`create_encoder` settings against ``info`` and each other.
+
+    Raises:
+        RegistryError: unknown adapter, padding or context.
+        ConfigError: invalid ``in_channels`` / ``context`` combination.
+    """
+    from medmtl.models.padconv import DEPTH_PADDINGS
+    from medmtl.models.slicewise import CONTEXTS
+
+    if adapter not in info.adapters:
+        raise unknown_name("adapter", adapter, info.adapters)
+    if depth_padding not in DEPTH_PADDINGS:
+        raise unknown_name("depth_padding", depth_padding, DEPTH_PADDINGS)
+    if context not in CONTEXTS:
+        raise unknown_name("context", context, CONTEXTS)
+    if in_channels < 1:
+        raise ConfigError(f"in_channels must be >= 1, got {in_channels}")
+    if context == "neighbours" and (adapter != "2.5d" or in_channels != 1):
+        raise ConfigError(
+            f"context='neighbours' needs adapter='2.5d' and in_channels=1, got adapter={adapter!r}, "
+            f"in_channels={in_channels}; use context='windows' otherwise"
+        )
+
+
+def _load_backbone(
+    info: EncoderInfo, net: nn.Module, *, pretrained: bool, weights: str | Path | None
+) -> tuple[LoadReport, str]:
+    """Fill ``net`` with ImageNet weights (or record a random init): ``(report, sha256)``."""
+    if not pretrained:
+        return LoadReport(encoder=info.name, source="random init", newly_initialised=_state_keys(net)), ""
+    src = resolve_weights(info.weights, weights)
+    state = load_state_dict_file(src.path)
+    report = info.loader(net, state, encoder=info.name, source=str(src.path), sha256=src.sha256)
+    return report, src.sha256
+
+
+def _strip_head(net: nn.Module, report: LoadReport, *, pretrained: bool) -> None:
+    """Remove the ImageNet classifier of ``net`` and drop its keys from ``report``."""
+    removed = net.strip_head()  # type: ignore[operator]
+    report.copied = [k for k in report.copied if k not in removed]
+    report.newly_initialised = [k for k in report.newly_initialised if k not in removed]
+    report.unused_source.extend(removed if pretrained else [])
+
+
+def _adapt_to_volumes(
+    net: nn.Module, report: LoadReport, *, adapter: str, first_conv: str, pretrained: bool,
+    depth_padding: str, inflate_policy: str,
+) -> nn.Module:
+    """Turn the 2D ``net`` into a 3D one for ``inflate`` / ``acs`` (unchanged otherwise)."""
+    if adapter == "inflate":
+        from medmtl.models.inflate import inflate_module, reinit_3d
+
+        net, inflated = inflate_module(net, policy=inflate_policy, depth_padding=depth_padding, stem=first_conv)
+        if pretrained:
+            report.inflated.extend(inflated)
+        else:
+            reinit_3d(net)
+    elif adapter == "acs":
+        from medmtl.models.acs import acs_module
+
+        net = acs_module(net, depth_padding=depth_padding)
+    return net
+
+
+def _feature_info(adapter: str, channels: list[int], strides: list[int]) -> list[dict[str, Any]]:
+    """Per level ``{"channels", "stride"}`` with the stride tuple the adapter gives."""
+
+    def stride_of(s: int) -> tuple[int, ...]:
+        return {"2d": (s, s), "2.5d": (s, s, 1)}.get(adapter, (s, s, s))
+
+    return [{"channels": int(c), "stride": stride_of(int(s))} for c, s in zip(channels, strides)]
+
+
 def create_encoder(
     name: str,
     *,
@@ -273,74 +351,30 @@ def create_encoder(
         >>> enc = create_encoder("efficientnet-lite0", adapter="inflate")  # doctest: +SKIP
         >>> [f.shape for f in enc(torch.zeros(1, 3, 32, 32, 32))]  # doctest: +SKIP
     """
-    from medmtl.models.padconv import DEPTH_PADDINGS
-    from medmtl.models.slicewise import CONTEXTS
-
     info = get_encoder_info(name)
-    if adapter not in info.adapters:
-        raise unknown_name("adapter", adapter, info.adapters)
-    if depth_padding not in DEPTH_PADDINGS:
-        raise unknown_name("depth_padding", depth_padding, DEPTH_PADDINGS)
-    if context not in CONTEXTS:
-        raise unknown_name("context", context, CONTEXTS)
-    if in_channels < 1:
-        raise ConfigError(f"in_channels must be >= 1, got {in_channels}")
-    if context == "neighbours" and (adapter != "2.5d" or in_channels != 1):
-        raise ConfigError(
-            f"context='neighbours' needs adapter='2.5d' and in_channels=1, got adapter={adapter!r}, "
-            f"in_channels={in_channels}; use context='windows' otherwise"
-        )
-
+    _check_encoder_args(info, adapter=adapter, in_channels=in_channels, depth_padding=depth_padding, context=context)
     net = info.builder()
     first_conv: str = net.first_conv  # type: ignore[assignment]
-    if pretrained:
-        src = resolve_weights(info.weights, weights)
-        state = load_state_dict_file(src.path)
-        report = info.loader(net, state, encoder=name, source=str(src.path), sha256=src.sha256)
-        sha = src.sha256
-    else:
-        report = LoadReport(encoder=name, source="random init", newly_initialised=_state_keys(net))
-        sha = ""
-
+    report, sha = _load_backbone(info, net, pretrained=pretrained, weights=weights)
     if adapter != "2d":  # the ImageNet classifier is only used by Encoder.classify (2d)
-        removed = net.strip_head()  # type: ignore[operator]
-        report.copied = [k for k in report.copied if k not in removed]
-        report.newly_initialised = [k for k in report.newly_initialised if k not in removed]
-        report.unused_source.extend(removed if pretrained else [])
-
+        _strip_head(net, report, pretrained=pretrained)
     net_in = 3 if context == "neighbours" else in_channels
     if net_in != 3:
         from medmtl.models.channels import with_input_channels
 
         net = with_input_channels(net, first_conv, net_in)
         report.channel_adapted.append(f"{first_conv}.weight")
-
     strides: list[int] = list(net.feature_strides)  # type: ignore[arg-type]
     channels: list[int] = list(net.feature_channels)  # type: ignore[arg-type]
-    if adapter == "inflate":
-        from medmtl.models.inflate import inflate_module, reinit_3d
-
-        net, inflated = inflate_module(net, policy=inflate_policy, depth_padding=depth_padding, stem=first_conv)
-        if pretrained:
-            report.inflated.extend(inflated)
-        else:
-            reinit_3d(net)
-    elif adapter == "acs":
-        from medmtl.models.acs import acs_module
-
-        net = acs_module(net, depth_padding=depth_padding)
-
-    def stride_of(s: int) -> tuple[int, ...]:
-        return {"2d": (s, s), "2.5d": (s, s, 1)}.get(adapter, (s, s, s))
-
-    feature_info = [{"channels": int(c), "stride": stride_of(int(s))} for c, s in zip(channels, strides)]
+    net = _adapt_to_volumes(net, report, adapter=adapter, first_conv=first_conv, pretrained=pretrained,
+                            depth_padding=depth_padding, inflate_policy=inflate_policy)
     config = EncoderConfig(
         name=name, source=info.source, licence=info.licence, first_conv=f"backbone.{first_conv}",
         mean=info.mean, std=info.std, adapter=adapter, in_channels=in_channels, pretrained=pretrained,
         weights_sha256=sha, depth_padding=depth_padding, inflate_policy=inflate_policy, context=context,
     )
     report.log()
-    return Encoder(net, config=config, feature_info=feature_info, load_report=report)
+    return Encoder(net, config=config, feature_info=_feature_info(adapter, channels, strides), load_report=report)
 
 
 def describe_encoders() -> list[dict[str, Any]]:

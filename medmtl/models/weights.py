@@ -12,7 +12,6 @@ the hash of the file is known (:data:`KNOWN_SHA256`) a mismatch is refused.
 
 from __future__ import annotations
 
-import hashlib
 import importlib
 import importlib.util
 import os
@@ -24,6 +23,7 @@ from typing import Any
 import torch
 
 from medmtl.errors import WeightsError
+from medmtl.io.hashing import sha256_file
 
 ENV_VAR = "MEDMTL_WEIGHTS_DIR"
 
@@ -72,15 +72,6 @@ class WeightSource:
     path: Path
     origin: str
     sha256: str
-
-
-def sha256_file(path: Path) -> str:
-    """SHA256 hex digest of a file, read in 1 MiB chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _package_file(spec: WeightSpec) -> Path | None:

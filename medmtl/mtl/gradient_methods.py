@@ -1,12 +1,16 @@
-"""Gradient-combination methods (``needs_gradients = True``): PCGrad, UPGrad, CAGrad.
+"""Gradient-combination methods: PCGrad, UPGrad, CAGrad — Gramian in, weights out.
 
-Each method sees the task Jacobian ``J`` (``m × n``: one row per task gradient on the shared
-parameters) and returns the combined gradient ``wᵀJ``. All three are exact linear
-combinations of the task gradients whose coefficients ``w`` depend only on the Gramian
-``G = J Jᵀ`` (``m × m``), so each method computes ``w`` from ``G`` (cheap, float64) and the
-weights it logs are those coefficients. ``combine`` writes the result into the shared
-parameters' ``.grad`` and gives the heads their own losses' gradients; see
-:mod:`medmtl.mtl.weighting` for the trainer contract.
+Each method is a **pure function** from the Gramian ``G = J Jᵀ`` (``T × T``) of the task
+Jacobian ``J`` (``T × P``: one row per task gradient on the shared parameters) to a weight
+vector ``w`` (``(T,)``), as TorchJD's aggregators are (``torchjd/aggregation/_pcgrad.py``,
+``_upgrad.py``): the combined shared-parameter gradient is ``wᵀJ``. All three methods are
+exact linear combinations of the task gradients, so nothing is lost by returning weights:
+PCGrad's sequential projections and UPGrad's dual-cone projections only ever add multiples
+of task gradients, and CAGrad's ``d = g₀ + c‖g₀‖·g_w/‖g_w‖`` is one too.
+
+The backward pass lives apart: the trainer (:func:`medmtl.engine.train_loop.backward_losses`)
+computes the per-task gradients once, calls :meth:`GradientMethod.step_weights` and itself
+writes ``.grad = Σ_t w_t g_t`` (the heads get their own losses' gradients) and steps.
 
 * PCGrad — Yu et al. 2020, "Gradient Surgery for Multi-Task Learning", NeurIPS.
 * UPGrad — Quinton & Rey 2024, "Jacobian Descent for Multi-Objective Optimization"; the
@@ -17,6 +21,7 @@ parameters' ``.grad`` and gives the heads their own losses' gradients; see
 
 from __future__ import annotations
 
+import functools
 import itertools
 import logging
 from collections.abc import Mapping, Sequence
@@ -24,98 +29,106 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
 
-from medmtl.mtl.conflict import per_task_shared_grads, trainable
 from medmtl.mtl.weighting import Weighting, _check_number, register_weighting
 
 log = logging.getLogger(__name__)
 
-__all__ = ["GradientMethod", "PCGrad", "UPGrad", "CAGrad", "EnumerationProjector", "all_reduce_grads", "private_leaves"]
+__all__ = [
+    "GradientMethod",
+    "PCGrad",
+    "UPGrad",
+    "CAGrad",
+    "EnumerationProjector",
+    "cagrad_weights",
+    "pcgrad_orders",
+    "pcgrad_weights",
+    "upgrad_weights",
+]
 
 
-def private_leaves(losses: Sequence[torch.Tensor], exclude: Sequence[torch.Tensor]) -> list[torch.Tensor]:
-    """Leaf tensors requiring grad that the losses depend on, minus ``exclude``.
+def pcgrad_orders(n_tasks: int, seed: int) -> list[list[int]]:
+    """PCGrad's random task orders of one step: one permutation of ``range(n_tasks)`` per task.
 
-    Walks the autograd graph (``AccumulateGrad`` nodes); used to find the task-specific
-    parameters (heads) without a hidden attribute contract with the model.
+    Drawn from a ``torch.Generator`` seeded with ``seed`` (PCGrad seeds it with
+    ``seed + step`` so a resumed run draws the same orders).
     """
-    skip = {id(p) for p in exclude}
-    seen: set[int] = set()
-    found: dict[int, torch.Tensor] = {}
-    stack = [loss.grad_fn for loss in losses if loss.grad_fn is not None]
-    while stack:
-        node = stack.pop()
-        if node is None or id(node) in seen:
-            continue
-        seen.add(id(node))
-        var = getattr(node, "variable", None)
-        if var is not None:
-            if var.requires_grad and id(var) not in skip:
-                found[id(var)] = var
-            continue
-        stack.extend(fn for fn, _ in node.next_functions if fn is not None)
-    return list(found.values())
+    gen = torch.Generator().manual_seed(int(seed))
+    return [torch.randperm(n_tasks, generator=gen).tolist() for _ in range(n_tasks)]
+
+
+def pcgrad_weights(gramian: torch.Tensor, orders: Sequence[Sequence[int]]) -> torch.Tensor:
+    """PCGrad's combination weights from the Gramian alone (Yu et al. 2020, Algorithm 1).
+
+    For each task ``i``, for each ``j`` in ``orders[i]`` (``j ≠ i``): if ``g_i'·g_j < 0`` then
+    ``g_i' ← g_i' − (g_i'·g_j / ‖g_j‖²) g_j``; the update is ``Σ_i g_i'``. Every ``g_i'`` is
+    kept as coefficients on the original gradients, so only the Gramian is needed; tasks
+    with a zero gradient (``G_jj ≤ 0``) are never projected on.
+
+    Args:
+        gramian: ``(T, T)`` Gramian ``J Jᵀ`` (float64 on the CPU is what the trainer passes).
+        orders: ``T`` permutations of ``range(T)`` (see :func:`pcgrad_orders`).
+
+    Returns:
+        ``(T,)`` weights ``w`` (same dtype as ``gramian``) with update ``wᵀJ``.
+    """
+    m = gramian.shape[0]
+    coef = torch.eye(m, dtype=gramian.dtype)
+    for i in range(m):
+        for j in orders[i]:
+            if j == i or gramian[j, j] <= 0:
+                continue
+            dot = coef[i] @ gramian[:, j]  # g_i' · g_j
+            if dot < 0:
+                coef[i, j] -= dot / gramian[j, j]
+    return coef.sum(dim=0)
 
 
 class GradientMethod(Weighting):
-    """Base of the gradient methods: subclasses implement :meth:`coefficients`."""
+    """Base of the gradient methods: subclasses implement :meth:`weights` (Gramian → weights).
 
-    needs_gradients = True
+    The trainer computes the task Jacobian on the shared parameters and calls
+    :meth:`step_weights` once per optimisation step; it writes ``.grad`` and steps itself.
+    """
 
     def __init__(self, tasks: Sequence[str]) -> None:
         super().__init__(tasks)
         self.steps = 0
 
-    def coefficients(self, gram: torch.Tensor) -> torch.Tensor:
-        """Combination weights ``(m,)`` from the Gramian ``(m, m)`` (float64, CPU)."""
-        raise NotImplementedError
-
-    def combine(  # type: ignore[override]
-        self,
-        losses: Mapping[str, torch.Tensor],
-        shared_params: Sequence[nn.Parameter] | None = None,
-        *,
-        task_grads: Mapping[str, torch.Tensor] | None = None,
-    ) -> tuple[None, dict[str, float]]:
-        """Write the combined gradient into ``.grad`` (shared) and own gradients (heads).
+    def weights(self, gramian: torch.Tensor) -> torch.Tensor:
+        """Combination weights of the current step; no side effect.
 
         Args:
-            losses: task → scalar loss (AMP-scaled under fp16).
-            shared_params: the shared parameters (frozen ones skipped).
-            task_grads: optional precomputed :func:`per_task_shared_grads` (same params).
+            gramian: ``(T, T)`` Gramian of the task gradients (float64, CPU), tasks in
+                :attr:`tasks` order.
 
         Returns:
-            ``(None, {task: coefficient})``.
+            ``(T,)`` float64 weights ``w``: the combined gradient is ``wᵀJ``.
         """
-        self._check_losses(losses)
-        params = trainable(shared_params or [])
-        grads = task_grads if task_grads is not None else per_task_shared_grads(losses, params, retain_graph=True)
+        raise NotImplementedError
+
+    def step_weights(self, jacobian: torch.Tensor) -> torch.Tensor:
+        """Advance one step and return its weights from the task Jacobian.
+
+        Args:
+            jacobian: ``(T, P)`` task gradients on the shared parameters (rows in
+                :attr:`tasks` order).
+
+        Returns:
+            ``(T,)`` float64 CPU weights; all ones (the plain sum) when ``P = 0``, when the
+            Jacobian is not finite (fp16 overflow: the sum carries the ``inf`` on so the
+            ``GradScaler`` skips the step) or when the method's weights are not finite.
+        """
         self.steps += 1
-        if params:
-            jac = torch.stack([grads[t].to(params[0].device).float() for t in self.tasks])
-            if torch.isfinite(jac).all():
-                gram = (jac.double() @ jac.double().T).cpu()
-                w = self.coefficients(gram)
-                if not torch.isfinite(w).all():
-                    log.warning("%s produced non-finite weights; using the plain sum this step", self.name)
-                    w = torch.ones(len(self.tasks), dtype=torch.float64)
-            else:  # fp16 overflow: pass it on so the GradScaler skips the step
-                w = torch.ones(len(self.tasks), dtype=torch.float64)
-            combined = w.to(jac) @ jac
-            offset = 0
-            for p in params:
-                n = p.numel()
-                g = combined[offset : offset + n].view_as(p).to(p.dtype)
-                offset += n
-                p.grad = g.clone() if p.grad is None else p.grad + g
-        else:
-            w = torch.ones(len(self.tasks), dtype=torch.float64)
-        loss_list = [losses[t] for t in self.tasks if losses[t].requires_grad]
-        own = private_leaves(loss_list, params)
-        if own and loss_list:
-            torch.autograd.backward(torch.stack([loss.float() for loss in loss_list]).sum(), inputs=own)
-        return None, {t: float(w[i]) for i, t in enumerate(self.tasks)}
+        ones = torch.ones(len(self.tasks), dtype=torch.float64)
+        if jacobian.numel() == 0 or not torch.isfinite(jacobian).all():
+            return ones
+        jac = jacobian.double()
+        w = self.weights((jac @ jac.T).cpu())
+        if not torch.isfinite(w).all():
+            log.warning("%s produced non-finite weights; using the plain sum this step", self.name)
+            return ones
+        return w
 
     def state(self) -> dict[str, Any]:
         return {"steps": self.steps}
@@ -128,31 +141,20 @@ class GradientMethod(Weighting):
 class PCGrad(GradientMethod):
     """PCGrad (Yu et al. 2020): project each task gradient off the normal plane of conflicting ones.
 
-    For each task ``i`` (random task order per step), for each other task ``j``: if
-    ``g_i'·g_j < 0`` then ``g_i' ← g_i' − (g_i'·g_j / ‖g_j‖²) g_j``; the update is ``Σ_i g_i'``.
-    Done on coefficients via the Gramian, exactly equivalent to the paper's Algorithm 1.
+    Weights from :func:`pcgrad_weights` with the orders of :func:`pcgrad_orders` seeded by
+    ``seed + steps`` (step-indexed, so a resumed run draws the same orders).
 
     Args:
         tasks: task names.
-        seed: seed of the per-step random task order (step-indexed, so resumable).
+        seed: seed of the per-step random task order.
     """
 
     def __init__(self, tasks: Sequence[str], seed: int = 0) -> None:
         super().__init__(tasks)
         self.seed = int(seed)
 
-    def coefficients(self, gram: torch.Tensor) -> torch.Tensor:
-        m = gram.shape[0]
-        coef = torch.eye(m, dtype=torch.float64)
-        gen = torch.Generator().manual_seed(self.seed + self.steps)
-        for i in range(m):
-            for j in torch.randperm(m, generator=gen).tolist():
-                if j == i or gram[j, j] <= 0:
-                    continue
-                dot = coef[i] @ gram[:, j]  # g_i' · g_j
-                if dot < 0:
-                    coef[i, j] -= dot / gram[j, j]
-        return coef.sum(dim=0)
+    def weights(self, gramian: torch.Tensor) -> torch.Tensor:
+        return pcgrad_weights(gramian, pcgrad_orders(gramian.shape[0], self.seed + self.steps))
 
 
 class EnumerationProjector:
@@ -214,13 +216,32 @@ def _upgrad_projector() -> Any:
         return _Projector()
 
 
-@register_weighting("upgrad")
-class UPGrad(GradientMethod):
-    """UPGrad (Quinton & Rey 2024) through ``torchjd.aggregation.UPGradWeighting``.
+@functools.lru_cache(maxsize=1)
+def _torchjd_upgrad() -> Any:
+    from torchjd.aggregation import UPGradWeighting
+
+    return UPGradWeighting(projector=_upgrad_projector())
+
+
+def upgrad_weights(gramian: torch.Tensor) -> torch.Tensor:
+    """UPGrad's combination weights from the Gramian (Quinton & Rey 2024; ``torchjd``).
 
     Each task gradient is projected onto the dual cone of all task gradients (so the update
-    conflicts with none of them) and the projections are averaged; torchjd gives the
-    coefficients from the Gramian.
+    conflicts with none of them) and the projections are averaged; every projection is a
+    non-negative combination of the task gradients, so the average is ``wᵀJ``.
+
+    Args:
+        gramian: ``(T, T)`` Gramian ``J Jᵀ``.
+
+    Returns:
+        ``(T,)`` float64 weights.
+    """
+    return _torchjd_upgrad()(gramian).double()
+
+
+@register_weighting("upgrad")
+class UPGrad(GradientMethod):
+    """UPGrad (Quinton & Rey 2024): weights from :func:`upgrad_weights` (``torchjd``).
 
     Args:
         tasks: task names.
@@ -228,21 +249,62 @@ class UPGrad(GradientMethod):
 
     def __init__(self, tasks: Sequence[str]) -> None:
         super().__init__(tasks)
-        from torchjd.aggregation import UPGradWeighting
+        _torchjd_upgrad()  # fail here, not at the first step, when torchjd is missing
 
-        self._weighting = UPGradWeighting(projector=_upgrad_projector())
+    def weights(self, gramian: torch.Tensor) -> torch.Tensor:
+        return upgrad_weights(gramian)
 
-    def coefficients(self, gram: torch.Tensor) -> torch.Tensor:
-        return self._weighting(gram).double()
+
+def cagrad_weights(gramian: torch.Tensor, c: float) -> torch.Tensor:
+    """CAGrad's combination weights from the Gramian (Liu et al. 2021).
+
+    ``w* = argmin_{w ∈ Δ} g_wᵀg_0 + √φ‖g_w‖`` with ``g_0`` the mean gradient and
+    ``φ = c²‖g_0‖²``, solved with SLSQP on the (trace-normalised) Gramian like the reference
+    code; the update ``(g_0 + √φ/‖g_w*‖ · g_w*) / (1 + c²)`` (the authors' rescaled form) is
+    the linear combination ``(1/T + λ w*) / (1 + c²)`` of the task gradients.
+
+    Args:
+        gramian: ``(T, T)`` Gramian ``J Jᵀ`` (CPU).
+        c: radius ``c ≥ 0`` of the conflict-averse ball.
+
+    Returns:
+        ``(T,)`` float64 weights (``1/T`` each for a zero Gramian).
+    """
+    from scipy.optimize import minimize
+
+    m = gramian.shape[0]
+    g = gramian.double().numpy()
+    scale = float(np.trace(g)) / m
+    if scale <= 0:
+        return torch.full((m,), 1.0 / m, dtype=torch.float64)
+    g = g / scale
+    b = g.mean(axis=1)  # G · 1/m  = (g_i · g_0)_i
+    g0_sq = float(g.mean())  # ‖g_0‖²
+    sqrt_phi = c * np.sqrt(max(g0_sq, 0.0))
+
+    def obj(w: np.ndarray) -> float:
+        return float(w @ b + sqrt_phi * np.sqrt(max(float(w @ g @ w), 1e-12)))
+
+    res = minimize(
+        obj,
+        np.full(m, 1.0 / m),
+        bounds=[(0.0, 1.0)] * m,
+        constraints=({"type": "eq", "fun": lambda w: float(np.sum(w) - 1.0)},),
+        method="SLSQP",
+    )
+    w = np.clip(res.x, 0.0, None)
+    w = w / w.sum() if w.sum() > 0 else np.full(m, 1.0 / m)
+    gw_norm = np.sqrt(max(float(w @ g @ w), 1e-12))
+    lam = sqrt_phi / gw_norm
+    coef = (np.full(m, 1.0 / m) + lam * w) / (1.0 + c**2)
+    return torch.as_tensor(coef, dtype=torch.float64)
 
 
 @register_weighting("cagrad")
 class CAGrad(GradientMethod):
     """CAGrad (Liu et al. 2021): maximise the worst task improvement near the average gradient.
 
-    ``w* = argmin_{w ∈ Δ} g_wᵀg_0 + √φ‖g_w‖`` with ``g_0`` the mean gradient and
-    ``φ = c²‖g_0‖²``; the update is ``(g_0 + √φ/‖g_w*‖ · g_w*) / (1 + c²)`` (the authors'
-    rescaled form), solved with SLSQP on the Gramian like the reference code.
+    Weights from :func:`cagrad_weights`.
 
     Args:
         tasks: task names.
@@ -253,50 +315,5 @@ class CAGrad(GradientMethod):
         super().__init__(tasks)
         self.c = _check_number("cagrad", "c", c)
 
-    def coefficients(self, gram: torch.Tensor) -> torch.Tensor:
-        from scipy.optimize import minimize
-
-        m = gram.shape[0]
-        g = gram.numpy()
-        scale = float(np.trace(g)) / m
-        if scale <= 0:
-            return torch.full((m,), 1.0 / m, dtype=torch.float64)
-        g = g / scale
-        b = g.mean(axis=1)  # G · 1/m  = (g_i · g_0)_i
-        g0_sq = float(g.mean())  # ‖g_0‖²
-        sqrt_phi = self.c * np.sqrt(max(g0_sq, 0.0))
-
-        def obj(w: np.ndarray) -> float:
-            return float(w @ b + sqrt_phi * np.sqrt(max(float(w @ g @ w), 1e-12)))
-
-        res = minimize(
-            obj,
-            np.full(m, 1.0 / m),
-            bounds=[(0.0, 1.0)] * m,
-            constraints=({"type": "eq", "fun": lambda w: float(np.sum(w) - 1.0)},),
-            method="SLSQP",
-        )
-        w = np.clip(res.x, 0.0, None)
-        w = w / w.sum() if w.sum() > 0 else np.full(m, 1.0 / m)
-        gw_norm = np.sqrt(max(float(w @ g @ w), 1e-12))
-        lam = sqrt_phi / gw_norm
-        coef = (np.full(m, 1.0 / m) + lam * w) / (1.0 + self.c**2)
-        return torch.as_tensor(coef, dtype=torch.float64)
-
-
-def all_reduce_grads(params: Sequence[nn.Parameter]) -> None:
-    """Average ``.grad`` over DDP processes (no-op without an initialised process group).
-
-    Gradient methods write ``.grad`` themselves, which bypasses DDP's reducer hooks: under
-    DDP the trainer runs ``combine`` inside ``ddp_model.no_sync()`` and then calls this on
-    all trainable parameters before ``optimizer.step()``.
-    """
-    import torch.distributed as dist
-
-    if not (dist.is_available() and dist.is_initialized()):
-        return
-    world = dist.get_world_size()
-    for p in params:
-        if p.grad is not None:
-            dist.all_reduce(p.grad)
-            p.grad.div_(world)
+    def weights(self, gramian: torch.Tensor) -> torch.Tensor:
+        return cagrad_weights(gramian, self.c)

@@ -112,7 +112,7 @@ def task_losses(outputs: Mapping[str, torch.Tensor], targets: Mapping[str, torch
     Args:
         outputs: the network's dict (``"heatmap"``, ``"log_diameter"``, ``"malignancy"``),
             each ``(B, 1, I, J, K)``.
-        targets: batched :func:`medmtl.data.targets.build_targets` maps, each ``(B, 1, I, J, K)``.
+        targets: batched :func:`medmtl.transforms.targets.build_targets` maps, each ``(B, 1, I, J, K)``.
 
     Returns:
         ``{"det": focal heatmap loss, "size": smooth-L1, "malig": BCE}`` (float32 scalars).

@@ -3,37 +3,35 @@
 Contract with the trainer
 -------------------------
 Every weighting is an ``nn.Module`` built with ``create_weighting(name, tasks=..., **params)``
-and exposes::
+and is one of two kinds; the trainer (:func:`medmtl.engine.train_loop.backward_losses`) owns
+every ``backward()``, writes every ``.grad`` and takes every optimizer ``step()``:
 
-    total, weights = weighting.combine(losses, shared_params, task_grads=None)
+* :class:`LossWeighting` (``fixed``, ``uncertainty``, ``dwa``, ``gradnorm``)::
 
-* ``losses``: task name → scalar loss (the keys must equal ``weighting.tasks``).
-* ``shared_params``: the shared parameters (``model.shared_parameters()``; frozen ones are
-  skipped).
-* ``weights``: task name → float weight used this step (always finite; log them).
+      total, weights = weighting.combine(losses, shared_params)
 
-Loss-level methods (``needs_gradients = False``: ``fixed``, ``uncertainty``, ``dwa``,
-``gradnorm``) return the weighted ``total`` loss; **the trainer calls** ``total.backward()``
-(or ``scaler.scale(total).backward()``) and ``optimizer.step()``. ``gradnorm`` additionally
-updates its own task weights inside ``combine`` with its private optimizer (Chen et al.
-2018), so it needs ``shared_params``.
+  returns the weighted total loss; the trainer calls ``total.backward()`` (or
+  ``scaler.scale(total).backward()``). ``gradnorm`` needs ``shared_params`` to measure the
+  task gradient norms (Chen et al. 2018); its weight-balancing loss is folded into
+  ``total`` with zero value, so the same backward gives its weights their gradient.
+* :class:`~medmtl.mtl.gradient_methods.GradientMethod` (``pcgrad``, ``upgrad``, ``cagrad``)::
 
-Gradient methods (``needs_gradients = True``: ``pcgrad``, ``upgrad``, ``cagrad``; see
-:mod:`medmtl.mtl.gradient_methods`) return ``total = None``: ``combine`` itself computes each
-task's gradient on the shared parameters, combines them, and **accumulates** the result into
-``p.grad`` of the shared parameters; the task-specific parameters (heads) receive the plain
-gradients of their own losses. The trainer must ``optimizer.zero_grad()`` before and call
-``optimizer.step()`` after (it never calls ``backward`` itself). Under fp16 AMP the trainer
-passes ``scaler.scale(loss)`` for each loss and calls ``scaler.unscale_(optimizer)`` /
-``scaler.step(optimizer)`` as usual (non-finite gradients are passed through so the scaler
-skips the step). ``task_grads`` may carry
-:func:`medmtl.mtl.conflict.per_task_shared_grads` already computed this step (for the
-conflict tracker) so they are not computed twice.
+      w = method.step_weights(jacobian)      # (T, P) task gradients → (T,) weights
 
-Learnable weightings (``uncertainty``, ``gradnorm``) hold parameters: the trainer adds
-``weighting.parameters()`` to its optimizer for ``uncertainty`` (``gradnorm`` steps its own).
-All weightings provide ``on_epoch_end(epoch_losses)`` (used by ``dwa``) and a JSON-safe
-``state()`` / ``load_state()`` for resuming.
+  a pure function of the Gramian ``J Jᵀ`` (:meth:`~medmtl.mtl.gradient_methods.GradientMethod.weights`),
+  as TorchJD's aggregators are. The trainer computes the task gradients on the shared
+  parameters (:func:`medmtl.mtl.conflict.per_task_shared_grads`), writes
+  ``.grad = Σ_t w_t g_t`` on them and the plain gradients of the heads' own losses.
+
+Here ``losses`` maps task name → scalar loss (the keys must equal ``weighting.tasks``),
+``shared_params`` are the shared parameters (``model.shared_parameters()``; frozen ones are
+skipped) and ``weights`` maps task name → float weight used this step (always finite; log them).
+
+Learnable weightings (``uncertainty``, ``gradnorm``) hold parameters; every weighting gives
+its parameter groups for the trainer's optimizer through :meth:`Weighting.optimizer_groups`
+(no weight decay; ``gradnorm`` at its own ``lr``). All weightings provide
+``on_epoch_end(epoch_losses)`` (used by ``dwa``) and a JSON-safe ``state()`` /
+``load_state()`` for resuming.
 """
 
 from __future__ import annotations
@@ -51,6 +49,7 @@ from medmtl.mtl.conflict import trainable
 
 __all__ = [
     "Weighting",
+    "LossWeighting",
     "register_weighting",
     "create_weighting",
     "list_weightings",
@@ -127,14 +126,13 @@ def _check_number(method: str, key: str, value: Any, *, low: float = 0.0, strict
 
 
 class Weighting(nn.Module):
-    """Base class: see the module docstring for the trainer contract.
+    """Base class of both kinds (see the module docstring for the trainer contract).
 
     Args:
         tasks: task names in order.
     """
 
     name: ClassVar[str] = ""
-    needs_gradients: ClassVar[bool] = False
 
     def __init__(self, tasks: Sequence[str]) -> None:
         super().__init__()
@@ -143,23 +141,24 @@ class Weighting(nn.Module):
             raise ConfigError(f"weighting tasks {tasks!r} invalid; need distinct names, e.g. ['det', 'size', 'malig']")
         self.tasks: tuple[str, ...] = tuple(tasks)
 
-    def _check_losses(self, losses: Mapping[str, torch.Tensor]) -> None:
+    def check_losses(self, losses: Mapping[str, torch.Tensor]) -> None:
+        """Raise :class:`ConfigError` unless ``losses`` has exactly :attr:`tasks` as keys."""
         if set(losses) != set(self.tasks):
             raise ConfigError(f"losses have tasks {sorted(losses)} but the weighting was built for {list(self.tasks)}")
 
-    def combine(
-        self,
-        losses: Mapping[str, torch.Tensor],
-        shared_params: Sequence[nn.Parameter] | None = None,
-        *,
-        task_grads: Mapping[str, torch.Tensor] | None = None,
-    ) -> tuple[torch.Tensor | None, dict[str, float]]:
-        """Combine task losses (see the module docstring).
+    def optimizer_groups(self, lr: float) -> list[dict[str, Any]]:
+        """Parameter groups of this weighting for the trainer's optimizer (none without parameters).
+
+        Args:
+            lr: the trainer's base learning rate (the group's unless the weighting sets its own).
 
         Returns:
-            ``(total or None, {task: weight})``.
+            ``[{"params", "lr", "weight_decay": 0.0, "name": "weighting"}]`` or ``[]``.
         """
-        raise NotImplementedError
+        params = list(self.parameters())
+        if not params:
+            return []
+        return [{"params": params, "lr": float(lr), "weight_decay": 0.0, "name": "weighting"}]
 
     def on_epoch_end(self, epoch_losses: Mapping[str, float]) -> None:
         """Receive the epoch's mean loss per task (used by DWA; a no-op otherwise)."""
@@ -177,12 +176,32 @@ class Weighting(nn.Module):
         self.load_state_dict(loaded)
 
 
+class LossWeighting(Weighting):
+    """A weighting that combines the task losses into one total loss (the trainer backpropagates it)."""
+
+    def combine(
+        self,
+        losses: Mapping[str, torch.Tensor],
+        shared_params: Sequence[nn.Parameter] | None = None,
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        """Combine task losses (see the module docstring).
+
+        Args:
+            losses: task → scalar loss.
+            shared_params: the shared parameters (needed by ``gradnorm`` only).
+
+        Returns:
+            ``(total, {task: weight})``.
+        """
+        raise NotImplementedError
+
+
 def _weighted_sum(losses: Mapping[str, torch.Tensor], weights: Mapping[str, torch.Tensor | float]) -> torch.Tensor:
     return torch.stack([losses[t].float() * weights[t] for t in losses]).sum()
 
 
 @register_weighting("fixed")
-class FixedWeighting(Weighting):
+class FixedWeighting(LossWeighting):
     """``α·L_det + β·L_size + γ·L_malig`` with constant weights.
 
     Args:
@@ -209,13 +228,13 @@ class FixedWeighting(Weighting):
             w[t] = _check_number("fixed", f"weights.{t}", v)
         self.weights = w
 
-    def combine(self, losses, shared_params=None, *, task_grads=None):  # type: ignore[no-untyped-def]
-        self._check_losses(losses)
+    def combine(self, losses, shared_params=None):  # type: ignore[no-untyped-def]
+        self.check_losses(losses)
         return _weighted_sum(losses, self.weights), dict(self.weights)
 
 
 @register_weighting("uncertainty")
-class UncertaintyWeighting(Weighting):
+class UncertaintyWeighting(LossWeighting):
     """Homoscedastic-uncertainty weighting (Kendall, Gal & Cipolla 2018, CVPR).
 
     ``total = Σ_t ½·exp(-s_t)·L_t + ½·s_t`` with learnable ``s_t = log σ_t²`` (the
@@ -233,8 +252,8 @@ class UncertaintyWeighting(Weighting):
         v = _check_number("uncertainty", "init_log_var", init_log_var, low=-10.0)
         self.log_vars = nn.Parameter(torch.full((len(self.tasks),), v))
 
-    def combine(self, losses, shared_params=None, *, task_grads=None):  # type: ignore[no-untyped-def]
-        self._check_losses(losses)
+    def combine(self, losses, shared_params=None):  # type: ignore[no-untyped-def]
+        self.check_losses(losses)
         s = self.log_vars.clamp(-10.0, 10.0)
         terms = [0.5 * torch.exp(-s[i]) * losses[t].float() + 0.5 * s[i] for i, t in enumerate(self.tasks)]
         w = (0.5 * torch.exp(-s)).detach().tolist()
@@ -242,7 +261,7 @@ class UncertaintyWeighting(Weighting):
 
 
 @register_weighting("dwa")
-class DWAWeighting(Weighting):
+class DWAWeighting(LossWeighting):
     """Dynamic Weight Average (Liu, Johns & Davison 2019, CVPR "MTAN", eq. 7).
 
     ``λ_k(t) = K·exp(r_k(t−1)/T) / Σ_i exp(r_i(t−1)/T)`` with ``r_k(t−1) = L_k(t−1)/L_k(t−2)``
@@ -279,8 +298,8 @@ class DWAWeighting(Weighting):
         self.history.append(vals)
         self._update()
 
-    def combine(self, losses, shared_params=None, *, task_grads=None):  # type: ignore[no-untyped-def]
-        self._check_losses(losses)
+    def combine(self, losses, shared_params=None):  # type: ignore[no-untyped-def]
+        self.check_losses(losses)
         return _weighted_sum(losses, self.current), dict(self.current)
 
     def state(self) -> dict[str, Any]:
@@ -292,20 +311,24 @@ class DWAWeighting(Weighting):
 
 
 @register_weighting("gradnorm")
-class GradNormWeighting(Weighting):
+class GradNormWeighting(LossWeighting):
     """GradNorm (Chen, Badrinarayanan, Lee & Rabinovich 2018, ICML).
 
-    Learnable weights ``w_t`` are updated by their own Adam step to minimise
-    ``Σ_t |w_t·‖∇_W L_t‖ − mean_t(w·‖∇_W L‖)·r_t^α|`` where ``W`` is the last shared layer
-    (the last trainable shared parameter with ≥ 2 dims) and ``r_t`` the relative inverse
-    training rate ``(L_t/L_t(0)) / mean``. Weights are renormalised to sum to the number of
-    tasks. ``combine`` returns ``Σ w_t·L_t`` (weights before this step's update, detached);
-    the trainer does **not** add ``parameters()`` to its optimizer.
+    Learnable weights ``w_t`` minimise
+    ``L_grad = Σ_t |w_t·‖∇_W L_t‖ − mean_t(w·‖∇_W L‖)·r_t^α|`` where ``W`` is the last shared
+    layer (the last trainable shared parameter with ≥ 2 dims) and ``r_t`` the relative inverse
+    training rate ``(L_t/L_t(0)) / mean``; the gradient norms and the target are constants
+    (the paper's recipe), so ``L_grad`` reaches only ``w``. ``combine`` returns
+    ``Σ w_t·L_t + (L_grad − L_grad.detach())``: the weights are detached in the first term, so
+    the one ``backward`` of the trainer gives the network ``Σ w_t ∇L_t`` and ``w`` exactly
+    ``∇_w L_grad``, and the value is the plain weighted loss. The trainer's optimizer steps
+    ``w`` (:meth:`optimizer_groups`, at ``lr``); the next ``combine`` clamps them to ≥ 1e-3 and
+    renormalises them to sum to the number of tasks before using them.
 
     Args:
         tasks: task names.
         alpha: asymmetry ``α ≥ 0`` (1.5 in the paper's NYUv2 runs).
-        lr: learning rate of the weights' Adam optimizer.
+        lr: base learning rate of the weights' parameter group.
     """
 
     def __init__(self, tasks: Sequence[str], alpha: float = 1.5, lr: float = 0.025) -> None:
@@ -314,20 +337,17 @@ class GradNormWeighting(Weighting):
         self.lr = _check_number("gradnorm", "lr", lr, strict=True)
         self.task_weights = nn.Parameter(torch.ones(len(self.tasks)))
         self.register_buffer("initial_losses", torch.zeros(len(self.tasks)))
-        self._opt = torch.optim.Adam([self.task_weights], lr=self.lr)
 
-    def combine(self, losses, shared_params=None, *, task_grads=None):  # type: ignore[no-untyped-def]
-        self._check_losses(losses)
-        params = [p for p in trainable(shared_params or []) if p.dim() >= 2]
-        if not params:
-            raise ConfigError("weighting 'gradnorm' needs trainable shared parameters (pass model.shared_parameters())")
-        last = params[-1]
-        w_now = self.task_weights.detach().clone()
-        total = _weighted_sum(losses, {t: w_now[i] for i, t in enumerate(self.tasks)})
-        lvals = torch.stack([losses[t].detach().float() for t in self.tasks]).to(self.initial_losses.device)
+    def optimizer_groups(self, lr: float) -> list[dict[str, Any]]:
+        """One group with the weights at this weighting's own ``lr`` (``lr`` argument unused)."""
+        return [{"params": [self.task_weights], "lr": self.lr, "weight_decay": 0.0, "name": "weighting"}]
+
+    def _normalise(self) -> None:
         with torch.no_grad():
-            unset = (self.initial_losses <= 0) & (lvals > 0) & torch.isfinite(lvals)
-            self.initial_losses[unset] = lvals[unset]
+            self.task_weights.clamp_(min=1e-3)
+            self.task_weights.mul_(len(self.tasks) / self.task_weights.sum())
+
+    def _grad_norms(self, losses, last: nn.Parameter) -> torch.Tensor:  # type: ignore[no-untyped-def]
         norms = []
         for t in self.tasks:
             if losses[t].requires_grad:
@@ -335,33 +355,26 @@ class GradNormWeighting(Weighting):
             else:
                 g = None
             norms.append(g.detach().float().norm() if g is not None else torch.zeros((), device=last.device))
-        gnorm = torch.stack(norms).to(self.task_weights.device)
+        return torch.stack(norms).to(self.task_weights.device)
+
+    def combine(self, losses, shared_params=None):  # type: ignore[no-untyped-def]
+        self.check_losses(losses)
+        params = [p for p in trainable(shared_params or []) if p.dim() >= 2]
+        if not params:
+            raise ConfigError("weighting 'gradnorm' needs trainable shared parameters (pass model.shared_parameters())")
+        self._normalise()
+        w_now = self.task_weights.detach().clone()
+        total = _weighted_sum(losses, {t: w_now[i] for i, t in enumerate(self.tasks)})
+        lvals = torch.stack([losses[t].detach().float() for t in self.tasks]).to(self.initial_losses.device)
+        with torch.no_grad():
+            unset = (self.initial_losses <= 0) & (lvals > 0) & torch.isfinite(lvals)
+            self.initial_losses[unset] = lvals[unset]
+        gnorm = self._grad_norms(losses, params[-1])
         if torch.isfinite(gnorm).all() and torch.isfinite(lvals).all() and float(gnorm.sum()) > 0:
             ratio = torch.where(self.initial_losses > 0, lvals / self.initial_losses.clamp(min=1e-12), torch.ones_like(lvals))
             rel = ratio / ratio.mean().clamp(min=1e-12)
             g_w = self.task_weights * gnorm
             target = (g_w.mean() * rel**self.alpha).detach()
             l_grad = (g_w - target).abs().sum()
-            self._opt.zero_grad(set_to_none=True)
-            (grad,) = torch.autograd.grad(l_grad, self.task_weights)
-            self.task_weights.grad = grad
-            self._opt.step()
-            with torch.no_grad():
-                self.task_weights.clamp_(min=1e-3)
-                self.task_weights.mul_(len(self.tasks) / self.task_weights.sum())
+            total = total + (l_grad - l_grad.detach()).to(total.device)
         return total, {t: float(w_now[i]) for i, t in enumerate(self.tasks)}
-
-    def state(self) -> dict[str, Any]:
-        opt = self._opt.state_dict()
-        st = {
-            str(k): {n: (v.tolist() if torch.is_tensor(v) else v) for n, v in s.items()} for k, s in opt["state"].items()
-        }
-        return {**super().state(), "optimizer": st}
-
-    def load_state(self, state: Mapping[str, Any]) -> None:
-        super().load_state(state)
-        opt = self._opt.state_dict()
-        opt["state"] = {
-            int(k): {n: torch.tensor(v) for n, v in s.items()} for k, s in state.get("optimizer", {}).items()
-        }
-        self._opt.load_state_dict(opt)

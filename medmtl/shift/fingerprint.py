@@ -24,6 +24,8 @@ import numpy as np
 from numpy.typing import NDArray
 from scipy import ndimage, stats
 
+from medmtl.transforms.intensity import body_mask
+
 if TYPE_CHECKING:  # pragma: no cover
     from medmtl.io.types import Scan
 
@@ -89,43 +91,6 @@ def orientation_code(affine: Any) -> str:
 
     a = np.asarray(affine.detach().cpu() if hasattr(affine, "detach") else affine, dtype=np.float64)
     return "".join(nib.orientations.aff2axcodes(a))
-
-
-def body_mask(arr: NDArray[np.floating[Any]], modality: str) -> NDArray[np.bool_]:
-    """Mask of the patient's body.
-
-    CT: voxels above −500 HU, largest connected component, holes filled slice-wise (the lungs
-    are inside the body). MR: Otsu threshold (Otsu, "A threshold selection method from
-    gray-level histograms", 1979), largest component, holes filled.
-
-    Args:
-        arr: ``(I, J, K)`` intensities (HU for CT).
-        modality: ``"CT"`` or ``"MR"``.
-
-    Returns:
-        ``(I, J, K)`` boolean mask (never empty: falls back to the whole volume).
-    """
-    if modality == "CT":
-        mask = arr > -500.0
-    else:
-        from skimage.filters import threshold_otsu
-
-        finite = arr[np.isfinite(arr)]
-        thr = float(threshold_otsu(finite)) if finite.size and finite.min() < finite.max() else -np.inf
-        mask = arr > thr
-    labels, n = ndimage.label(mask)
-    if n > 1:
-        counts = np.bincount(labels.ravel())
-        counts[0] = 0
-        mask = labels == int(np.argmax(counts))
-    if mask.any():
-        filled = np.zeros_like(mask)
-        for k in range(mask.shape[2]):
-            filled[:, :, k] = ndimage.binary_fill_holes(mask[:, :, k])
-        mask = filled
-    if not mask.any():
-        mask = np.ones_like(mask, dtype=bool)
-    return mask
 
 
 def noise_estimate(arr: NDArray[np.floating[Any]], mask: NDArray[np.bool_]) -> float:

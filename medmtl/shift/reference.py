@@ -4,7 +4,8 @@
 saved, so that a new site can later be compared with the training data *without the
 training data* (``medmtl diagnose --source CKPT``), the batch drift gate can run at
 prediction time (:mod:`medmtl.shift.gate`), and target scans can be histogram-matched to the
-source intensities (:mod:`medmtl.shift.harmonise`).
+source intensities (:mod:`medmtl.transforms.harmonise`). The result is the card's typed
+:class:`~medmtl.engine.card.ReferenceStats` record.
 
 Everything stored is JSON-safe and small: the cohort fingerprint, per-scan body-intensity
 percentiles, a pooled body-intensity histogram and quantile table, the pooled encoder feature
@@ -15,7 +16,7 @@ and per-scan prediction summaries when the model has heads.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
@@ -26,27 +27,17 @@ if TYPE_CHECKING:  # pragma: no cover
     import torch
     from torch import nn
 
+    from medmtl.engine.card import ModelCard, ReferenceStats
     from medmtl.io.types import Scan
     from medmtl.shift.features import FeatureExtractor
     from medmtl.transforms.presets import InputSpec
 
 logger = logging.getLogger(__name__)
 
-FORMAT = "medmtl.reference_stats/1"
-
 
 def _round(v: float) -> float:
     """Round to 6 significant digits (float32 precision is ~7)."""
     return float(f"{float(v):.6g}")
-
-
-def as_input_spec(spec: InputSpec | Mapping[str, Any]) -> InputSpec:
-    """Accept an :class:`InputSpec` or its ``to_dict()`` form."""
-    from medmtl.transforms.presets import InputSpec
-
-    if isinstance(spec, InputSpec):
-        return spec
-    return InputSpec.from_dict(dict(spec))
 
 
 def select_scans(scans: Sequence[Scan], max_scans: int) -> list[Scan]:
@@ -122,17 +113,17 @@ def compute_reference_stats(
     *,
     model: nn.Module | None,
     scans: Sequence[Scan],
-    input_spec: InputSpec | Mapping[str, Any],
+    input_spec: InputSpec,
     max_scans: int = 32,
-) -> dict[str, Any]:
-    """Reference statistics of a (training) cohort for shift diagnostics (JSON-safe).
+) -> ReferenceStats:
+    """Reference statistics of a (training) cohort for shift diagnostics (JSON-safe values).
 
     Args:
         model: the trained ``MultiTaskNet`` (its encoder extracts the features and its heads
             give prediction summaries), a bare encoder, or ``None`` for the default
             ImageNet-pretrained extractor (:func:`medmtl.shift.features.default_extractor`).
         scans: the cohort (e.g. the training scans), raw HU / intensities.
-        input_spec: the preprocessing spec (``InputSpec`` or its dict), as used in training.
+        input_spec: the preprocessing spec, as used in training.
         max_scans: at most this many scans are summarised (an evenly spread subset by id).
 
     Returns:
@@ -144,6 +135,7 @@ def compute_reference_stats(
     Raises:
         ShiftError: no scans, or scans of several modalities.
     """
+    from medmtl.engine.card import REFERENCE_FORMAT, ReferenceStats
     from medmtl.shift.features import default_extractor, model_extractor
     from medmtl.shift.fingerprint import (
         PERCENTILES,
@@ -162,7 +154,7 @@ def compute_reference_stats(
         raise ShiftError(
             f"compute_reference_stats: scans mix modalities {modalities}; reference statistics need one modality."
         )
-    spec = as_input_spec(input_spec)
+    spec = input_spec
     chosen = select_scans(scans, max_scans)
     fps = [scan_fingerprint(s) for s in chosen]
     arrays = [image_array(s) for s in chosen]
@@ -172,47 +164,56 @@ def compute_reference_stats(
         device = str(next(model.parameters()).device)
         extractor = model_extractor(model, spec, device=device)
     feats, preds = cohort_features_and_predictions(model, extractor, chosen)
-    ref = {
-        "format": FORMAT,
-        "modality": modalities[0],
-        "n_scans": len(chosen),
-        "scan_ids": [s.scan_id for s in chosen],
-        "fingerprints": fps,
-        "cohort": cohort_summary(fps),
-        "percentiles": {
+    ref = ReferenceStats(
+        format=REFERENCE_FORMAT,
+        modality=modalities[0],
+        n_scans=len(chosen),
+        scan_ids=tuple(s.scan_id for s in chosen),
+        fingerprints=tuple(fps),
+        cohort=cohort_summary(fps),
+        percentiles={
             "levels": list(PERCENTILES),
             "per_scan": [[_round(fp[_pkey(p)]) for p in PERCENTILES] for fp in fps],
         },
-        "histogram": intensity_histogram(arrays, modalities[0]),
-        "quantiles": body_quantiles(arrays, modalities[0]),
-        "features": {
+        histogram=intensity_histogram(arrays, modalities[0]),
+        quantiles=body_quantiles(arrays, modalities[0]),
+        features={
             "extractor": extractor.identity,
             "dim": int(feats.shape[1]),
             "matrix": [[_round(v) for v in row] for row in feats.astype(np.float32)],
         },
-        "predictions": preds,
-    }
+        predictions=None if preds is None else tuple(preds),
+    )
     logger.info("reference statistics: %d scans, %d features", len(chosen), feats.shape[1])
     return ref
 
 
-def require_reference(card: Mapping[str, Any], where: str) -> dict[str, Any]:
-    """The card's ``reference_stats``, or a :class:`ShiftError` saying how to add them.
+def require_reference(card: ModelCard, where: str) -> ReferenceStats:
+    """The card's reference statistics, or a :class:`ShiftError` saying how to add them.
 
     Args:
-        card: a model card (dict).
+        card: a model card.
         where: the checkpoint folder, for the message.
     """
-    ref = card.get("reference_stats")
-    if not isinstance(ref, Mapping) or not ref.get("features", {}).get("matrix"):
+    if card.reference_stats is None:
         raise ShiftError(
             f"checkpoint '{where}' has no reference statistics (model_card.json 'reference_stats' is empty); "
-            "pass the training scan folder as --source instead, or re-save the checkpoint with "
-            "medmtl.shift.reference.compute_reference_stats(model=..., scans=..., input_spec=...)."
+            "pass the training scan folder as --source instead, or add them with "
+            "medmtl.api.add_reference_stats(checkpoint=..., scan_dir=<the training scans>)."
         )
-    return dict(ref)
+    return card.reference_stats
 
 
-def reference_features(ref: Mapping[str, Any]) -> np.ndarray:
-    """The stored pooled feature matrix ``(N, F)`` float32."""
-    return np.asarray(ref["features"]["matrix"], dtype=np.float32)
+def reference_extractor(ref: ReferenceStats, model: nn.Module, input_spec: InputSpec) -> FeatureExtractor:
+    """The feature extractor that computed ``ref``'s features: the stored ImageNet encoder, or
+    ``model``'s own encoder (on its current device) with the extractor's preprocessing."""
+    from medmtl.shift.features import default_extractor, model_extractor
+    from medmtl.transforms.presets import InputSpec
+
+    ident = ref.extractor
+    if ident.get("kind") == "pretrained":
+        return default_extractor(InputSpec.from_dict(ident["input_spec"]), encoder_name=ident["encoder"],
+                                 adapter=ident["adapter"], max_shape=ident["max_shape"])
+    spec = InputSpec.from_dict(ident["input_spec"]) if "input_spec" in ident else input_spec
+    return model_extractor(model, spec, max_shape=ident.get("max_shape", (128, 128, 128)),
+                           device=str(next(model.parameters()).device))

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -28,8 +29,8 @@ import numpy as np
 from medmtl.errors import ShiftError
 
 if TYPE_CHECKING:  # pragma: no cover
-    from torch import nn
 
+    from medmtl.engine.card import ReferenceStats
     from medmtl.io.types import Scan
     from medmtl.shift.features import FeatureExtractor
     from medmtl.transforms.presets import InputSpec
@@ -148,6 +149,168 @@ def _hu_rows(cohorts: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
     return rows
 
 
+@dataclass
+class _Sides:
+    """The two cohorts of a diagnosis: target scans, and source scans or a checkpoint's statistics."""
+
+    tgt_scans: list[Scan]
+    src_scans: list[Scan]
+    ref: ReferenceStats | None
+    src_kind: str
+    modality: str
+
+    @property
+    def n_src(self) -> int:
+        return len(self.src_scans) if self.ref is None else self.ref.n_scans
+
+
+def _load_sides(source: Path, target: Path) -> _Sides:
+    """Read the target folder and the source (a folder, or a checkpoint's reference statistics)."""
+    from medmtl.engine.checkpoint import read_card
+    from medmtl.shift.reference import require_reference
+
+    tgt_scans = load_cohort(target, "target")
+    modality = tgt_scans[0].modality
+    ref: ReferenceStats | None = None
+    src_scans: list[Scan] = []
+    if is_checkpoint(source):
+        ref = require_reference(read_card(source), str(source))
+        src_modality, kind = ref.modality, "checkpoint"
+    else:
+        src_scans = load_cohort(source, "source")
+        src_modality, kind = src_scans[0].modality, "folder"
+    if src_modality != modality:
+        raise ShiftError(
+            f"source modality is {src_modality} but target modality is {modality}; compare cohorts of the same "
+            "modality (CT with CT, MR with MR)."
+        )
+    sides = _Sides(tgt_scans, src_scans, ref, kind, modality)
+    check_sizes(sides.n_src, len(tgt_scans))
+    return sides
+
+
+def _extractor(sides: _Sides, ckpt_path: Path | None, notes: list[str]) -> tuple[FeatureExtractor, Any, InputSpec]:
+    """The feature extractor (and the network, for BN and prediction shift) of a diagnosis."""
+    from medmtl.engine.checkpoint import load_checkpoint
+    from medmtl.shift.features import default_extractor, model_extractor
+    from medmtl.shift.reference import reference_extractor
+
+    model = None
+    if ckpt_path is not None:
+        model, mcard = load_checkpoint(ckpt_path, device="cpu")
+        spec = mcard.input_spec
+        extractor = model_extractor(model, spec)
+        if sides.ref is not None and sides.ref.extractor.get("kind") == "pretrained":
+            extractor = reference_extractor(sides.ref, model, spec)
+    else:
+        spec = default_spec(sides.modality)
+        extractor = default_extractor(spec)
+    if sides.ref is not None and sides.ref.extractor.get("weights_hash") != extractor.identity["weights_hash"]:
+        notes.append("The checkpoint's encoder differs from the one that computed its reference features "
+                     "(e.g. after adaptation); feature tests compare slightly different extractors.")
+    return extractor, model, spec
+
+
+def _feature_tests(xs: np.ndarray, xt: np.ndarray, effects: list[dict[str, Any]], n_permutations: int, seed: int,
+                   notes: list[str]) -> tuple[list[dict[str, Any]], dict[str, Any], dict[str, Any] | None]:
+    """Kernel MMD, the domain classifier (≥ 3 scans per side) and one Mann-Whitney row per fingerprint."""
+    from medmtl.shift.two_sample import MIN_SCANS_CLASSIFIER, classifier_test, mmd_test
+
+    tests: list[dict[str, Any]] = []
+    mmd = mmd_test(xs, xt, n_permutations=n_permutations, seed=seed)
+    tests.append({"name": "kernel MMD (Gaussian, median bandwidth)", "family": "feature", "statistic": mmd["statistic"],
+                  "p_value": mmd["p_value"], "detail": f"bandwidth {mmd['bandwidth']:.3g}", "result": mmd})
+    clf: dict[str, Any] | None = None
+    if min(len(xs), len(xt)) >= MIN_SCANS_CLASSIFIER:
+        clf = classifier_test(xs, xt, n_permutations=n_permutations, seed=seed)
+        tests.append({"name": "domain classifier (logistic, CV accuracy)", "family": "feature",
+                      "statistic": clf["accuracy"], "p_value": clf["p_value"],
+                      "detail": f"proxy A-distance {clf['proxy_a_distance']:.2f}, AUC {clf['auc']:.2f}", "result": clf})
+    else:
+        notes.append(f"Domain-classifier test skipped: it needs at least {MIN_SCANS_CLASSIFIER} scans per cohort "
+                     f"(source {len(xs)}, target {len(xt)}).")
+    for e in effects:
+        tests.append({"name": f"fingerprint: {e['field']} (Mann-Whitney)", "family": "fingerprint",
+                      "statistic": e["hedges_g"], "p_value": e["mann_whitney_p"], "detail": "statistic = Hedges' g"})
+    return tests, mmd, clf
+
+
+def _bn_report(extractor: FeatureExtractor, model: Any, sides: _Sides) -> dict[str, Any]:
+    """Per-layer BN-statistics shift of the extractor's network on the target (and source) scans."""
+    from medmtl.shift import bn_shift as bns
+
+    tgt_bn = bns.bn_shift(extractor.encoder, _bn_inputs(extractor, sides.tgt_scans))
+    src_bn = bns.bn_shift(extractor.encoder, _bn_inputs(extractor, sides.src_scans)) if sides.src_scans else None
+    return {
+        "network": "checkpoint encoder" if model is not None
+        else f"ImageNet {extractor.identity['encoder']} ({extractor.identity['adapter']})",
+        "target": tgt_bn,
+        "source": src_bn,
+        "target_mean_sym_kl": float(np.mean([r["sym_kl"] for r in tgt_bn])) if tgt_bn else None,
+        "source_mean_sym_kl": float(np.mean([r["sym_kl"] for r in src_bn])) if src_bn else None,
+    }
+
+
+def _target_scores(clf: dict[str, Any] | None, src_ids: Sequence[str], tgt_scans: Sequence[Scan]) -> list[dict[str, Any]]:
+    """Per-scan "looks like the target" scores of the domain classifier."""
+    if clf is None:
+        return []
+    scores = [{"scan_id": i, "cohort": "source", "score": v} for i, v in zip(src_ids, clf["target_score_source"])]
+    return scores + [{"scan_id": s.scan_id, "cohort": "target", "score": v}
+                     for s, v in zip(tgt_scans, clf["target_score_target"])]
+
+
+def _write_report(out_dir: Path, report: dict[str, Any]) -> None:
+    """Figures, ``report.html`` and ``report.json`` (atomically)."""
+    from medmtl.io.writers import atomic_write_json, atomic_write_text
+    from medmtl.shift import html as hh
+
+    fps = report["fingerprints"]
+    emb = report["embedding"]
+    figures = {
+        "histogram": hh.histogram_figure(report["histograms"], "HU" if report["modality"] == "CT" else "a.u."),
+        "spacing": hh.spacing_figure({"source": fps["source"], "target": fps["target"]}),
+        "embedding": hh.embedding_figure(emb["points"], emb["cohort"], emb["method"]),
+    }
+    if report["bn_shift"]["target"]:
+        figures["bn"] = hh.bn_figure(report["bn_shift"]["target"], report["bn_shift"]["source"])
+    page = hh.render_report({**report, "_figures": figures})
+    out_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out_dir / "report.json", report)
+    atomic_write_text(out_dir / "report.html", page)
+
+
+def _fingerprints(sides: _Sides) -> tuple[list[dict[str, Any]], list[dict[str, Any]], dict[str, Any]]:
+    """Per-scan fingerprints of target and source, and the two intensity histograms."""
+    from medmtl.shift.fingerprint import image_array, intensity_histogram, scan_fingerprint
+
+    ref = sides.ref
+    tgt_fps = [scan_fingerprint(s) for s in sides.tgt_scans]
+    src_fps = [scan_fingerprint(s) for s in sides.src_scans] if ref is None else [dict(f) for f in ref.fingerprints]
+    hists = {"source": intensity_histogram([image_array(s) for s in sides.src_scans], sides.modality) if ref is None
+             else dict(ref.histogram),
+             "target": intensity_histogram([image_array(s) for s in sides.tgt_scans], sides.modality)}
+    return tgt_fps, src_fps, hists
+
+
+def _cohort_features(sides: _Sides, model: Any, extractor: FeatureExtractor) -> tuple[Any, Any, Any, Any, list[str]]:
+    """``(xs, xt, pred_s, pred_t, src_ids)``: pooled features and prediction summaries of both sides."""
+    from medmtl.shift.reference import cohort_features_and_predictions
+
+    xt, pred_t = cohort_features_and_predictions(model, extractor, sides.tgt_scans)
+    ref = sides.ref
+    if ref is None:
+        xs, pred_s = cohort_features_and_predictions(model, extractor, sides.src_scans)
+        src_ids = [s.scan_id for s in sides.src_scans]
+    else:
+        xs, src_ids = ref.feature_matrix(), list(ref.scan_ids)
+        pred_s = [dict(p) for p in ref.predictions] if ref.predictions is not None else None
+    if xs.shape[1] != xt.shape[1]:
+        raise ShiftError(f"reference features have {xs.shape[1]} dimensions but the extractor gives {xt.shape[1]}; "
+                         "re-save the checkpoint's reference statistics.")
+    return xs, xt, pred_s, pred_t, src_ids
+
+
 def run_diagnose(
     *,
     source: Path,
@@ -161,7 +324,7 @@ def run_diagnose(
     """Measure domain shift between a source and a target cohort; write the report.
 
     Args:
-        source: a scan folder, or a checkpoint folder whose ``reference_stats`` describe the
+        source: a scan folder, or a checkpoint folder whose reference statistics describe the
             training data.
         target: folder of target scans.
         out_dir: where ``report.json`` and ``report.html`` are written.
@@ -181,173 +344,50 @@ def run_diagnose(
             without reference statistics, unreadable folders.
     """
     from medmtl import __version__
-    from medmtl.engine.checkpoint import load_checkpoint, read_card
-    from medmtl.io.writers import atomic_write_json, atomic_write_text
     from medmtl.shift import bn_shift as bns
-    from medmtl.shift import html as hh
-    from medmtl.shift.features import default_extractor, model_extractor
     from medmtl.shift.fingerprint import (
         cohort_summary,
         effect_sizes,
-        image_array,
-        intensity_histogram,
-        scan_fingerprint,
     )
-    from medmtl.shift.reference import cohort_features_and_predictions, reference_features, require_reference
-    from medmtl.shift.two_sample import MIN_SCANS_CLASSIFIER, classifier_test, mmd_test
 
     if n_permutations < 1:
         raise ShiftError(f"--n-permutations must be >= 1, got {n_permutations}; use 1000 (>= 200 to reach p < 0.01).")
     source, target, out_dir = Path(source), Path(target), Path(out_dir)
     notes: list[str] = []
-    tgt_scans = load_cohort(target, "target")
-    modality = tgt_scans[0].modality
-
-    ref: dict[str, Any] | None = None
-    src_scans: list[Scan] = []
-    model: nn.Module | None = None
-    card: dict[str, Any] | None = None
-    if is_checkpoint(source):
-        card = read_card(source)
-        ref = require_reference(card, str(source))
-        src_modality = str(ref.get("modality"))
-        src_kind = "checkpoint"
-    else:
-        src_scans = load_cohort(source, "source")
-        src_modality = src_scans[0].modality
-        src_kind = "folder"
-    if src_modality != modality:
-        raise ShiftError(
-            f"source modality is {src_modality} but target modality is {modality}; compare cohorts of the same "
-            "modality (CT with CT, MR with MR)."
-        )
-    n_src = len(src_scans) if ref is None else int(ref["n_scans"])
-    check_sizes(n_src, len(tgt_scans))
-
-    # the feature extractor (and the network for BN / prediction shift)
-    ckpt_path = checkpoint if checkpoint is not None else (source if ref is not None else None)
-    if ckpt_path is not None:
-        model, mcard = load_checkpoint(ckpt_path, device="cpu")
-        card = card if card is not None and ckpt_path == source else mcard
-        from medmtl.shift.reference import as_input_spec
-
-        spec = as_input_spec(mcard["input_spec"])
-        extractor = model_extractor(model, spec)
-        if ref is not None and ref["features"]["extractor"].get("kind") == "pretrained":
-            ident = ref["features"]["extractor"]
-            extractor = default_extractor(as_input_spec(ident["input_spec"]), encoder_name=ident["encoder"],
-                                          adapter=ident["adapter"], max_shape=ident["max_shape"])
-    else:
-        spec = default_spec(modality)
-        extractor = default_extractor(spec)
-    if ref is not None and ref["features"]["extractor"].get("weights_hash") != extractor.identity["weights_hash"]:
-        notes.append("The checkpoint's encoder differs from the one that computed its reference features "
-                     "(e.g. after adaptation); feature tests compare slightly different extractors.")
-
-    # fingerprints
-    tgt_fps = [scan_fingerprint(s) for s in tgt_scans]
-    src_fps = [scan_fingerprint(s) for s in src_scans] if ref is None else list(ref["fingerprints"])
-    tgt_arrays = [image_array(s) for s in tgt_scans]
-    hists = {
-        "source": intensity_histogram([image_array(s) for s in src_scans], modality) if ref is None else ref["histogram"],
-        "target": intensity_histogram(tgt_arrays, modality),
-    }
+    sides = _load_sides(source, target)
+    tgt_scans, src_scans = sides.tgt_scans, sides.src_scans
+    extractor, model, spec = _extractor(sides, checkpoint if checkpoint is not None else
+                                        (source if sides.ref is not None else None), notes)
+    tgt_fps, src_fps, hists = _fingerprints(sides)
     effects = effect_sizes(src_fps, tgt_fps)
-
-    # features and prediction summaries
-    xt, pred_t = cohort_features_and_predictions(model, extractor, tgt_scans)
-    if ref is None:
-        xs, pred_s = cohort_features_and_predictions(model, extractor, src_scans)
-        src_ids = [s.scan_id for s in src_scans]
-    else:
-        xs, pred_s = reference_features(ref), ref.get("predictions")
-        src_ids = list(ref["scan_ids"])
-    if xs.shape[1] != xt.shape[1]:
-        raise ShiftError(f"reference features have {xs.shape[1]} dimensions but the extractor gives {xt.shape[1]}; "
-                         "re-save the checkpoint's reference statistics.")
-
-    tests: list[dict[str, Any]] = []
-    mmd = mmd_test(xs, xt, n_permutations=n_permutations, seed=seed)
-    tests.append({"name": "kernel MMD (Gaussian, median bandwidth)", "family": "feature", "statistic": mmd["statistic"],
-                  "p_value": mmd["p_value"], "detail": f"bandwidth {mmd['bandwidth']:.3g}", "result": mmd})
-    clf: dict[str, Any] | None = None
-    if min(len(xs), len(xt)) >= MIN_SCANS_CLASSIFIER:
-        clf = classifier_test(xs, xt, n_permutations=n_permutations, seed=seed)
-        tests.append({"name": "domain classifier (logistic, CV accuracy)", "family": "feature",
-                      "statistic": clf["accuracy"], "p_value": clf["p_value"],
-                      "detail": f"proxy A-distance {clf['proxy_a_distance']:.2f}, AUC {clf['auc']:.2f}", "result": clf})
-    else:
-        notes.append(f"Domain-classifier test skipped: it needs at least {MIN_SCANS_CLASSIFIER} scans per cohort "
-                     f"(source {len(xs)}, target {len(xt)}).")
-    for e in effects:
-        tests.append({"name": f"fingerprint: {e['field']} (Mann-Whitney)", "family": "fingerprint",
-                      "statistic": e["hedges_g"], "p_value": e["mann_whitney_p"], "detail": "statistic = Hedges' g"})
-
-    # BN shift (network of the extractor), prediction shift
-    bn_net = extractor.encoder
-    tgt_bn = bns.bn_shift(bn_net, _bn_inputs(extractor, tgt_scans))
-    src_bn = bns.bn_shift(bn_net, _bn_inputs(extractor, src_scans)) if src_scans else None
-    bn_report = {
-        "network": "checkpoint encoder" if model is not None else f"ImageNet {extractor.identity['encoder']} ({extractor.identity['adapter']})",
-        "target": tgt_bn,
-        "source": src_bn,
-        "target_mean_sym_kl": float(np.mean([r["sym_kl"] for r in tgt_bn])) if tgt_bn else None,
-        "source_mean_sym_kl": float(np.mean([r["sym_kl"] for r in src_bn])) if src_bn else None,
-    }
+    xs, xt, pred_s, pred_t, src_ids = _cohort_features(sides, model, extractor)
+    tests, mmd, clf = _feature_tests(xs, xt, effects, n_permutations, seed, notes)
     pred_rows = bns.prediction_shift(pred_s, pred_t) if pred_s and pred_t else []
     for r in pred_rows:
         tests.append({"name": f"prediction: {r['field']} (KS)", "family": "prediction", "statistic": r["ks"],
                       "p_value": r["p_value"], "detail": f"median {r['source_median']:.3g} → {r['target_median']:.3g}"})
-
-    scores: list[dict[str, Any]] = []
-    if clf is not None:
-        scores = [{"scan_id": i, "cohort": "source", "score": v} for i, v in zip(src_ids, clf["target_score_source"])]
-        scores += [{"scan_id": s.scan_id, "cohort": "target", "score": v}
-                   for s, v in zip(tgt_scans, clf["target_score_target"])]
-
-    ranking = None
-    if rank_encoders:
-        ranking = _rank(src_scans, source, tgt_scans, target, spec)
-
     pts, emb_method = embedding(np.concatenate([xs, xt]), seed)
-    cohorts = ["source"] * len(xs) + ["target"] * len(xt)
     hu_rows = _hu_rows({"source": src_fps, "target": tgt_fps})
     report: dict[str, Any] = {
-        "medmtl_version": __version__,
-        "modality": modality,
-        "alpha": ALPHA,
-        "n_permutations": n_permutations,
+        "medmtl_version": __version__, "modality": sides.modality, "alpha": ALPHA, "n_permutations": n_permutations,
         "seed": seed,
-        "source": {"path": str(source), "kind": src_kind, "n_scans": n_src, "scan_ids": src_ids},
+        "source": {"path": str(source), "kind": sides.src_kind, "n_scans": sides.n_src, "scan_ids": src_ids},
         "target": {"path": str(target), "n_scans": len(tgt_scans), "scan_ids": [s.scan_id for s in tgt_scans]},
         "feature_extractor": extractor.identity,
         "tests": [{k: v for k, v in t.items() if k != "result"} for t in tests],
-        "mmd": mmd,
-        "classifier": clf,
+        "mmd": mmd, "classifier": clf,
         "fingerprints": {"source": src_fps, "target": tgt_fps,
                          "source_summary": cohort_summary(src_fps), "target_summary": cohort_summary(tgt_fps)},
-        "effect_sizes": effects,
-        "hu_calibration": hu_rows,
-        "histograms": hists,
-        "embedding": {"method": emb_method, "points": pts.tolist(), "cohort": cohorts},
-        "bn_shift": bn_report,
+        "effect_sizes": effects, "hu_calibration": hu_rows, "histograms": hists,
+        "embedding": {"method": emb_method, "points": pts.tolist(), "cohort": ["source"] * len(xs) + ["target"] * len(xt)},
+        "bn_shift": _bn_report(extractor, model, sides),
         "prediction_shift": pred_rows,
-        "target_scores": scores,
-        "encoder_ranking": ranking,
+        "target_scores": _target_scores(clf, src_ids, tgt_scans),
+        "encoder_ranking": _rank(src_scans, source, tgt_scans, target, spec) if rank_encoders else None,
         "notes": notes,
     }
     report["verdict"] = _verdict(tests, effects, hu_rows)
-    figures = {
-        "histogram": hh.histogram_figure(hists, "HU" if modality == "CT" else "a.u."),
-        "spacing": hh.spacing_figure({"source": src_fps, "target": tgt_fps}),
-        "embedding": hh.embedding_figure(pts.tolist(), cohorts, emb_method),
-    }
-    if tgt_bn:
-        figures["bn"] = hh.bn_figure(tgt_bn, src_bn)
-    page = hh.render_report({**report, "_figures": figures})
-    out_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(out_dir / "report.json", report)
-    atomic_write_text(out_dir / "report.html", page)
+    _write_report(out_dir, report)
     logger.info("diagnose: %s", report["verdict"]["text"])
     return report
 

@@ -75,9 +75,9 @@ def labelled_item(scan: Scan, lesions: Sequence[Lesion], spec: Any) -> SourceIte
     import numpy as np
     import torch
 
-    from medmtl.data.targets import build_targets
     from medmtl.io.coords import lps_to_voxel
     from medmtl.transforms.presets import preprocess_scan
+    from medmtl.transforms.targets import build_targets
 
     img = preprocess_scan(scan, spec)
     tmaps = {k: torch.as_tensor(np.asarray(v), dtype=torch.float32)[None]

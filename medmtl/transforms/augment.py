@@ -47,7 +47,6 @@ __all__ = [
     "RandFlipd",
     "RandRotated",
     "train_augmentations",
-    "patch_sampler",
     "replay",
 ]
 
@@ -420,36 +419,6 @@ def train_augmentations(
         RandGammad(img, prob=p(0.3), log_gamma=0.3 * s),
     ]
     return Compose(steps)
-
-
-def patch_sampler(
-    patch_size: Sequence[int],
-    keys: Sequence[str] = ("image", "heatmap", "log_diameter", "size_mask", "malignancy", "malig_mask"),
-    label_key: str = "size_mask",
-    num_samples: int = 2,
-    pos: float = 1.0,
-    neg: float = 1.0,
-) -> Any:
-    """Positive/negative patch sampling (MONAI ``RandCropByPosNegLabeld``) around lesions.
-
-    Args:
-        patch_size: ``(I, J, K)`` voxels (multiple of the model's divisor).
-        keys: keys cropped together (image and targets).
-        label_key: the map whose non-zero voxels are "positive" (the lesion cores).
-        num_samples: patches per volume (the transform returns a list).
-        pos, neg: relative frequency of patches centred on positive / negative voxels.
-    """
-    from monai.transforms import RandCropByPosNegLabeld
-
-    return RandCropByPosNegLabeld(
-        keys=list(keys),
-        label_key=label_key,
-        spatial_size=[int(v) for v in patch_size],
-        pos=pos,
-        neg=neg,
-        num_samples=num_samples,
-        allow_smaller=False,
-    )
 
 
 def replay(transforms: Any, data: Mapping[Hashable, Any], aug_params: Mapping[str, Mapping[str, Any]]) -> dict[Hashable, Any]:

@@ -36,7 +36,9 @@ __all__ = [
     "MRNormalized",
     "N4BiasCorrection",
     "N4BiasCorrectiond",
+    "body_mask",
     "like",
+    "n4_bias_correct",
 ]
 
 
@@ -222,29 +224,13 @@ class N4BiasCorrection(Transform):
         self.shrink = int(shrink)
         self.iterations = [int(i) for i in iterations]
 
-    def _correct(self, vol: np.ndarray, spacing: tuple[float, float, float]) -> np.ndarray:
-        import SimpleITK as sitk  # heavy, optional at import time
-
-        offset = float(vol.min())
-        shifted = (vol - offset + 1.0).astype(np.float32)  # N4 needs positive intensities
-        img = sitk.GetImageFromArray(np.ascontiguousarray(shifted.transpose(2, 1, 0)))  # (k, j, i)
-        img.SetSpacing(spacing)
-        mask = sitk.OtsuThreshold(img, 0, 1, 200)
-        small = sitk.Shrink(img, [self.shrink] * 3) if self.shrink > 1 else img
-        small_mask = sitk.Shrink(mask, [self.shrink] * 3) if self.shrink > 1 else mask
-        n4 = sitk.N4BiasFieldCorrectionImageFilter()
-        n4.SetMaximumNumberOfIterations(self.iterations)
-        n4.Execute(small, small_mask)
-        log_field = n4.GetLogBiasFieldAsImage(img)
-        field = sitk.GetArrayFromImage(log_field).transpose(2, 1, 0)
-        corrected = shifted / np.exp(field)
-        return (corrected + offset - 1.0).astype(np.float32)
-
     def __call__(self, img: Any) -> torch.Tensor:
         """Correct each channel of ``(C, I, J, K)`` (shape and geometry kept)."""
         x = _as_float_tensor(img)
         spacing = coords.spacing_from_affine(img.affine.numpy()) if isinstance(img, MetaTensor) else (1.0, 1.0, 1.0)
-        out = torch.stack([torch.from_numpy(self._correct(x[c].numpy(), spacing)) for c in range(x.shape[0])])
+        out = torch.stack([torch.from_numpy(n4_bias_correct(x[c].numpy(), spacing, shrink=self.shrink,
+                                                            iterations=self.iterations))
+                           for c in range(x.shape[0])])
         return like(out, img)
 
 
@@ -266,3 +252,86 @@ class N4BiasCorrectiond(MapTransform):
         for key in self.key_iterator(d):
             d[key] = self.t(d[key])
         return d
+
+
+def body_mask(arr: np.ndarray, modality: str) -> np.ndarray:
+    """Mask of the patient's body.
+
+    CT: voxels above −500 HU, largest connected component, holes filled slice-wise (the lungs
+    are inside the body). MR: Otsu threshold (Otsu, "A threshold selection method from
+    gray-level histograms", 1979), largest component, holes filled.
+
+    Args:
+        arr: ``(I, J, K)`` intensities (HU for CT).
+        modality: ``"CT"`` or ``"MR"``.
+
+    Returns:
+        ``(I, J, K)`` boolean mask (never empty: falls back to the whole volume).
+    """
+    from scipy import ndimage
+
+    if modality == "CT":
+        mask = arr > -500.0
+    else:
+        from skimage.filters import threshold_otsu
+
+        finite = arr[np.isfinite(arr)]
+        thr = float(threshold_otsu(finite)) if finite.size and finite.min() < finite.max() else -np.inf
+        mask = arr > thr
+    labels, n = ndimage.label(mask)
+    if n > 1:
+        counts = np.bincount(labels.ravel())
+        counts[0] = 0
+        mask = labels == int(np.argmax(counts))
+    if mask.any():
+        filled = np.zeros_like(mask)
+        for k in range(mask.shape[2]):
+            filled[:, :, k] = ndimage.binary_fill_holes(mask[:, :, k])
+        mask = filled
+    if not mask.any():
+        mask = np.ones_like(mask, dtype=bool)
+    return mask
+
+
+def n4_bias_correct(
+    vol: np.ndarray,
+    spacing: Sequence[float],
+    *,
+    mask: np.ndarray | None = None,
+    shrink: int = 2,
+    iterations: Sequence[int] = (20, 20, 10),
+) -> np.ndarray:
+    """N4 bias-field correction of one ``(I, J, K)`` volume (Tustison et al. 2010; SimpleITK).
+
+    The intensities are shifted to be positive (N4 needs it), the field is estimated on a
+    ``shrink``-times downsampled copy inside ``mask`` (default: an Otsu foreground mask),
+    evaluated at full resolution and divided out; the shift is undone.
+
+    Args:
+        vol: ``(I, J, K)`` intensities.
+        spacing: voxel spacing (mm), so the B-spline control grid is physical.
+        mask: ``(I, J, K)`` voxels where the field is estimated (e.g. the body mask).
+        shrink: downsampling factor of the estimation (>= 1).
+        iterations: maximum iterations per fitting level.
+
+    Returns:
+        The corrected ``(I, J, K)`` float32 volume (a new array).
+    """
+    import SimpleITK as sitk  # heavy, optional at import time
+
+    offset = float(vol.min())
+    shifted = (vol - offset + 1.0).astype(np.float32)
+    img = sitk.GetImageFromArray(np.ascontiguousarray(shifted.transpose(2, 1, 0)))  # (k, j, i)
+    img.SetSpacing([float(s) for s in spacing])
+    if mask is None:
+        sitk_mask = sitk.OtsuThreshold(img, 0, 1, 200)
+    else:
+        sitk_mask = sitk.GetImageFromArray(np.ascontiguousarray(mask.astype(np.uint8).transpose(2, 1, 0)))
+        sitk_mask.CopyInformation(img)
+    small = sitk.Shrink(img, [shrink] * 3) if shrink > 1 else img
+    small_mask = sitk.Shrink(sitk_mask, [shrink] * 3) if shrink > 1 else sitk_mask
+    n4 = sitk.N4BiasFieldCorrectionImageFilter()
+    n4.SetMaximumNumberOfIterations([int(i) for i in iterations])
+    n4.Execute(small, small_mask)
+    field = sitk.GetArrayFromImage(n4.GetLogBiasFieldAsImage(img)).transpose(2, 1, 0)
+    return (shifted / np.exp(field) + offset - 1.0).astype(np.float32)

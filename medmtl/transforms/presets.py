@@ -25,6 +25,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from monai.transforms import Compose
 
     from medmtl.io.types import Scan
+    from medmtl.transforms.harmonise import Harmonisation
 
 __all__ = [
     "IMAGENET_MEAN",
@@ -169,11 +170,17 @@ def default_mri_spec(spacing: Sequence[float] = (2.0, 2.0, 2.0), n4: bool = True
     return InputSpec(modality="MR", spacing_mm=tuple(float(s) for s in spacing), n4=n4)  # type: ignore[arg-type]
 
 
-def preprocess_transforms(spec: InputSpec, keys: Sequence[str] = ("image",)) -> Compose:
+def preprocess_transforms(
+    spec: InputSpec, harmonisation: Harmonisation | None = None, keys: Sequence[str] = ("image",)
+) -> Compose:
     """MONAI ``Compose`` turning ``{"image": MetaTensor (1, I, J, K)}`` into network input.
+
+    The one preprocessing path of prediction, adaptation and feature extraction.
 
     Args:
         spec: the input spec.
+        harmonisation: the model card's intensity harmonisation (histogram matching or N4 of
+            the raw scan, :mod:`medmtl.transforms.harmonise`), applied first; ``None``: none.
         keys: dict keys holding images (``(1, I, J, K)`` ``MetaTensor`` with RAS affine).
 
     Returns:
@@ -185,7 +192,12 @@ def preprocess_transforms(spec: InputSpec, keys: Sequence[str] = ("image",)) -> 
     from medmtl.transforms.intensity import CTWindowsd, MRNormalized, N4BiasCorrectiond
 
     ks = list(keys)
-    steps: list[Any] = [Orientationd(keys=ks, axcodes="RAS", labels=(("L", "R"), ("P", "A"), ("I", "S")))]
+    steps: list[Any] = []
+    if harmonisation is not None:
+        from medmtl.transforms.harmonise import Harmonised
+
+        steps.append(Harmonised(keys=ks, record=harmonisation, modality=spec.modality))
+    steps += [Orientationd(keys=ks, axcodes="RAS", labels=(("L", "R"), ("P", "A"), ("I", "S")))]
     if spec.modality == "CT":
         steps.append(Spacingd(keys=ks, pixdim=spec.spacing_mm, mode="bilinear", padding_mode="border"))
         steps.append(CTWindowsd(keys=ks, windows=spec.windows))
@@ -202,12 +214,13 @@ def preprocess_transforms(spec: InputSpec, keys: Sequence[str] = ("image",)) -> 
     return Compose(steps)
 
 
-def preprocess_scan(scan: Scan, spec: InputSpec) -> MetaTensor:
-    """Preprocess one loaded scan with ``spec``.
+def preprocess_scan(scan: Scan, spec: InputSpec, harmonisation: Harmonisation | None = None) -> MetaTensor:
+    """Preprocess one loaded scan with ``spec`` (after the card's harmonisation, if any).
 
     Args:
         scan: a :class:`~medmtl.io.types.Scan` (image ``(1, I, J, K)`` with RAS affine).
         spec: the input spec; its modality must match the scan's.
+        harmonisation: see :func:`preprocess_transforms`.
 
     Returns:
         ``MetaTensor`` ``(spec.channels, I', J', K')`` with the resampled RAS affine.
@@ -220,5 +233,5 @@ def preprocess_scan(scan: Scan, spec: InputSpec) -> MetaTensor:
             f"scan {scan.scan_id!r} has modality {scan.modality!r} but the input spec expects "
             f"{spec.modality!r}; use a model/spec trained for {scan.modality}"
         )
-    out = preprocess_transforms(spec)({"image": scan.image})
+    out = preprocess_transforms(spec, harmonisation)({"image": scan.image})
     return out["image"]  # type: ignore[no-any-return]

@@ -7,7 +7,8 @@ import pytest
 import torch
 from monai.transforms import RandCropByPosNegLabeld
 
-from medmtl.data.dataset import PATCH_KEYS, HardNegativeMapd, LesionAnywhereCropd
+from medmtl.data.dataset import PATCH_KEYS
+from medmtl.transforms.crops import HardNegativeMapd, LesionAnywhereCropd
 from medmtl.transforms.presets import default_ct_spec
 
 SHAPE = (48, 48, 48)

@@ -7,10 +7,10 @@ import pytest
 import torch
 from monai.data import MetaTensor
 
-from medmtl.data.targets import TARGET_KEYS, build_targets
 from medmtl.errors import AnnotationError
 from medmtl.io import coords
 from medmtl.io.types import Lesion
+from medmtl.transforms.targets import TARGET_KEYS, build_targets
 
 
 @pytest.fixture

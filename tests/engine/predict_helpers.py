@@ -3,7 +3,7 @@
 The checkpoint is a real :class:`~medmtl.models.mtl_net.MultiTaskNet` (EfficientNet-Lite0,
 ACS adapter, random weights, no download) saved with :func:`save_checkpoint`, so the whole
 load → preprocess → sliding window → decode path runs. Its input spec resamples to 6 mm so a
-phantom fits in one or a few 32³ windows; ``threshold = 0`` with ``max_lesions = 3`` makes
+phantom fits in one or a few 32³ windows; ``threshold = 1e-6`` (every peak) with ``max_lesions = 3`` makes
 every scan yield exactly three detections, which is what the table checks need.
 """
 
@@ -14,24 +14,28 @@ from pathlib import Path
 import torch
 
 PATCH = (32, 32, 32)
-DECODE = {"threshold": 0.0, "nms_radius_mm": 10.0, "max_lesions": 3, "temperature": 1.5}
+DECODE = {"threshold": 1e-6, "nms_radius_mm": 10.0, "max_lesions": 3, "temperature": 1.5}
 
 
 def build_model(seed: int = 0) -> torch.nn.Module:
     from medmtl.models.mtl_net import build_model as _build
+    from medmtl.models.spec import ModelSpec
 
     torch.manual_seed(seed)
-    return _build({"encoder": "efficientnet-lite0", "adapter": "acs", "decoder_channels": [16, 16, 16, 16, 16]},
-                  pretrained=False).eval()
+    spec = ModelSpec(encoder="efficientnet-lite0", adapter="acs", decoder_channels=(16, 16, 16, 16, 16))
+    return _build(spec, pretrained=False).eval()
 
 
 def make_checkpoint(folder: Path, seed: int = 0) -> Path:
+    from medmtl.engine.card import card_for
     from medmtl.engine.checkpoint import save_checkpoint
+    from medmtl.engine.decode import DecodeSettings
     from medmtl.transforms.presets import default_ct_spec
 
-    card = {"input_spec": default_ct_spec((6.0, 6.0, 6.0)).to_dict(), "patch_size": list(PATCH),
-            "decode": dict(DECODE)}
-    return save_checkpoint(folder, build_model(seed), card)
+    model = build_model(seed)
+    card = card_for(model, input_spec=default_ct_spec((6.0, 6.0, 6.0)), patch_size=PATCH,
+                    decode=DecodeSettings(**DECODE))
+    return save_checkpoint(folder, model, card)
 
 
 def make_scans(folder: Path, *, n: int = 2, site: str = "a", seed: int = 0, dicom: bool = False,

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import torch
 
+from medmtl.engine.card import ModelCard
 from medmtl.engine.checkpoint import (
     CARD_FILE,
-    CARD_KEYS,
     WEIGHTS_FILE,
     atomic_folder,
     load_checkpoint,
@@ -28,9 +28,10 @@ MODEL_CFG = {"encoder": "efficientnet-lite0", "adapter": "inflate", "decoder_cha
 @pytest.fixture(scope="module")
 def small_model() -> torch.nn.Module:
     from medmtl.models.mtl_net import build_model
+    from medmtl.models.spec import ModelSpec
 
     torch.manual_seed(0)
-    model = build_model(MODEL_CFG, pretrained=False)
+    model = build_model(ModelSpec.from_dict(MODEL_CFG), pretrained=False)
     # non-trivial BatchNorm buffers so a lost buffer would show
     model.train()
     with torch.no_grad():
@@ -38,21 +39,19 @@ def small_model() -> torch.nn.Module:
     return model.eval()
 
 
-def _card() -> dict:
+def _card(model: torch.nn.Module, **fields: object) -> ModelCard:
+    from medmtl.engine.card import card_for
+    from medmtl.engine.decode import DecodeSettings
     from medmtl.transforms.presets import default_ct_spec
 
-    return {
-        "input_spec": default_ct_spec().to_dict(),
-        "patch_size": [32, 32, 32],
-        "decode": {"threshold": 0.1, "nms_radius_mm": 8.0, "max_lesions": 10, "temperature": 1.3},
-        "train_config": {"seed": 0},
-        "reference_stats": {"n_scans": 0},
-    }
+    return card_for(model, input_spec=default_ct_spec(), patch_size=(32, 32, 32),
+                    decode=DecodeSettings(threshold=0.1, nms_radius_mm=8.0, max_lesions=10, temperature=1.3),
+                    **fields)
 
 
 @pytest.fixture(scope="module")
 def saved(small_model: torch.nn.Module, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return save_checkpoint(tmp_path_factory.mktemp("ckpt") / "checkpoint", small_model, _card())
+    return save_checkpoint(tmp_path_factory.mktemp("ckpt") / "checkpoint", small_model, _card(small_model))
 
 
 def test_round_trip_identical_outputs(small_model: torch.nn.Module, saved: Path) -> None:
@@ -66,18 +65,18 @@ def test_round_trip_identical_outputs(small_model: torch.nn.Module, saved: Path)
     for k, v in small_model.state_dict().items():  # BN running stats included
         assert torch.equal(v, model.state_dict()[k]), k
     assert not model.training
-    assert card["decode"]["temperature"] == 1.3
+    assert card.decode.temperature == 1.3
 
 
 def test_card_contents(saved: Path) -> None:
     card = read_card(saved)
-    for key in CARD_KEYS:
-        assert key in card
-    assert card["adaptation"] == []
-    assert card["model"]["encoder"] == "efficientnet-lite0" and card["model"]["decoder_channels"] == [16, 8, 8, 8, 8]
-    assert card["encoder"]["name"] == "efficientnet-lite0"
-    assert set(card["versions"]) >= {"python", "torch", "monai", "numpy"}
-    assert len(card["weights_sha256"]) == 64
+    assert card.adaptation == () and card.harmonisation is None and card.reference_stats is None
+    assert card.model.encoder == "efficientnet-lite0" and card.model.decoder_channels == (16, 8, 8, 8, 8)
+    assert card.encoder.name == "efficientnet-lite0"
+    assert card.provenance is not None and set(card.provenance.versions) >= {"python", "torch", "monai", "numpy"}
+    assert len(card.weights_sha256) == 64
+    raw = json.loads((saved / CARD_FILE).read_text(encoding="utf-8"))
+    assert raw["card_version"] == 2 and ModelCard.from_dict(raw) == card
 
 
 def test_no_pickle_is_loaded(saved: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -118,7 +117,7 @@ def test_missing_files_and_keys(saved: Path, tmp_path: Path) -> None:
     card = json.loads((bad_decode / CARD_FILE).read_text(encoding="utf-8"))
     del card["decode"]["temperature"]
     (bad_decode / CARD_FILE).write_text(json.dumps(card), encoding="utf-8")
-    with pytest.raises(CheckpointError, match="'decode' must hold"):
+    with pytest.raises(CheckpointError, match="decode is missing key 'temperature'"):
         load_checkpoint(bad_decode)
 
 
@@ -135,12 +134,11 @@ def test_corrupt_card_and_weights(saved: Path, tmp_path: Path) -> None:
         load_checkpoint(tampered)
 
 
-def test_save_requires_trainer_keys(small_model: torch.nn.Module, tmp_path: Path) -> None:
-    card = _card()
-    del card["decode"]
-    with pytest.raises(CheckpointError, match="missing key"):
-        save_checkpoint(tmp_path / "c", small_model, card)
-    assert not (tmp_path / "c").exists()
+def test_patch_size_must_fit_the_network(small_model: torch.nn.Module, tmp_path: Path) -> None:
+    """A card whose patch is not a multiple of the encoder's stride fails at load, before any scan."""
+    folder = save_checkpoint(tmp_path / "c", small_model, _card(small_model).replace(patch_size=(40, 32, 32)))
+    with pytest.raises(CheckpointError, match=r"patch_size.*must be divisible by \[32, 32, 32\]"):
+        load_checkpoint(folder)
 
 
 def test_atomic_folder_never_half_written(tmp_path: Path) -> None:
@@ -207,18 +205,20 @@ def test_train_state_round_trip(tmp_path: Path) -> None:
 
 def test_weights_sha256_is_a_function_of_the_weights(small_model: torch.nn.Module, tmp_path: Path) -> None:
     """Saving the same model twice gives the same file bytes and ``weights_sha256``."""
-    from medmtl.engine.checkpoint import sha256_file
+    from medmtl.config.schema import TrainConfig
+    from medmtl.io.hashing import sha256_file
 
-    a = save_checkpoint(tmp_path / "a", small_model, _card())
-    b = save_checkpoint(tmp_path / "b", small_model, {**_card(), "train_config": {"seed": 1}})
-    sha_a, sha_b = read_card(a)["weights_sha256"], read_card(b)["weights_sha256"]
+    a = save_checkpoint(tmp_path / "a", small_model, _card(small_model))
+    b = save_checkpoint(tmp_path / "b", small_model, _card(small_model, train_config=TrainConfig(seed=1)))
+    sha_a, sha_b = read_card(a).weights_sha256, read_card(b).weights_sha256
     assert sha_a == sha_b == sha256_file(a / WEIGHTS_FILE)
     assert (a / WEIGHTS_FILE).read_bytes() == (b / WEIGHTS_FILE).read_bytes()
 
 
 _SAVE_IN_SUBPROCESS = """
 import sys, torch
-from medmtl.engine.checkpoint import canonical_safetensors_bytes, sha256_bytes
+from medmtl.engine.checkpoint import canonical_safetensors_bytes
+from medmtl.io.hashing import sha256_bytes
 t = {"b.weight": torch.arange(6.0).reshape(2, 3), "a.bias": torch.ones(3), "n": torch.tensor(7)}
 meta = {"format": "pt", "medmtl_format": "1", "z": "last", "a": "first"}
 sys.stdout.write(sha256_bytes(canonical_safetensors_bytes(t, metadata=meta)))

@@ -39,4 +39,4 @@ def test_torchrun_two_processes_gloo(tmp_path: Path) -> None:
     versions = (out / "versions.json").read_text(encoding="utf-8")
     assert '"world_size": 2' in versions
     model, card = load_checkpoint(out / "checkpoint")
-    assert card["training"]["epoch"] == 1
+    assert card.training is not None and card.training.epoch == 1

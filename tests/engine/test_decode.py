@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from medmtl.engine.decode import decode_lesions, nms_world
+from medmtl.engine.decode import DecodeSettings, decode_lesions, nms_world
 from medmtl.errors import ConfigError
 from medmtl.io import coords
 
@@ -37,7 +37,7 @@ def maps_for(heat: torch.Tensor, diameter_mm: float = 7.0, malig_logit: float = 
 def test_peak_position_diameter_and_calibrated_malignancy() -> None:
     centre = (12.3, 20.0, 9.6)  # fractional: sub-voxel refinement must get close
     dets = decode_lesions(maps_for(gaussian_logits([centre], [0.9])), AFFINE, seriesuid="s1",
-                          threshold=0.5, nms_radius_mm=5.0, max_lesions=5, temperature=2.0)
+                          settings=DecodeSettings(threshold=0.5, nms_radius_mm=5.0, max_lesions=5, temperature=2.0))
     assert len(dets) == 1
     d = dets[0]
     expected = coords.voxel_to_lps(centre, AFFINE)[0]
@@ -51,24 +51,26 @@ def test_peak_position_diameter_and_calibrated_malignancy() -> None:
 def test_nms_threshold_and_max_lesions() -> None:
     # two peaks 2 voxels apart along i (4 mm), one far away, one below the threshold
     heat = gaussian_logits([(10, 10, 10), (12, 10, 10), (30, 30, 20), (5, 30, 5)], [0.9, 0.8, 0.7, 0.2], sigma=0.7)
-    dets = decode_lesions(maps_for(heat), AFFINE, seriesuid="s", threshold=0.5, nms_radius_mm=6.0,
-                          max_lesions=10, temperature=1.0)
+    dets = decode_lesions(maps_for(heat), AFFINE, seriesuid="s",
+                          settings=DecodeSettings(threshold=0.5, nms_radius_mm=6.0, max_lesions=10))
     assert [round(d.probability, 1) for d in dets] == [0.9, 0.7]  # 0.8 suppressed (4 mm < 6 mm), 0.2 < threshold
-    dets2 = decode_lesions(maps_for(heat), AFFINE, seriesuid="s", threshold=0.5, nms_radius_mm=3.0,
-                           max_lesions=10, temperature=1.0)
+    dets2 = decode_lesions(maps_for(heat), AFFINE, seriesuid="s",
+                           settings=DecodeSettings(threshold=0.5, nms_radius_mm=3.0, max_lesions=10))
     assert len(dets2) == 3  # 4 mm > 3 mm: both kept
-    dets3 = decode_lesions(maps_for(heat), AFFINE, seriesuid="s", threshold=0.5, nms_radius_mm=3.0,
-                           max_lesions=1, temperature=1.0)
+    dets3 = decode_lesions(maps_for(heat), AFFINE, seriesuid="s",
+                           settings=DecodeSettings(threshold=0.5, nms_radius_mm=3.0, max_lesions=1))
     assert len(dets3) == 1 and dets3[0].probability == pytest.approx(dets2[0].probability)
 
 
 def test_empty_maps_and_bad_settings() -> None:
     heat = torch.full((1, 1, *SHAPE), -10.0)
-    assert decode_lesions(maps_for(heat), AFFINE, seriesuid="s", threshold=0.3) == []
-    with pytest.raises(ConfigError, match="temperature"):
-        decode_lesions(maps_for(heat), AFFINE, seriesuid="s", temperature=0.0)
-    with pytest.raises(ConfigError, match="threshold"):
-        decode_lesions(maps_for(heat), AFFINE, seriesuid="s", threshold=1.5)
+    assert decode_lesions(maps_for(heat), AFFINE, seriesuid="s", settings=DecodeSettings(threshold=0.3)) == []
+    with pytest.raises(ConfigError, match=r"decode.temperature = 0.0 is out of range; allowed: \(0, 1000\]"):
+        DecodeSettings(threshold=0.3, temperature=0.0)
+    with pytest.raises(ConfigError, match=r"decode.threshold = 1.5 is out of range; allowed: \(0, 1\)"):
+        DecodeSettings(threshold=1.5)
+    with pytest.raises(ConfigError, match=r"decode.max_lesions = 0 is out of range"):
+        DecodeSettings(threshold=0.3, max_lesions=0)
 
 
 def test_nms_world_keeps_the_strongest() -> None:

@@ -110,33 +110,29 @@ def test_dicom_series_and_its_nifti_export_give_the_same_lesions(
 
 
 def test_adapt_auto_records_the_shift_gate_decision(checkpoint: Path, sample_data: Path, tmp_path: Path) -> None:
-    from medmtl.errors import MedmtlError
+    """``api.predict_folder`` composes the drift gate; this checkpoint has no reference statistics,
+    so the gate records that it skipped (and why); the engine alone refuses ``auto`` without a gate."""
+    from medmtl.engine.predict import predict_folder as engine_predict
+    from medmtl.errors import ConfigError, MedmtlError
 
     kw = dict(checkpoint=checkpoint, input_dir=sample_data / "ct_site_b", device="cpu", progress=False,
               overlap=0.0, scan_ids=["ct_b_0000"])
-    try:
-        import medmtl.shift.gate  # noqa: F401
-    except ImportError:
-        with pytest.raises(MedmtlError, match="--adapt auto is not available"):
-            api.predict_folder(out_dir=tmp_path / "a", adapt="auto", **kw)
-    else:
-        api.predict_folder(out_dir=tmp_path / "a", adapt="auto", **kw)
-        shift = json.loads((tmp_path / "a" / "predictions.json").read_text(encoding="utf-8"))["run"]["shift"]
-        assert shift["action"] in ("none", "adabn", "skipped") and "reason" in shift
-    with pytest.raises(MedmtlError, match="--adapt"):
+    api.predict_folder(out_dir=tmp_path / "a", adapt="auto", **kw)
+    shift = json.loads((tmp_path / "a" / "predictions.json").read_text(encoding="utf-8"))["run"]["shift"]
+    assert shift["action"] == "skipped" and shift["reason"] == "the checkpoint has no reference statistics"
+    with pytest.raises(MedmtlError, match="--adapt 'always' is not allowed; use one of off, auto"):
         api.predict_folder(out_dir=tmp_path / "b", adapt="always", **kw)
+    with pytest.raises(ConfigError, match="--adapt auto needs the drift gate"):
+        engine_predict(out_dir=tmp_path / "c", adapt="auto", **kw)  # type: ignore[arg-type]
+    assert not (tmp_path / "b").exists() and not (tmp_path / "c").exists()
 
 
-def test_tiny_trained_checkpoint_on_site_b(request: pytest.FixtureRequest, sample_data: Path, tmp_path: Path) -> None:
-    """With the trainer's tiny checkpoint (when the fixture exists): well-formed tables, lesions inside."""
-    try:
-        tiny = request.getfixturevalue("tiny_checkpoint")
-    except pytest.FixtureLookupError:
-        pytest.skip("the tiny_checkpoint fixture is not available")
+def test_tiny_trained_checkpoint_on_site_b(tiny_checkpoint: Path, sample_data: Path, tmp_path: Path) -> None:
+    """With the trainer's tiny checkpoint: well-formed tables, lesions inside the scans."""
     ids = ["ct_b_0000", "ct_b_0001"]
     out = tmp_path / "tiny"
-    s = api.predict_folder(checkpoint=tiny, input_dir=sample_data / "ct_site_b", out_dir=out, device="cpu",
-                           overlap=0.25, progress=False, scan_ids=ids)
+    s = api.predict_folder(checkpoint=tiny_checkpoint, input_dir=sample_data / "ct_site_b", out_dir=out,
+                           device="cpu", overlap=0.25, progress=False, scan_ids=ids)
     assert s["n_done"] == 2 and s["n_failed"] == 0
     check_tables(out, sample_data / "ct_site_b", ids)
 

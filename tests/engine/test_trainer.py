@@ -12,7 +12,7 @@ from click.testing import CliRunner
 from safetensors.torch import load_file
 
 from medmtl.config import load_config
-from medmtl.engine.checkpoint import CARD_KEYS, load_checkpoint
+from medmtl.engine.checkpoint import load_checkpoint
 from medmtl.engine.run_files import METRIC_COLUMNS
 from medmtl.engine.trainer import run_training
 from medmtl.errors import CheckpointError, ConfigError
@@ -52,14 +52,12 @@ def test_tiny_run_folder(tiny_checkpoint: Path) -> None:
 
 def test_tiny_card(tiny_checkpoint: Path) -> None:
     model, card = load_checkpoint(tiny_checkpoint)
-    for key in CARD_KEYS:
-        assert key in card
-    assert card["patch_size"] == [32, 32, 32]
-    assert card["input_spec"]["spacing_mm"] == [3.0, 3.0, 3.0]
-    assert card["decode"]["temperature"] > 0 and card["decode"]["threshold"] == 0.1
-    assert card["reference_stats"]["n_scans"] >= 1
-    assert card["train_config"]["name"] == "tiny"
-    assert set(card["training"]["train_ids"]).isdisjoint(card["training"]["val_ids"])
+    assert card.patch_size == (32, 32, 32)
+    assert card.input_spec.spacing_mm == (3.0, 3.0, 3.0)
+    assert card.decode.temperature > 0 and card.decode.threshold == 0.1
+    assert card.reference_stats is not None and card.reference_stats.n_scans >= 1  # added by api.train
+    assert card.train_config is not None and card.train_config.name == "tiny"
+    assert card.training is not None and set(card.training.train_ids).isdisjoint(card.training.val_ids)
     with torch.no_grad():
         out = model(torch.zeros(1, 3, 32, 32, 32))
     assert set(out) == {"heatmap", "log_diameter", "malignancy"}

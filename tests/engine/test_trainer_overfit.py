@@ -61,7 +61,7 @@ def test_tiny_config_overfits_four_scans(tmp_path: Path) -> None:
     from medmtl.config import load_config
     from medmtl.data.dataset import load_training_data, preprocess_volumes
     from medmtl.engine.checkpoint import load_checkpoint
-    from medmtl.engine.decode import decode_lesions
+    from medmtl.engine.decode import DecodeSettings, decode_lesions
     from medmtl.engine.inference import sliding_window_maps
     from medmtl.engine.trainer import run_training
 
@@ -82,9 +82,9 @@ def test_tiny_config_overfits_four_scans(tmp_path: Path) -> None:
     min_diameter = 2 * max(cfg.preprocess.spacing_mm or [3.0])
     checked, misses = 0, []
     for vol in volumes:
-        maps = sliding_window_maps(model, vol.image.as_tensor()[None], roi_size=card["patch_size"], overlap=0.5)
-        dets = decode_lesions(maps, vol.image.affine, seriesuid=vol.scan_id, threshold=0.05,
-                              nms_radius_mm=6.0, max_lesions=50)
+        maps = sliding_window_maps(model, vol.image.as_tensor()[None], roi_size=card.patch_size, overlap=0.5)
+        dets = decode_lesions(maps, vol.image.affine, seriesuid=vol.scan_id,
+                              settings=DecodeSettings(threshold=0.05, nms_radius_mm=6.0, max_lesions=50))
         for les in vol.lesions:
             if les.diameter_mm < min_diameter:
                 continue

@@ -8,7 +8,8 @@ from torch import nn
 
 from medmtl.errors import ConfigError
 from medmtl.models.decoder import UNetDecoder
-from medmtl.models.mtl_net import HEADS, MultiTaskNet, build_model, model_config, required_divisor
+from medmtl.models.mtl_net import HEADS, MultiTaskNet, build_model, model_spec, required_divisor
+from medmtl.models.spec import ModelSpec
 
 
 @pytest.fixture(autouse=True)
@@ -86,10 +87,12 @@ def test_input_errors():
 
 
 def test_build_model_config_errors():
-    with pytest.raises(ConfigError, match="unknown model config key 'decoder_channel'.*Did you mean 'decoder_channels'"):
-        build_model({"encoder": "x", "adapter": "inflate", "decoder_channel": [1]}, pretrained=False)
-    with pytest.raises(ConfigError, match="needs 'adapter'"):
-        build_model({"encoder": "efficientnet-lite0"}, pretrained=False)
+    with pytest.raises(ConfigError, match="model has an unknown key 'decoder_channel'.*Did you mean 'decoder_channels'"):
+        ModelSpec.from_dict({"encoder": "x", "adapter": "inflate", "decoder_channel": [1]})
+    with pytest.raises(ConfigError, match="model is missing key 'adapter'"):
+        ModelSpec.from_dict({"encoder": "efficientnet-lite0"})
+    with pytest.raises(ConfigError, match="build_model needs a ModelSpec"):
+        build_model({"encoder": "efficientnet-lite0", "adapter": "inflate"}, pretrained=False)  # type: ignore[arg-type]
 
 
 def test_build_model_round_trip_with_registry_encoder():
@@ -97,10 +100,11 @@ def test_build_model_round_trip_with_registry_encoder():
     name = registry.list_encoders()[0].name
     cfg = {"encoder": name, "adapter": "2.5d", "decoder_channels": [16, 16, 16, 8, 8]}
     torch.manual_seed(0)
-    net = build_model(cfg, pretrained=False)
-    card = model_config(net)
-    assert card["encoder"] == name and card["adapter"] == "2.5d" and card["decoder_channels"] == [16, 16, 16, 8, 8]
-    rebuilt = build_model(card, pretrained=False)
+    net = build_model(ModelSpec.from_dict(cfg), pretrained=False)
+    spec = model_spec(net)
+    assert spec.encoder == name and spec.adapter == "2.5d" and spec.decoder_channels == (16, 16, 16, 8, 8)
+    assert ModelSpec.from_dict(spec.to_dict()) == spec
+    rebuilt = build_model(spec, pretrained=False)
     rebuilt.load_state_dict(net.state_dict())
     div = required_divisor(net)
     assert div[2] == 1

@@ -53,9 +53,9 @@ def test_lesion_with_empty_malignancy_contributes_zero_gradient():
     """Must show: a lesion without a malignancy label gives no malignancy gradient."""
     from monai.data import MetaTensor
 
-    from medmtl.data.targets import build_targets
     from medmtl.io import coords
     from medmtl.io.types import Lesion
+    from medmtl.transforms.targets import build_targets
 
     aff = torch.eye(4, dtype=torch.float64) * 2.0
     aff[3, 3] = 1.0

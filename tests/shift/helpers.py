@@ -51,24 +51,23 @@ def make_checkpoint(
         threshold: the card's detection threshold (low values make an untrained model
             produce detections, so that evaluation has something to score).
     """
+    from medmtl.engine.card import card_for
     from medmtl.engine.checkpoint import save_checkpoint
+    from medmtl.engine.decode import DecodeSettings
     from medmtl.io.read import load_folder
     from medmtl.models.mtl_net import build_model
+    from medmtl.models.spec import ModelSpec
     from medmtl.shift.reference import compute_reference_stats
     from medmtl.transforms.presets import default_ct_spec
 
-    model = build_model({"encoder": "efficientnet-lite0", "adapter": "inflate"}, pretrained=True).eval()
+    model = build_model(ModelSpec(encoder="efficientnet-lite0", adapter="inflate"), pretrained=True).eval()
     spec = spec if spec is not None else default_ct_spec()
     ref = None
     if scans_dir is not None:
         scans, _ = load_folder(scans_dir, progress=False)
         ref = compute_reference_stats(model=model, scans=scans, input_spec=spec)
-    card = {
-        "input_spec": spec.to_dict(),
-        "patch_size": [int(p) for p in patch_size],
-        "decode": {"threshold": threshold, "nms_radius_mm": 10.0, "max_lesions": 10, "temperature": 1.0},
-        "reference_stats": ref,
-    }
+    card = card_for(model, input_spec=spec, patch_size=patch_size, reference_stats=ref,
+                    decode=DecodeSettings(threshold=threshold, nms_radius_mm=10.0, max_lesions=10, temperature=1.0))
     return save_checkpoint(folder, model, card)
 
 

@@ -11,8 +11,8 @@ from medmtl.errors import ShiftError
 from medmtl.shift import bn_shift, fingerprint, logme, two_sample
 from medmtl.shift.adabn import adabn, tile_patches
 from medmtl.shift.dann import DomainClassifier, GradientReversal, grl_schedule, reverse_gradient
-from medmtl.shift.harmonise import match_to_quantiles
 from medmtl.shift.tent import tent
+from medmtl.transforms.harmonise import match_to_quantiles
 
 
 class TinyNet(nn.Module):

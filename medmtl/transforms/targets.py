@@ -1,5 +1,9 @@
 """Dense training targets built from the annotation table, in the preprocessed voxel grid.
 
+:func:`build_targets` holds the logic; :class:`BuildTargets` is its array transform (partial
+labels, the ``pos`` sampling map) and :class:`BuildTargetsd` the thin dict wrapper that
+MONAI pipelines use (``CacheDataset``: deterministic, so cached once per scan).
+
 For each lesion (LPS world mm, :class:`~medmtl.io.types.Lesion`) the centre is mapped to a
 fractional voxel index through :func:`medmtl.io.coords.lps_to_voxel` and the image affine
 (voxel → RAS mm), then:
@@ -22,20 +26,23 @@ Lesions whose centre lies outside the volume (e.g. outside a patch) are ignored.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Hashable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import torch
+from monai.transforms import MapTransform, Transform
 
 from medmtl.errors import AnnotationError
 from medmtl.io import coords
 from medmtl.io.types import Lesion
 
-__all__ = ["TARGET_KEYS", "build_targets", "lesion_voxels"]
+__all__ = ["POS_LEVEL", "TARGET_KEYS", "BuildTargets", "BuildTargetsd", "build_targets", "lesion_voxels"]
 
 #: Keys of the dict returned by :func:`build_targets`.
 TARGET_KEYS: tuple[str, ...] = ("heatmap", "log_diameter", "size_mask", "malignancy", "malig_mask")
+#: Heatmap level above which a voxel counts as "positive" for patch sampling (the ``pos`` map).
+POS_LEVEL = 0.5
 
 _MIN_SIGMA_VOX = 0.75
 
@@ -144,3 +151,68 @@ def build_targets(image: Any, lesions: Sequence[Lesion]) -> dict[str, torch.Tens
             ("malig_mask", malig_mask),
         )
     }
+
+
+#: Targets whose labels a lesion without size/malignancy labels does not contribute to.
+_LABEL_KEYS = ("log_diameter", "size_mask", "malignancy", "malig_mask")
+
+
+class BuildTargets(Transform):
+    """Array form: one preprocessed image + its lesions → the dense targets and ``pos``.
+
+    Lesions flagged unlabelled still shape the ``heatmap`` (detection labels are complete)
+    but not the size and malignancy maps (their losses are masked there).
+    """
+
+    def __call__(  # type: ignore[override]
+        self, image: Any, lesions: Sequence[Lesion], labelled: Sequence[bool] | None = None
+    ) -> dict[str, torch.Tensor]:
+        """Build the targets.
+
+        Args:
+            image: ``MetaTensor (C, I, J, K)`` with its voxel → RAS affine.
+            lesions: the image's lesions (LPS mm).
+            labelled: per lesion, whether its size and malignancy labels count (default all).
+
+        Returns:
+            :data:`TARGET_KEYS` as float32 tensors ``(1, I, J, K)`` and ``pos``
+            (``(1, I, J, K)`` uint8: heatmap ≥ :data:`POS_LEVEL`).
+        """
+        lesions = list(lesions)
+        flags = list(labelled) if labelled is not None else [True] * len(lesions)
+        targets = build_targets(image, lesions)
+        if not all(flags):
+            partial = build_targets(image, [les for les, ok in zip(lesions, flags) if ok])
+            for key in _LABEL_KEYS:
+                targets[key] = partial[key]
+        out = {key: torch.as_tensor(targets[key], dtype=torch.float32) for key in TARGET_KEYS}
+        out["pos"] = (out["heatmap"] >= POS_LEVEL).to(torch.uint8)
+        return out
+
+
+class BuildTargetsd(MapTransform):
+    """Dict wrapper of :class:`BuildTargets`.
+
+    Reads ``image`` (``MetaTensor (C, I, J, K)``, preprocessed), ``lesions``
+    (:class:`~medmtl.io.types.Lesion` list) and ``labelled`` (bools, optional); writes
+    :data:`TARGET_KEYS` and ``pos`` and drops ``lesions`` / ``labelled`` so the item collates.
+
+    Args:
+        keep_lesions: keep ``lesions`` in the item (validation volumes).
+        keys: the image key (one).
+        allow_missing_keys: pass an item without the image key through unchanged.
+    """
+
+    def __init__(self, keep_lesions: bool = False, keys: Sequence[str] = ("image",), allow_missing_keys: bool = False) -> None:
+        super().__init__(keys=list(keys), allow_missing_keys=allow_missing_keys)
+        self.keep_lesions = keep_lesions
+        self.builder = BuildTargets()
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            d.update(self.builder(d[key], d.get("lesions", []), d.get("labelled")))
+        if not self.keep_lesions:
+            d.pop("lesions", None)
+        d.pop("labelled", None)
+        return d
