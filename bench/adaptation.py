@@ -56,18 +56,19 @@ from typing import Any
 import numpy as np
 
 from bench.machine import cpu_model
-from pipelines import _common as C
-from pipelines._common import filter_annotations, resolve_config, scan_ids
+from pipelines.splits import filter_annotations
+from pipelines.tables import METRICS as TABLE_METRICS
+from pipelines.tables import gap_closed, read_overall
 
 REPO = Path(__file__).resolve().parents[1]
 METHODS = ("adabn", "adabn-shift", "tent", "histmatch", "dann", "resim")
-METRICS = tuple((key, title) for key, title, _ in C.METRICS)
+METRICS = tuple((key, title) for key, title, _ in TABLE_METRICS)
 logger = logging.getLogger("bench.adaptation")
 
 
 def gap_share(ref: float | None, none: float | None, after: float | None) -> float | None:
-    """``(after − none) / (ref − none)``; ``None`` when undefined or the gap is ~0 (:func:`pipelines._common.gap_closed`)."""
-    return C.gap_closed(after, none, ref)
+    """``(after − none) / (ref − none)``; ``None`` when undefined or the gap is ~0 (:func:`pipelines.tables.gap_closed`)."""
+    return gap_closed(after, none, ref)
 
 
 def train_or_reuse(config: Path, out_dir: Path, overrides: Sequence[str]) -> tuple[Path, bool]:
@@ -83,8 +84,9 @@ def train_or_reuse(config: Path, out_dir: Path, overrides: Sequence[str]) -> tup
 
     card_path = out_dir / "checkpoint" / "model_card.json"
     if card_path.is_file():
-        card = json.loads(card_path.read_text(encoding="utf-8"))
-        if card.get("train_config") != resolve_config(config, list(overrides)):
+        card = api.read_card(checkpoint=card_path.parent)
+        trained = card.train_config.to_dict() if card.train_config is not None else None
+        if trained != api.resolve_config(config=config, overrides=list(overrides)):
             raise ValueError(f"{out_dir} holds a checkpoint trained with other settings; use a new --out folder")
         logger.info("reusing %s (same training config)", card_path.parent)
         return card_path.parent, True
@@ -101,12 +103,13 @@ def adapt_or_reuse(out: Path, *, checkpoint: Path, method: str, steps: int | Non
 
     card_path = out / "model_card.json"
     if card_path.is_file():
-        rec = (json.loads(card_path.read_text(encoding="utf-8")).get("adaptation") or [{}])[-1]
-        same = (rec.get("method") == method and rec.get("source_checkpoint") == str(checkpoint)
-                and (steps is None or (rec.get("params") or {}).get("steps") == steps))
+        history = api.read_card(checkpoint=out).adaptation
+        rec = history[-1] if history else None
+        same = (rec is not None and rec.method == method and rec.source_checkpoint == str(checkpoint)
+                and (steps is None or rec.params.get("steps") == steps))
         if not same:
-            raise ValueError(f"{out} holds another adaptation ({rec.get('method')}, steps "
-                             f"{(rec.get('params') or {}).get('steps')}); use a new --out folder")
+            raise ValueError(f"{out} holds another adaptation ({rec.method if rec else None}, steps "
+                             f"{rec.params.get('steps') if rec else None}); use a new --out folder")
         logger.info("reusing %s", out)
         return out, True
     return Path(api.adapt(checkpoint=checkpoint, method=method, out=out, steps=steps, **kw)), False
@@ -114,6 +117,17 @@ def adapt_or_reuse(out: Path, *, checkpoint: Path, method: str, steps: int | Non
 
 def _slug(name: str) -> str:
     return "".join(c if c.isalnum() else "_" for c in name).strip("_")[:60]
+
+
+def _source_train(folder: Path, source: Path, train_ids: Sequence[str]) -> Path:
+    """DANN's / resim's labelled source: links to the site-A training scans only, with their annotations."""
+    for sid in train_ids:
+        folder.mkdir(parents=True, exist_ok=True)
+        link = folder / f"{sid}.nii.gz"
+        if not link.exists():
+            os.symlink(source / f"{sid}.nii.gz", link)
+    filter_annotations(source / "annotations.csv", folder / "annotations.csv", train_ids)
+    return folder
 
 
 def adaptation_quality(out: Path, *, source: Path, target: Path, fast: bool, n_heldout: int, n_bootstrap: int,
@@ -131,7 +145,7 @@ def adaptation_quality(out: Path, *, source: Path, target: Path, fast: bool, n_h
     """
     from medmtl import api
 
-    ids = scan_ids(source)
+    ids = api.scan_ids(folder=source)
     train_ids, heldout = ids[:-n_heldout], ids[-n_heldout:]
     settings = ["data.max_scans=null", f"train.device={device}"]  # shared by the site-A and oracle models
     if not fast and config.name == "tiny.yaml":
@@ -161,13 +175,7 @@ def adaptation_quality(out: Path, *, source: Path, target: Path, fast: bool, n_h
         ("site A held-out", ckpt, source, heldout_ann, heldout),
         ("site B, none", ckpt, target, target / "annotations.csv", None),
     ]
-    source_train = out / "source_train"
-    for sid in train_ids:  # DANN's labelled source: the training scans only
-        source_train.mkdir(parents=True, exist_ok=True)
-        link = source_train / f"{sid}.nii.gz"
-        if not link.exists():
-            os.symlink(source / f"{sid}.nii.gz", link)
-    filter_annotations(source / "annotations.csv", source_train / "annotations.csv", train_ids)
+    source_train = _source_train(out / "source_train", source, train_ids)
     for m in methods:  # adabn-shift: AdaBN's statistics-shift variant against the site-A training scans
         adapted, _ = timed(f"adapt_{m}", adapt_or_reuse, checkpoint=ckpt, target=target, method=m.split("-")[0],
                            out=out / "adapted" / m, seed=0,
@@ -175,7 +183,7 @@ def adaptation_quality(out: Path, *, source: Path, target: Path, fast: bool, n_h
                            device=device, steps=(method_steps or {}).get(m))
         conditions.append((f"site B, {m}", adapted, target, target / "annotations.csv", None))
     if oracle is not None:
-        o_ids = scan_ids(oracle)
+        o_ids = api.scan_ids(folder=oracle)
         n_val = max(2, len(o_ids) // 5)
         o_over = [f"data.root={oracle}", f"data.annotations={oracle / 'annotations.csv'}",
                   "data.train_ids=[" + ", ".join(o_ids[:-n_val]) + "]", "data.val_ids=[" + ", ".join(o_ids[-n_val:]) + "]",
@@ -190,8 +198,8 @@ def adaptation_quality(out: Path, *, source: Path, target: Path, fast: bool, n_h
               progress=False, scan_ids=sel, overlap=0.0 if fast else 0.25)
         timed(f"evaluate[{name}]", api.evaluate, predictions=pred / "predictions.csv", annotations=ann,
               out_dir=out / "eval" / _slug(name), n_bootstrap=n_bootstrap, seed=0)
-        rows.append({"condition": name, "n_scans": len(sel) if sel else len(scan_ids(inp)),
-                     **C.read_overall(out / "eval" / _slug(name) / "metrics.json")})
+        rows.append({"condition": name, "n_scans": len(sel) if sel else len(api.scan_ids(folder=inp)),
+                     **read_overall(out / "eval" / _slug(name) / "metrics.json")})
     ref, none = rows[0], rows[1]
     for r in rows[2:]:
         r["gap_share"] = {k: gap_share(ref[k]["value"], none[k]["value"], r[k]["value"]) for k, _ in METRICS}

@@ -28,22 +28,11 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from bench.learning import append_results, bayes_auc, where_measured
-from pipelines._common import (
-    REPO,
-    add_run_options,
-    bootstrap_mean_ci,
-    default_device,
-    fmt_ci,
-    is_done,
-    mark_done,
-    markdown_table,
-    parse_list,
-    predict_and_evaluate,
-    run_guarded,
-    write_json,
-    write_text,
-)
+from bench.learning_tables import append_results, bayes_auc, where_measured
+from pipelines.evaluation import predict_and_evaluate
+from pipelines.options import add_run_options, default_device, parse_list
+from pipelines.runs import REPO, is_done, mark_done, run_guarded
+from pipelines.tables import bootstrap_mean_ci, fmt_ci, markdown_table
 
 #: Metrics of the table: (key in ``metrics.json["overall"]``, header).
 COLUMNS: tuple[tuple[str, str], ...] = (
@@ -188,8 +177,10 @@ def run_benchmark(*, out: Path, config: Path, train_data: Path, test_data: Path,
         "learned": {"runs": runs, "pooled": pooled(runs)},
         "bayes_auc": bayes_auc(test_data / "annotations.csv", n_boot=2000),
     }
-    write_json(out / "results.json", res)
-    write_text(out / "results.md", markdown(res) + "\n")
+    from medmtl import api
+
+    api.write_json(path=out / "results.json", obj=res)
+    api.write_text(path=out / "results.md", text=markdown(res) + "\n")
     return res
 
 

@@ -4,7 +4,7 @@
 [--data DIR | --generate N] [--blocks init,mtl,weighting,transfer] [--append-results]``
 
 Four blocks of conditions, every one trained on the training scans of ``--data`` and scored on
-held-out test scans (the deterministic id split of :func:`pipelines._common.split_ids`: the
+held-out test scans (the deterministic id split of :func:`pipelines.splits.split_ids`: the
 last ``--n-test`` scans are the test set, the ``--n-val`` before them validate, the rest
 train), each for several seeds:
 
@@ -48,386 +48,65 @@ Larger sets: ``--generate 40 --n-test 10 --n-val 6`` trains on 24 fresh site-A p
 ``--fast`` is a smoke setting: one seed, the transfer study's tiny training overrides (1 epoch
 of 2 steps), the inflate adapter only, 100 % labels only, 20 bootstrap replicates. Its numbers
 check the plumbing, not the methods.
+
+This module runs the benchmark and is its command line; the conditions and Δm are
+:mod:`bench.learning_conditions`, the tables :mod:`bench.learning_tables`.
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import logging
-import math
 import os
 import platform
 import sys
 import tempfile
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from bench.machine import cpu_model
-from pipelines import _common as C
+from bench.learning_conditions import (
+    ADAPTERS,
+    BLOCK_TITLES,
+    BLOCKS,
+    LABEL_FRACTIONS,
+    SINGLE_TASK_MODES,
+    STRATEGIES,
+    TASK_METRIC,
+    TASK_PARAM,
+    TASKS,
+    Condition,
+    delta_m,
+    delta_m_table,
+    expand_conditions,
+    single_task_conditions,
+    task_delta,
+    unique_conditions,
+)
+from bench.learning_tables import (
+    Row,
+    append_results,
+    bayes_auc,
+    bayes_line,
+    delta_table,
+    make_row,
+    markdown,
+    pool,
+    results_table,
+    section,
+    where_measured,
+)
+from medmtl import api
 from pipelines import transfer_study as T
+from pipelines.options import add_run_options, default_device, parse_list
+from pipelines.runs import REPO, is_done, run_guarded, setup_logging, write_run_records
+from pipelines.splits import split_ids
+from pipelines.tables import METRICS
 
 logger = logging.getLogger("bench.learning")
-
-REPO = C.REPO
-BLOCKS = ("init", "mtl", "weighting", "transfer")
-ADAPTERS = ("inflate", "2.5d", "acs")
-STRATEGIES = ("linear-probe", "full", "lp-ft")
-LABEL_FRACTIONS = (0.1, 0.3, 1.0)
-TASKS = ("det", "size", "malig")
-#: Greek parameter of the ``fixed`` weighting for each task (``medmtl.mtl.weighting.FixedWeighting``).
-TASK_PARAM = {"det": "alpha", "size": "beta", "malig": "gamma"}
-#: The metric that scores each task: (task, metric key, lower is better).
-TASK_METRIC: tuple[tuple[str, str, bool], ...] = (
-    ("det", "cpm", False),
-    ("size", "diameter_mae_mm", True),
-    ("malig", "malignancy_auc", False),
-)
-SINGLE_TASK_MODES = ("with-detection", "strict")
-BLOCK_TITLES = {
-    "init": "ImageNet-adapted vs from scratch (full fine-tuning, fixed weights, all labels)",
-    "mtl": "multi-task vs single-task (inflate, ImageNet, full, fixed weights, all labels)",
-    "weighting": "task weighting (inflate, ImageNet, full, all labels)",
-    "transfer": "transfer strategy × share of size/malignancy labels (inflate, ImageNet, fixed weights)",
-}
-
-
-# --------------------------------------------------------------------------- conditions
-
-
-@dataclass(frozen=True)
-class Condition:
-    """One benchmark condition (a configuration; its seeds are separate runs).
-
-    ``tasks`` are the tasks whose loss is trained; fewer than three means the ``fixed``
-    weighting with the other tasks' weights at 0 (a single-task baseline).
-    """
-
-    adapter: str = "inflate"
-    strategy: str = "full"
-    weighting: str = "fixed"
-    label_fraction: float = 1.0
-    pretrained: bool = True
-    tasks: tuple[str, ...] = TASKS
-
-    def __post_init__(self) -> None:
-        bad = [t for t in self.tasks if t not in TASKS]
-        if bad or not self.tasks:
-            raise ValueError(f"tasks must be a non-empty subset of {TASKS}, got {self.tasks}")
-        if self.is_single_task and self.weighting != "fixed":
-            raise ValueError("single-task conditions use the 'fixed' weighting (the other tasks' weights are 0)")
-
-    @property
-    def is_single_task(self) -> bool:
-        """True when some task is switched off."""
-        return tuple(self.tasks) != TASKS
-
-    def point(self, seed: int) -> T.Point:
-        """The transfer study's grid point of this condition and ``seed``."""
-        return T.Point(adapter=self.adapter, strategy=self.strategy, weighting=self.weighting,
-                       label_fraction=float(self.label_fraction), pretrained=bool(self.pretrained), seed=int(seed))
-
-    @property
-    def key(self) -> str:
-        """Run-folder stem (without the seed), unique per condition."""
-        stem = self.point(0).name.rsplit("__s", 1)[0]
-        return stem + ("__only-" + "+".join(self.tasks) if self.is_single_task else "")
-
-    def overrides(self) -> list[str]:
-        """Extra training-config overrides (the ``fixed`` task weights of a single-task run)."""
-        if not self.is_single_task:
-            return []
-        return [f"weighting.params.{TASK_PARAM[t]}={1.0 if t in self.tasks else 0.0}" for t in TASKS]
-
-    @property
-    def label(self) -> str:
-        """Human-readable name for the tables."""
-        parts = [self.adapter, "ImageNet" if self.pretrained else "scratch", self.strategy, self.weighting,
-                 f"{self.label_fraction:.0%} labels"]
-        if self.is_single_task:
-            parts.append("tasks " + "+".join(self.tasks))
-        return ", ".join(parts)
-
-
-def single_task_conditions(mode: str = "with-detection", base: Condition | None = None) -> dict[str, Condition]:
-    """The single-task baseline of each task (see the module docstring for ``mode``)."""
-    if mode not in SINGLE_TASK_MODES:
-        raise ValueError(f"single-task mode must be one of {SINGLE_TASK_MODES}, got {mode!r}")
-    base = base or Condition()
-    out = {}
-    for t in TASKS:
-        tasks = (t,) if mode == "strict" or t == "det" else ("det", t)
-        out[t] = Condition(adapter=base.adapter, strategy=base.strategy, weighting="fixed",
-                           label_fraction=base.label_fraction, pretrained=base.pretrained, tasks=tasks)
-    return out
-
-
-def expand_conditions(
-    *,
-    blocks: Sequence[str] = BLOCKS,
-    adapters: Sequence[str] = ADAPTERS,
-    strategies: Sequence[str] = STRATEGIES,
-    label_fractions: Sequence[float] = LABEL_FRACTIONS,
-    gradient_method: str = "upgrad",
-    single_task: str = "with-detection",
-) -> list[tuple[str, Condition]]:
-    """``(block, condition)`` pairs in table order; a condition may appear in several blocks.
-
-    Raises:
-        ValueError: an unknown block or single-task mode.
-    """
-    bad = [b for b in blocks if b not in BLOCKS]
-    if bad:
-        raise ValueError(f"unknown block(s) {bad}; allowed: {', '.join(BLOCKS)}")
-    base = Condition()
-    pairs: list[tuple[str, Condition]] = []
-    for block in blocks:
-        if block == "init":
-            for a in adapters:
-                for pre in (True, False):
-                    pairs.append((block, Condition(adapter=a, pretrained=pre)))
-        elif block == "mtl":
-            pairs.append((block, base))
-            pairs += [(block, c) for c in single_task_conditions(single_task, base).values()]
-        elif block == "weighting":
-            for w in dict.fromkeys(("fixed", "uncertainty", gradient_method)):
-                pairs.append((block, Condition(weighting=w)))
-        elif block == "transfer":
-            for lf in label_fractions:
-                for s in strategies:
-                    pairs.append((block, Condition(strategy=s, label_fraction=float(lf))))
-    return pairs
-
-
-def unique_conditions(pairs: Sequence[tuple[str, Condition]]) -> list[Condition]:
-    """The distinct conditions of :func:`expand_conditions`' pairs, first appearance first."""
-    return list(dict.fromkeys(c for _, c in pairs))
-
-
-# --------------------------------------------------------------------------- Δm
-
-
-def task_delta(mt: float | None, st: float | None, lower_is_better: bool) -> float | None:
-    """``(−1)^{l} (mt − st) / st`` in percent; ``None`` when undefined (missing value, ``st`` ≈ 0)."""
-    if mt is None or st is None or not (math.isfinite(mt) and math.isfinite(st)) or abs(st) < 1e-12:
-        return None
-    sign = -1.0 if lower_is_better else 1.0
-    return 100.0 * sign * (mt - st) / st
-
-
-def delta_m(mt: Mapping[str, float | None], st: Mapping[str, float | None]) -> dict[str, Any]:
-    """Multi-task gain Δm (Maninis et al. 2019; Vandenhende et al. 2021), in percent.
-
-    Args:
-        mt: the multi-task run's metric per task (``det``, ``size``, ``malig``).
-        st: each task's single-task metric.
-
-    Returns:
-        ``{"per_task": {task: Δ_t or None}, "delta_m": mean of Δ_t or None}`` (``None`` when any
-        task's Δ_t is undefined: a partial mean is not Δm).
-    """
-    per = {t: task_delta(mt.get(t), st.get(t), lower) for t, _, lower in TASK_METRIC}
-    vals = [v for v in per.values() if v is not None]
-    return {"per_task": per, "delta_m": sum(vals) / len(vals) if len(vals) == len(per) else None}
-
-
-def delta_m_table(
-    records: Mapping[Condition, Sequence[Mapping[str, Any]]], st: Mapping[str, Condition], mt: Condition
-) -> dict[str, Any]:
-    """Δm from the runs: per seed (runs paired by seed), then the mean over seeds with a 95% interval.
-
-    Args:
-        records: condition → its run records (``seed`` and metric keys).
-        st: task → single-task condition.
-        mt: the multi-task condition.
-
-    Returns:
-        ``{"tasks": [{task, metric, st, mt, delta, delta_ci95}], "delta_m", "delta_m_ci95",
-        "seeds", "per_seed": [...]}``.
-    """
-    by_seed = {c: {int(r["seed"]): r for r in recs} for c, recs in records.items()}
-    seeds = sorted(set(by_seed.get(mt, {})).intersection(*(set(by_seed.get(c, {})) for c in st.values())))
-    per_seed = []
-    for s in seeds:
-        m = {t: by_seed[mt][s].get(k) for t, k, _ in TASK_METRIC}
-        b = {t: by_seed[st[t]][s].get(k) for t, k, _ in TASK_METRIC}
-        per_seed.append({"seed": s, **delta_m(m, b)})
-    tasks = []
-    for t, k, lower in TASK_METRIC:
-        st_vals = [by_seed[st[t]][s].get(k) for s in seeds]
-        mt_vals = [by_seed[mt][s].get(k) for s in seeds]
-        d_mean, d_ci = C.bootstrap_mean_ci([p["per_task"][t] for p in per_seed])
-        tasks.append({"task": t, "metric": k, "lower_is_better": lower, "st": C.bootstrap_mean_ci(st_vals)[0],
-                      "mt": C.bootstrap_mean_ci(mt_vals)[0], "delta": d_mean, "delta_ci95": list(d_ci) if d_ci else None,
-                      "st_condition": st[t].label})
-    dm, dm_ci = C.bootstrap_mean_ci([p["delta_m"] for p in per_seed])
-    return {"tasks": tasks, "delta_m": dm, "delta_m_ci95": list(dm_ci) if dm_ci else None, "seeds": seeds,
-            "per_seed": per_seed}
-
-
-# --------------------------------------------------------------------------- Bayes AUC, machine
-
-
-def bayes_auc(annotations: Path, scan_ids: Sequence[str] | None = None, *, n_boot: int = 1000,
-              seed: int = 0) -> dict[str, Any]:
-    """Bayes-optimal malignancy AUC of the labelled lesions of ``scan_ids`` (all scans when ``None``).
-
-    AUC of the generator's ``bayes_malignancy_prob`` against the recorded (noisy) labels,
-    empty labels skipped, with a percentile bootstrap interval over lesions.
-
-    Returns:
-        ``{"value", "ci95", "n_lesions", "n_positive"}`` (``value`` ``None`` when a class is missing
-        or the column is absent).
-    """
-    import numpy as np
-
-    from medmtl.metrics import auc
-
-    keep = set(scan_ids) if scan_ids is not None else None
-    probs, labels = [], []
-    with open(annotations, newline="", encoding="utf-8-sig") as fh:
-        for r in csv.DictReader(fh):
-            if keep is not None and (r.get("seriesuid") or "").strip() not in keep:
-                continue
-            p, y = (r.get("bayes_malignancy_prob") or "").strip(), (r.get("malignancy") or "").strip()
-            if not p or not y:
-                continue
-            probs.append(float(p))
-            labels.append(float(y))
-    out: dict[str, Any] = {"value": auc(probs, labels) if probs else None, "ci95": None, "n_lesions": len(probs),
-                           "n_positive": int(sum(y >= 0.5 for y in labels))}
-    if out["value"] is not None:
-        rng = np.random.default_rng(seed)
-        p_arr, y_arr = np.asarray(probs), np.asarray(labels)
-        boots = []
-        for _ in range(n_boot):
-            idx = rng.integers(0, len(p_arr), len(p_arr))
-            v = auc(p_arr[idx], y_arr[idx])
-            if v is not None:
-                boots.append(v)
-        if boots:
-            out["ci95"] = [float(np.quantile(boots, 0.025)), float(np.quantile(boots, 0.975))]
-    return out
-
-
-def where_measured(device: str) -> str:
-    """``"cuda (NVIDIA H100 …)"`` or ``"cpu (AMD EPYC …, 2 cores)"`` for the resolved ``device``."""
-    if device.startswith("cuda"):
-        import torch
-
-        if torch.cuda.is_available():
-            return (f"{device} ({torch.cuda.get_device_name(torch.device(device))}; host {cpu_model()}, "
-                    f"{os.cpu_count()} cores)")
-        return f"{device} (unavailable)"
-    return f"cpu ({cpu_model()}, {os.cpu_count()} cores)"
-
-
-# --------------------------------------------------------------------------- tables
-
-
-@dataclass
-class Row:
-    """One table row: a condition of a block, seeds pooled."""
-
-    block: str
-    condition: str
-    metrics: dict[str, dict[str, Any]]  # metric key → {"value", "ci95"}
-    n_seeds: int
-    ci_over: str
-    where: str
-    key: str = ""
-
-
-def pool(records: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-    """Seeds of one condition pooled by :func:`pipelines.transfer_study.aggregate` (one row)."""
-    rows = T.aggregate([dict(r) for r in records])
-    if len(rows) != 1:
-        raise ValueError(f"records of one condition must share their configuration, got {len(rows)} groups")
-    return rows[0]
-
-
-def make_row(block: str, cond: Condition, records: Sequence[Mapping[str, Any]]) -> Row:
-    """A :class:`Row` from a condition's run records."""
-    agg = pool(records)
-    where = sorted({str(r.get("where", "?")) for r in records})
-    return Row(block=block, condition=cond.label, key=cond.key, n_seeds=agg["n_seeds"], ci_over=agg["ci_over"],
-               where="; ".join(where),
-               metrics={k: {"value": agg[k], "ci95": agg[f"{k}_ci95"]} for k, _, _ in C.METRICS})
-
-
-def results_table(rows: Sequence[Row]) -> str:
-    """The markdown table: condition, CPM, MAE, AUC (each with its 95% interval), seeds, where."""
-    header = ["block", "condition", "CPM [95% CI]", "MAE mm [95% CI]", "AUC [95% CI]", "seeds", "CI over",
-              "where measured"]
-    body = [[r.block, r.condition, C.fmt_ci(r.metrics["cpm"]), C.fmt_ci(r.metrics["diameter_mae_mm"], 2),
-             C.fmt_ci(r.metrics["malignancy_auc"]), str(r.n_seeds), r.ci_over, r.where] for r in rows]
-    return C.markdown_table(header, body)
-
-
-def _pct(v: float | None, ci: Sequence[float] | None = None) -> str:
-    if v is None:
-        return "n/a"
-    s = f"{v:+.1f} %"
-    return s + (f" [{ci[0]:+.1f}, {ci[1]:+.1f}]" if ci else "")
-
-
-def delta_table(dm: Mapping[str, Any]) -> str:
-    """Markdown table of Δ_t per task and the Δm line."""
-    header = ["task", "metric", "single-task run", "single-task", "multi-task", "Δ_t [95% CI]"]
-    body = []
-    for t in dm["tasks"]:
-        digits = 2 if t["metric"] == "diameter_mae_mm" else 3
-        body.append([t["task"], t["metric"] + (" (lower better)" if t["lower_is_better"] else ""), t["st_condition"],
-                     C.fmt(t["st"], digits), C.fmt(t["mt"], digits), _pct(t["delta"], t["delta_ci95"])])
-    seeds = ", ".join(str(s) for s in dm["seeds"]) or "none"
-    return (C.markdown_table(header, body) + f"\n\n**Δm = {_pct(dm['delta_m'], dm['delta_m_ci95'])}** "
-            f"(seeds {seeds}; > 0: the multi-task net beats the single-task baselines on average).")
-
-
-def bayes_line(b: Mapping[str, Any], what: str) -> str:
-    """One sentence on a Bayes-optimal AUC."""
-    return (f"Bayes-optimal malignancy AUC of the {what}: {C.fmt_ci({'value': b['value'], 'ci95': b['ci95']})} "
-            f"({b['n_lesions']} labelled lesions, {b['n_positive']} malignant; lesion bootstrap).")
-
-
-def markdown(res: Mapping[str, Any]) -> str:
-    """The results as markdown: one table per block, the Δm table and the Bayes AUC."""
-    rows = [Row(**r) for r in res["rows"]]
-    lines = [f"Data: `{res['data']}` — {len(res['split']['train'])} training, {len(res['split']['val'])} validation, "
-             f"{len(res['split']['test'])} test scans (test: {', '.join(res['split']['test'])}); base config "
-             f"`{res['config']}`{' with the --fast overrides' if res['fast'] else ''}; seeds "
-             f"{', '.join(str(s) for s in res['seeds'])}.", "",
-             bayes_line(res["bayes_auc_test"], "test scans") + " "
-             + bayes_line(res["bayes_auc_all"], "whole set"), ""]
-    for block in BLOCKS:
-        br = [r for r in rows if r.block == block]
-        if not br:
-            continue
-        lines += [f"**{block}** — {BLOCK_TITLES[block]}", "", results_table(br), ""]
-        if block == "mtl" and res.get("delta_m"):
-            lines += [delta_table(res["delta_m"]), ""]
-    if res.get("missing"):
-        lines += [f"Not run (time budget of {res.get('time_budget_s')} s reached): " + ", ".join(res["missing"]) + ".", ""]
-    lines.append("Intervals: 95 % percentile bootstrap of the mean over seeds (≥ 2 seeds) or over test scans "
-                 "(one seed, the evaluation's bootstrap). MAE and AUC are read at detected lesions.")
-    return "\n".join(lines) + "\n"
-
-
-def append_results(path: Path, section: str) -> Path:
-    """Append ``section`` to ``path`` (created when missing), re-reading it first; never rewrites it."""
-    path = Path(path)
-    existing = path.read_text(encoding="utf-8") if path.is_file() else None
-    with open(path, "a", encoding="utf-8") as fh:
-        if existing is None:
-            fh.write("# Benchmark results\n")
-        elif existing and not existing.endswith("\n"):
-            fh.write("\n")
-        fh.write("\n" + section.rstrip("\n") + "\n")
-    return path
 
 
 # --------------------------------------------------------------------------- running
@@ -442,7 +121,7 @@ def run_condition(cond: Condition, seed: int, *, out: Path, config: Path, data: 
     run_dir = out / "runs" / f"{cond.key}__s{seed}"
     if overwrite and run_dir.is_dir():
         shutil.rmtree(run_dir)
-    reused = C.is_done(run_dir)
+    reused = is_done(run_dir)
     t0 = time.perf_counter()
     rec = T.run_point(cond.point(seed), run_dir=run_dir, config=config, data=data, split=split,
                       base_overrides=[*base_overrides, *cond.overrides()], device=device, n_bootstrap=n_bootstrap)
@@ -455,7 +134,7 @@ def run_condition(cond: Condition, seed: int, *, out: Path, config: Path, data: 
                 + " (reused run; machine not recorded)", "wall_s": None}
     else:
         info = {"where": where, "wall_s": round(time.perf_counter() - t0, 1)}
-        C.write_json(where_file, info)
+        api.write_json(path=where_file, obj=info)
     rec.update(key=cond.key, tasks="+".join(cond.tasks), where=info["where"], wall_s=info.get("wall_s"),
                reused=reused)
     return rec
@@ -492,7 +171,7 @@ def run_all(todo: Sequence[tuple[Condition, int]], kw: Mapping[str, Any], *, job
 
     def late(c: Condition, s: int) -> bool:
         return (deadline is not None and time.perf_counter() > deadline
-                and not C.is_done(Path(kw["out"]) / "runs" / f"{c.key}__s{s}"))
+                and not is_done(Path(kw["out"]) / "runs" / f"{c.key}__s{s}"))
 
     if jobs == 1:
         for i, (c, s) in enumerate(todo, 1):
@@ -557,36 +236,24 @@ def run_benchmark(
     pairs = expand_conditions(blocks=blocks, adapters=adapters, strategies=strategies, label_fractions=label_fractions,
                               gradient_method=gradient_method, single_task=single_task)
     conds = unique_conditions(pairs)
-    split = C.split_ids(C.scan_ids(data), n_test=n_test, n_val=n_val)
+    split = split_ids(api.scan_ids(folder=data), n_test=n_test, n_val=n_val)
     base = [*(T.FAST_OVERRIDES if fast else ()), *overrides]
     n_boot = n_bootstrap if n_bootstrap is not None else (20 if fast else 1000)
-    dev = C.default_device(device)
+    dev = default_device(device)
     where = where_measured(dev)
     for c in conds:  # fail early on a bad config value of any condition
-        C.resolve_config(config, [f"data.root={data}", *base, *c.point(0).overrides(), *c.overrides()])
-    C.write_run_records(out, inputs={"data": data, "config": config}, device=dev,
-                        extra={"conditions": [c.key for c in conds], "seeds": list(seeds), "overrides": base,
-                               "split": {"train": split[0], "val": split[1], "test": split[2]}})
-    n_runs = len(conds) * len(seeds)
+        api.resolve_config(config=config, overrides=[f"data.root={data}", *base, *c.point(0).overrides(),
+                                                     *c.overrides()])
+    write_run_records(out, inputs={"data": data, "config": config}, device=dev,
+                      extra={"conditions": [c.key for c in conds], "seeds": list(seeds), "overrides": base,
+                             "split": {"train": split[0], "val": split[1], "test": split[2]}})
     # seed-major order: under a time budget every condition gets its first seed before any its second
     todo = [(c, s) for s in seeds for c in conds]
     kw = {"out": out, "config": config, "data": data, "split": split, "base_overrides": base, "device": device,
           "n_bootstrap": n_boot, "where": where, "overwrite": overwrite}
     deadline = None if time_budget_s is None else t_start + time_budget_s
-    records: dict[Condition, list[dict[str, Any]]] = {}
-    for c, rec in run_all(todo, kw, jobs=jobs, deadline=deadline):
-        records.setdefault(c, []).append(rec)
-    for recs in records.values():
-        recs.sort(key=lambda r: int(r["seed"]))
-    missing = [f"{c.key} seed {s}" for c, s in todo if not any(int(r["seed"]) == s for r in records.get(c, []))]
-    if missing:
-        logger.warning("learning bench: %d of %d runs not done (time budget): %s", len(missing), n_runs,
-                       ", ".join(missing))
+    records, missing = collect_records(todo, run_all(todo, kw, jobs=jobs, deadline=deadline))
     pairs = [(b, c) for b, c in pairs if c in records]
-    rows = [make_row(b, c, records[c]) for b, c in pairs]
-    dm = None
-    if "mtl" in blocks:
-        dm = delta_m_table(records, single_task_conditions(single_task), Condition())
     ann = data / "annotations.csv"
     res: dict[str, Any] = {
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "fast": fast, "data": str(data), "config": str(config),
@@ -594,21 +261,41 @@ def run_benchmark(
         "device": dev, "where": where, "torch_threads": _torch_threads(), "python": platform.python_version(),
         "split": {"train": split[0], "val": split[1], "test": split[2]},
         "bayes_auc_test": bayes_auc(ann, split[2]), "bayes_auc_all": bayes_auc(ann),
-        "rows": [asdict(r) for r in rows], "delta_m": dm,
+        "rows": [asdict(make_row(b, c, records[c])) for b, c in pairs],
+        "delta_m": delta_m_table(records, single_task_conditions(single_task), Condition()) if "mtl" in blocks else None,
         "runs": [r for recs in records.values() for r in recs],
-        "n_runs": n_runs - len(missing), "n_planned": n_runs, "missing": missing, "jobs": jobs,
+        "n_runs": len(todo) - len(missing), "n_planned": len(todo), "missing": missing, "jobs": jobs,
         "time_budget_s": time_budget_s, "n_reused": sum(bool(r.get("reused")) for recs in records.values() for r in recs),
         "wall_s": round(time.perf_counter() - t_start, 1), "overrides": base,
     }
-    res["markdown"] = markdown(res)
-    C.write_json(out / "results.json", res)
-    C.write_text(out / "results.md", "# Learning benchmark\n\n" + res["markdown"])
-    from medmtl.io.writers import atomic_write_csv
-
-    cols = ["run", "key", "tasks", *T.AXES, *(m for m, _, _ in C.METRICS), "mean_grad_cosine", "where", "wall_s",
-            "reused"]
-    atomic_write_csv(out / "runs.csv", [{k: r.get(k) for k in cols} for r in res["runs"]], cols)
+    write_results(out, res)
     return res
+
+
+def collect_records(
+    todo: Sequence[tuple[Condition, int]], done: Sequence[tuple[Condition, dict[str, Any]]]
+) -> tuple[dict[Condition, list[dict[str, Any]]], list[str]]:
+    """Group finished runs by condition (sorted by seed); ``missing``: the planned runs not done."""
+    records: dict[Condition, list[dict[str, Any]]] = {}
+    for c, rec in done:
+        records.setdefault(c, []).append(rec)
+    for recs in records.values():
+        recs.sort(key=lambda r: int(r["seed"]))
+    missing = [f"{c.key} seed {s}" for c, s in todo if not any(int(r["seed"]) == s for r in records.get(c, []))]
+    if missing:
+        logger.warning("learning bench: %d of %d runs not done (time budget): %s", len(missing), len(todo),
+                       ", ".join(missing))
+    return records, missing
+
+
+def write_results(out: Path, res: dict[str, Any]) -> None:
+    """Add the markdown to ``res`` and write ``results.json``, ``results.md`` and ``runs.csv`` into ``out``."""
+    res["markdown"] = markdown(res)
+    api.write_json(path=out / "results.json", obj=res)
+    api.write_text(path=out / "results.md", text="# Learning benchmark\n\n" + res["markdown"])
+    cols = ["run", "key", "tasks", *T.AXES, *(m for m, _, _ in METRICS), "mean_grad_cosine", "where", "wall_s",
+            "reused"]
+    api.write_table(path=out / "runs.csv", rows=[{k: r.get(k) for k in cols} for r in res["runs"]], fieldnames=cols)
 
 
 def _torch_threads() -> int | None:
@@ -618,18 +305,6 @@ def _torch_threads() -> int | None:
         return int(torch.get_num_threads())
     except Exception:  # noqa: BLE001 - informational only
         return None
-
-
-def section(res: Mapping[str, Any], command: str) -> str:
-    """The dated ``bench/RESULTS.md`` section of a benchmark run."""
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    head = (f"## Learning (bench/learning.py){' — fast smoke setting' if res['fast'] else ''} — {res['date']}\n\n"
-            f"Measured on: {res['where']}; torch threads {res['torch_threads']}, Python {res['python']}; "
-            f"{res['n_runs']} runs ({res['n_reused']} reused from an earlier run of the same folder), wall "
-            f"{res['wall_s']:.0f} s; load average at the end {load:.1f}.\n\n`{command}`\n\n")
-    note = ("\nThese numbers come from the smoke setting (1 epoch of 2 steps): they check the pipeline, "
-            "not the methods.\n" if res["fast"] else "")
-    return head + res["markdown"] + note
 
 
 # --------------------------------------------------------------------------- CLI
@@ -660,31 +335,29 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--jobs", type=int, default=1, help="runs trained at once (worker processes; default 1)")
     p.add_argument("--time-budget", type=float, default=None, metavar="SECONDS",
                    help="start no run after this many seconds; the tables hold the finished runs")
-    C.add_run_options(p, set_help="training-config override for every run (repeatable)",
-                      fast_help="smoke setting: one seed, 1 epoch of 2 steps, few conditions")
+    add_run_options(p, set_help="training-config override for every run (repeatable)",
+                    fast_help="smoke setting: one seed, 1 epoch of 2 steps, few conditions")
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """CLI entry point (0 ok, 1 medmtl error, 2 usage error)."""
     args = _parser().parse_args(argv)
-    C.setup_logging(args.verbose)
+    setup_logging(args.verbose)
     out = (args.out or Path(tempfile.mkdtemp(prefix="medmtl_bench_learning_"))).resolve()
 
     def body() -> int:
-        seeds = C.parse_list(args.seeds, int) or ([0] if args.fast else [0, 1, 2])
+        seeds = parse_list(args.seeds, int) or ([0] if args.fast else [0, 1, 2])
         data = args.data or REPO / "sample_data" / "ct_site_a"
         if args.generate is not None:
-            from medmtl import api
-
             data = api.generate_sample_data(out=out / "data", kind="ct", site="a", n=args.generate,
                                             seed=args.generate_seed, overwrite=True)
         res = run_benchmark(
             out=out, data=Path(data), config=args.config or REPO / "configs" / "demo.yaml", seeds=seeds,
-            blocks=C.parse_list(args.blocks) or list(BLOCKS),
-            adapters=C.parse_list(args.adapters) or (["inflate"] if args.fast else list(ADAPTERS)),
-            strategies=C.parse_list(args.strategies) or list(STRATEGIES),
-            label_fractions=C.parse_list(args.label_fractions, float) or ([1.0] if args.fast else list(LABEL_FRACTIONS)),
+            blocks=parse_list(args.blocks) or list(BLOCKS),
+            adapters=parse_list(args.adapters) or (["inflate"] if args.fast else list(ADAPTERS)),
+            strategies=parse_list(args.strategies) or list(STRATEGIES),
+            label_fractions=parse_list(args.label_fractions, float) or ([1.0] if args.fast else list(LABEL_FRACTIONS)),
             gradient_method=args.gradient_method, single_task=args.single_task, n_test=args.n_test, n_val=args.n_val,
             device=args.device, fast=args.fast, n_bootstrap=args.n_bootstrap, overrides=args.overrides,
             overwrite=args.overwrite, jobs=args.jobs, time_budget_s=args.time_budget,
@@ -697,7 +370,45 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"appended a section to {path}")
         return 0
 
-    return C.run_guarded(body)
+    return run_guarded(body)
+
+
+__all__ = [
+    "ADAPTERS",
+    "BLOCKS",
+    "BLOCK_TITLES",
+    "LABEL_FRACTIONS",
+    "SINGLE_TASK_MODES",
+    "STRATEGIES",
+    "TASKS",
+    "TASK_METRIC",
+    "TASK_PARAM",
+    "Condition",
+    "Row",
+    "append_results",
+    "bayes_auc",
+    "bayes_line",
+    "collect_records",
+    "delta_m",
+    "delta_m_table",
+    "delta_table",
+    "expand_conditions",
+    "main",
+    "make_row",
+    "markdown",
+    "pool",
+    "results_table",
+    "run_all",
+    "run_benchmark",
+    "run_condition",
+    "section",
+    "single_task_conditions",
+    "task_delta",
+    "unique_conditions",
+    "where_measured",
+    "write_results",
+]
+
 
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -9,7 +9,8 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import os
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -153,7 +154,47 @@ def train(
     from medmtl.engine.trainer import run_training
 
     cfg = load_config(Path(config), overrides=list(overrides))
-    return run_training(cfg, Path(out_dir), resume=resume, overwrite=overwrite)
+    checkpoint = run_training(cfg, Path(out_dir), resume=resume, overwrite=overwrite)
+    if int(os.environ.get("RANK", "0")) == 0:  # under torchrun, rank 0 owns the checkpoint
+        add_reference_stats(checkpoint=checkpoint, scan_dir=cfg.data.root, max_scans=cfg.data.reference_scans,
+                            resample_nonuniform=cfg.data.resample_nonuniform)
+    return checkpoint
+
+
+def add_reference_stats(
+    *, checkpoint: str | Path, scan_dir: str | Path, max_scans: int = 32, resample_nonuniform: bool = False
+) -> Path:
+    """Summarise a checkpoint's training scans into its card (for shift checks without them).
+
+    The training scans are the card's ``training.train_ids`` found in ``scan_dir``; the
+    checkpoint's own encoder extracts the features (see
+    :func:`medmtl.shift.reference.compute_reference_stats`). Only ``model_card.json`` is
+    rewritten (atomically); the weights and their hash stay as they are. A card that already
+    holds reference statistics, or has no training record, is left alone.
+
+    Args:
+        checkpoint: checkpoint folder.
+        scan_dir: the training scan folder (``data.root`` of the training config).
+        max_scans: at most this many scans are summarised (evenly spread over the ids).
+        resample_nonuniform: as ``data.resample_nonuniform`` of the training config.
+
+    Returns:
+        The checkpoint folder.
+    """
+    from medmtl.engine.checkpoint import load_checkpoint, write_card_file
+    from medmtl.io.read import load_folder
+    from medmtl.shift.reference import compute_reference_stats
+
+    model, card = load_checkpoint(Path(checkpoint), device="cpu")
+    if card.reference_stats is not None or card.training is None or not card.training.train_ids:
+        return Path(checkpoint)
+    ids = set(card.training.train_ids)
+    scans, _ = load_folder(Path(scan_dir), resample_nonuniform=resample_nonuniform, progress=False)
+    train = sorted((s for s in scans if s.scan_id in ids), key=lambda s: s.scan_id)
+    if train:
+        ref = compute_reference_stats(model=model, scans=train, input_spec=card.input_spec, max_scans=max_scans)
+        write_card_file(Path(checkpoint), card.replace(reference_stats=ref))
+    return Path(checkpoint)
 
 
 def predict_folder(
@@ -204,8 +245,10 @@ def predict_folder(
         ...                out_dir="preds")  # doctest: +SKIP
     """
     from medmtl.engine.predict import predict_folder as _predict
+    from medmtl.shift.gate import gate_predictor
 
     return _predict(
+        gate=gate_predictor,
         checkpoint=Path(checkpoint),
         input_dir=Path(input_dir),
         out_dir=Path(out_dir),
@@ -361,6 +404,31 @@ def diagnose(
     )
 
 
+def list_adaptations() -> list[str]:
+    """Registered label-free adaptation methods (``medmtl adapt --method``), sorted."""
+    from medmtl.shift.adapt import list_adaptations as _list
+
+    return _list()
+
+
+def read_card(*, checkpoint: str | Path) -> Any:
+    """The validated :class:`~medmtl.engine.card.ModelCard` of a checkpoint folder (weights not loaded).
+
+    Raises:
+        CheckpointError: missing folder or file, invalid JSON, or an invalid card value.
+    """
+    from medmtl.engine.checkpoint import read_card as _read
+
+    return _read(Path(checkpoint))
+
+
+def sha256_file(path: str | Path) -> str:
+    """Hex SHA-256 of a file (as recorded for weights, checkpoints and input manifests)."""
+    from medmtl.io.hashing import sha256_file as _sha
+
+    return _sha(path)
+
+
 def adapt(
     *,
     checkpoint: str | Path,
@@ -406,3 +474,149 @@ def adapt(
         steps=steps,
         lr=lr,
     )
+
+
+# --------------------------------------------------------------------------- helpers for pipelines and notebooks
+
+
+def version() -> str:
+    """The installed medmtl version (``medmtl.__version__``), as recorded in run folders."""
+    from medmtl import __version__
+
+    return str(__version__)
+
+
+def write_table(*, path: str | Path, rows: Iterable[Mapping[str, Any]], fieldnames: Sequence[str]) -> Path:
+    """Write rows as a CSV table with a header, atomically (temporary file, then rename).
+
+    Args:
+        path: output file; its parent folders are created.
+        rows: one mapping per row; missing keys and ``None`` / NaN become empty cells, floats
+            keep full precision.
+        fieldnames: the column order.
+
+    Returns:
+        ``path``.
+
+    Raises:
+        ValueError: a row has a key not in ``fieldnames``.
+
+    Example:
+        >>> write_table(path="out/results.csv", rows=[{"a": 1}], fieldnames=["a"])  # doctest: +SKIP
+    """
+    from medmtl.io.writers import atomic_write_csv
+
+    return atomic_write_csv(Path(path), rows, fieldnames)
+
+
+def write_json(*, path: str | Path, obj: Any) -> Path:
+    """Write ``obj`` as JSON, atomically; its parent folders are created.
+
+    numpy scalars and arrays, tensors, paths and tuples become plain JSON values; NaN and
+    infinite floats become ``null``, so the file is always valid JSON.
+
+    Returns:
+        ``path``.
+
+    Example:
+        >>> write_json(path="out/results.json", obj={"cpm": 0.5})  # doctest: +SKIP
+    """
+    from medmtl.io.writers import atomic_write_json
+
+    return atomic_write_json(Path(path), obj)
+
+
+def write_text(*, path: str | Path, text: str) -> Path:
+    """Write UTF-8 ``text`` atomically (no newline translation); its parent folders are created.
+
+    Returns:
+        ``path``.
+
+    Example:
+        >>> write_text(path="out/README.md", text="# results\\n")  # doctest: +SKIP
+    """
+    from medmtl.io.writers import atomic_write_text
+
+    return atomic_write_text(Path(path), text)
+
+
+def resolve_config(*, config: str | Path, overrides: Sequence[str] = ()) -> dict[str, Any]:
+    """Load, override and validate a training config; return it as a plain dict.
+
+    The same checks as :func:`train` runs first, so a study fails before anything is trained.
+
+    Args:
+        config: YAML file (see ``configs/``).
+        overrides: ``key=value`` strings, e.g. ``("train.epochs=2", "data.root=...")``.
+
+    Returns:
+        The validated config with every default filled in and absolute data paths (what
+        ``TrainConfig.to_dict()`` gives).
+
+    Raises:
+        ConfigError: unreadable file, unknown key (with did-you-mean), wrong type or value.
+        RegistryError: unknown weighting, strategy or encoder.
+
+    Example:
+        >>> resolve_config(config="configs/tiny.yaml", overrides=["train.epochs=1"])["train"]["epochs"]  # doctest: +SKIP
+        1
+    """
+    from medmtl.config import load_config
+
+    return load_config(Path(config), overrides=list(overrides)).to_dict()
+
+
+def scan_ids(*, folder: str | Path) -> list[str]:
+    """Sorted, distinct scan ids of a folder (file names; DICOM series UIDs).
+
+    Discovery reads headers only, so this is cheap even for big folders.
+
+    Raises:
+        ScanReadError: a missing folder, or one without any scan.
+
+    Example:
+        >>> scan_ids(folder="sample_data/ct_site_a")[:2]  # doctest: +SKIP
+        ['ct_a_0000', 'ct_a_0001']
+    """
+    from medmtl.io.discover import discover_scans
+
+    refs, _ = discover_scans(Path(folder))
+    return sorted({r.scan_id for r in refs})
+
+
+def bayes_auc(*, rows: Sequence[Mapping[str, object]]) -> float:
+    """Bayes-optimal malignancy AUC of annotation rows (the best AUC any model can reach on them).
+
+    See :func:`medmtl.data.malignancy.bayes_auc`.
+
+    Args:
+        rows: ``annotations.csv`` rows (e.g. from :class:`csv.DictReader`) with the columns
+            ``malignancy`` (``0`` / ``1``; empty = unlabelled, skipped) and
+            ``bayes_malignancy_prob`` (written by the phantom generator).
+
+    Returns:
+        AUC of ``bayes_malignancy_prob`` against the labels; ``nan`` with only one class.
+    """
+    from medmtl.data.malignancy import bayes_auc as _bayes_auc
+
+    return _bayes_auc(rows)
+
+
+def bayes_auc_interval(
+    *, rows: Sequence[Mapping[str, object]], n_boot: int = 2000, seed: int = 0
+) -> tuple[float, float]:
+    """95 % percentile-bootstrap interval of :func:`bayes_auc` over the labelled lesions.
+
+    See :func:`medmtl.data.malignancy.bayes_auc_interval`.
+
+    Args:
+        rows: annotation rows, as for :func:`bayes_auc`.
+        n_boot: bootstrap replicates.
+        seed: random seed of the resampling.
+
+    Returns:
+        ``(low, high)``; ``(nan, nan)`` with only one class.
+    """
+    from medmtl.data.malignancy import bayes_auc_interval as _interval
+
+    return _interval(rows, n_boot=n_boot, seed=seed)

@@ -20,7 +20,6 @@ import sys
 from pathlib import Path
 
 from medmtl import api
-from medmtl.data.malignancy import bayes_auc, bayes_auc_interval
 from medmtl.errors import MedmtlError
 
 #: (folder, kind, site, n, seed, dicom, description) of every committed set.
@@ -48,7 +47,7 @@ def set_auc(folder: Path) -> tuple[float, tuple[float, float], int, int]:
     with open(folder / "annotations.csv", newline="", encoding="utf-8") as fh:
         rows = list(csv.DictReader(fh))
     labelled = sum(1 for r in rows if r["malignancy"].strip() != "")
-    return bayes_auc(rows), bayes_auc_interval(rows), len(rows), labelled
+    return api.bayes_auc(rows=rows), api.bayes_auc_interval(rows=rows), len(rows), labelled
 
 
 def _may_replace(folder: Path) -> bool:
@@ -122,9 +121,7 @@ def main(argv: list[str] | None = None) -> int:
                                      shape=shape, overwrite=replace, progress=True)
             auc, _ci, n_les, n_lab = set_auc(folder)
             print(f"{name}: {n} scans, {n_les} lesions ({n_lab} labelled), Bayes AUC {auc:.3f}")
-        from medmtl.io.writers import atomic_write_text
-
-        atomic_write_text(out / "README.md", readme(out))
+        api.write_text(path=out / "README.md", text=readme(out))
     except MedmtlError as exc:
         print(f"Error: {exc}", file=sys.stderr)
         return 1

@@ -48,7 +48,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from pipelines import _common as C
+from medmtl import api
+from pipelines.evaluation import predict_and_evaluate
+from pipelines.options import add_run_options, default_device, parse_bool, parse_list
+from pipelines.runs import REPO, is_done, mark_done, run_guarded, setup_logging, write_run_records
+from pipelines.splits import filter_annotations, id_list, split_ids
+from pipelines.tables import METRICS, bootstrap_mean_ci, fmt, fmt_ci, markdown_table, read_overall
 
 logger = logging.getLogger("pipelines.transfer_study")
 
@@ -132,7 +137,7 @@ def expand(grid: Mapping[str, Sequence[Any]]) -> list[Point]:
 
 
 def _as_bool(v: Any) -> bool:
-    return v if isinstance(v, bool) else C.parse_bool(str(v))
+    return v if isinstance(v, bool) else parse_bool(str(v))
 
 
 def run_point(
@@ -147,35 +152,33 @@ def run_point(
     n_bootstrap: int,
 ) -> dict[str, Any]:
     """Train, predict the test scans and evaluate one grid point; returns its summary record."""
-    from medmtl import api
-
     train_ids, val_ids, test_ids = split
-    if not C.is_done(run_dir):
+    if not is_done(run_dir):
         if run_dir.is_dir():
             shutil.rmtree(run_dir)
         overrides = [
             f"data.root={data}",
             f"data.annotations={data / 'annotations.csv'}",
             "data.max_scans=null",
-            f"data.train_ids={C.id_list(train_ids)}",
-            f"data.val_ids={C.id_list(val_ids)}",
+            f"data.train_ids={id_list(train_ids)}",
+            f"data.val_ids={id_list(val_ids)}",
             f"train.device={device}",
             *base_overrides,
             *point.overrides(),
         ]
-        cfg = C.resolve_config(config, overrides)
-        C.write_run_records(run_dir, inputs={"data": data, "config": config}, config=cfg,
-                            device=C.default_device(device),
-                            extra={"point": asdict(point), "train_ids": train_ids, "val_ids": val_ids,
-                                   "test_ids": test_ids, "overrides": overrides})
+        cfg = api.resolve_config(config=config, overrides=overrides)
+        write_run_records(run_dir, inputs={"data": data, "config": config}, config=cfg,
+                          device=default_device(device),
+                          extra={"point": asdict(point), "train_ids": train_ids, "val_ids": val_ids,
+                                 "test_ids": test_ids, "overrides": overrides})
         ckpt = api.train(config=config, out_dir=run_dir / "train", overrides=overrides)
-        test_ann = C.filter_annotations(data / "annotations.csv", run_dir / "test_annotations.csv", test_ids)
-        C.predict_and_evaluate(checkpoint=Path(ckpt), input_dir=data, annotations=test_ann, out_dir=run_dir,
-                               scan_ids=test_ids, device=device, n_bootstrap=n_bootstrap, seed=point.seed)
-        C.mark_done(run_dir, {"point": asdict(point)})
+        test_ann = filter_annotations(data / "annotations.csv", run_dir / "test_annotations.csv", test_ids)
+        predict_and_evaluate(checkpoint=Path(ckpt), input_dir=data, annotations=test_ann, out_dir=run_dir,
+                             scan_ids=test_ids, device=device, n_bootstrap=n_bootstrap, seed=point.seed)
+        mark_done(run_dir, {"point": asdict(point)})
     record: dict[str, Any] = {"run": run_dir.name, **asdict(point)}
-    overall = C.read_overall(run_dir / "metrics" / "metrics.json")
-    for key, _, _ in C.METRICS:
+    overall = read_overall(run_dir / "metrics" / "metrics.json")
+    for key, _, _ in METRICS:
         record[key] = overall[key]["value"]
         record[f"{key}_ci95"] = overall[key]["ci95"]
     record["mean_grad_cosine"] = mean_gradient_cosine(run_dir / "train" / "gradient_conflict.csv")
@@ -212,9 +215,9 @@ def aggregate(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
         row: dict[str, Any] = dict(zip(("adapter", "strategy", "weighting", "label_fraction", "pretrained"), key))
         row["n_seeds"] = len(recs)
         row["ci_over"] = "seeds" if len(recs) >= 2 else "scans"
-        for m, _, _ in C.METRICS:
+        for m, _, _ in METRICS:
             if len(recs) >= 2:
-                mean, ci = C.bootstrap_mean_ci([r[m] for r in recs])
+                mean, ci = bootstrap_mean_ci([r[m] for r in recs])
                 row[m], row[f"{m}_ci95"] = mean, list(ci) if ci else None
             else:
                 row[m], row[f"{m}_ci95"] = recs[0][m], recs[0][f"{m}_ci95"]
@@ -227,20 +230,20 @@ def aggregate(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
 def table(rows: Sequence[dict[str, Any]]) -> str:
     """The study's markdown table."""
     header = ["adapter", "strategy", "weighting", "labels", "init", "seeds",
-              *(h for _, h, _ in C.METRICS), "grad cos"]
+              *(h for _, h, _ in METRICS), "grad cos"]
     body = [[r["adapter"], r["strategy"], r["weighting"], f"{r['label_fraction']:g}",
              "ImageNet" if r["pretrained"] else "scratch", str(r["n_seeds"]),
-             *(C.fmt_ci({"value": r[m], "ci95": r[f"{m}_ci95"]}) for m, _, _ in C.METRICS),
-             C.fmt(r["mean_grad_cosine"], 2)] for r in rows]
-    return C.markdown_table(header, body)
+             *(fmt_ci({"value": r[m], "ci95": r[f"{m}_ci95"]}) for m, _, _ in METRICS),
+             fmt(r["mean_grad_cosine"], 2)] for r in rows]
+    return markdown_table(header, body)
 
 
 def run_study(
     *,
     out: Path,
     grid: Mapping[str, Sequence[Any]] | None = None,
-    config: Path = C.REPO / "configs" / "demo.yaml",
-    data: Path = C.REPO / "sample_data" / "ct_site_a",
+    config: Path = REPO / "configs" / "demo.yaml",
+    data: Path = REPO / "sample_data" / "ct_site_a",
     n_test: int = 3,
     n_val: int = 2,
     device: str = "auto",
@@ -267,14 +270,14 @@ def run_study(
     out = Path(out).resolve()
     data, config = Path(data).resolve(), Path(config).resolve()
     points = expand(grid or {})
-    split = C.split_ids(C.scan_ids(data), n_test=n_test, n_val=n_val)
+    split = split_ids(api.scan_ids(folder=data), n_test=n_test, n_val=n_val)
     base = [*(FAST_OVERRIDES if fast else ()), *overrides]
     n_boot = n_bootstrap if n_bootstrap is not None else (20 if fast else 500)
-    C.resolve_config(config, [f"data.root={data}", *base])  # fail early on a bad config
-    C.write_run_records(out, inputs={"data": data, "config": config}, device=C.default_device(device),
-                        extra={"grid": {k: [str(v) for v in vs] for k, vs in (grid or {}).items()},
-                               "points": [p.name for p in points], "overrides": base, "split":
-                               {"train": split[0], "val": split[1], "test": split[2]}})
+    api.resolve_config(config=config, overrides=[f"data.root={data}", *base])  # fail early on a bad config
+    write_run_records(out, inputs={"data": data, "config": config}, device=default_device(device),
+                      extra={"grid": {k: [str(v) for v in vs] for k, vs in (grid or {}).items()},
+                             "points": [p.name for p in points], "overrides": base, "split":
+                             {"train": split[0], "val": split[1], "test": split[2]}})
     records = []
     for i, point in enumerate(points, 1):
         run_dir = out / "runs" / point.name
@@ -283,29 +286,32 @@ def run_study(
         logger.info("transfer study: run %d/%d %s", i, len(points), point.name)
         records.append(run_point(point, run_dir=run_dir, config=config, data=data, split=split,
                                  base_overrides=base, device=device, n_bootstrap=n_boot))
+    return write_tables(out, records, test_ids=split[2])
+
+
+def write_tables(out: Path, records: Sequence[dict[str, Any]], *, test_ids: Sequence[str]) -> dict[str, Any]:
+    """Pool the runs' records and write ``results.{csv,json,md}`` and ``runs.csv``; return the results dict."""
     rows = aggregate(records)
     text = table(rows)
-    from medmtl.io.writers import atomic_write_csv
-
     cols = ["adapter", "strategy", "weighting", "label_fraction", "pretrained", "n_seeds", "ci_over"]
-    for m, _, _ in C.METRICS:
+    for m, _, _ in METRICS:
         cols += [m, f"{m}_ci_lo", f"{m}_ci_hi"]
     cols.append("mean_grad_cosine")
     flat = []
     for r in rows:
         f = {k: r[k] for k in cols if k in r}
-        for m, _, _ in C.METRICS:
+        for m, _, _ in METRICS:
             ci = r.get(f"{m}_ci95") or [None, None]
             f[f"{m}_ci_lo"], f[f"{m}_ci_hi"] = ci[0], ci[1]
         flat.append(f)
-    atomic_write_csv(out / "results.csv", flat, cols)
-    atomic_write_csv(out / "runs.csv", [{k: v for k, v in r.items() if not k.endswith("_ci95")} for r in records],
-                     ["run", *AXES, *(m for m, _, _ in C.METRICS), "mean_grad_cosine"])
-    results = {"rows": rows, "runs": records, "table": text}
-    C.write_json(out / "results.json", results)
-    C.write_text(out / "results.md", "# Transfer / multi-task study\n\n" + text + "\n\nTest scans: "
-                 + ", ".join(split[2]) + ". Intervals: 95% percentile bootstrap over seeds (≥ 2 seeds) or over "
-                 "scans (one seed). grad cos: mean task-gradient cosine on the shared encoder.\n")
+    api.write_table(path=out / "results.csv", rows=flat, fieldnames=cols)
+    api.write_table(path=out / "runs.csv", rows=[{k: v for k, v in r.items() if not k.endswith("_ci95")} for r in records],
+                    fieldnames=["run", *AXES, *(m for m, _, _ in METRICS), "mean_grad_cosine"])
+    results = {"rows": rows, "runs": list(records), "table": text}
+    api.write_json(path=out / "results.json", obj=results)
+    api.write_text(path=out / "results.md", text="# Transfer / multi-task study\n\n" + text + "\n\nTest scans: "
+                   + ", ".join(test_ids) + ". Intervals: 95% percentile bootstrap over seeds (≥ 2 seeds) or over "
+                   "scans (one seed). grad cos: mean task-gradient cosine on the shared encoder.\n")
     return results
 
 
@@ -323,26 +329,26 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", default=None, help="e.g. 0,1,2")
     p.add_argument("--n-test", type=int, default=None, help="test scans (default 3)")
     p.add_argument("--n-val", type=int, default=None, help="validation scans (default 2)")
-    C.add_run_options(p, set_help="training-config override for every run (repeatable)")
+    add_run_options(p, set_help="training-config override for every run (repeatable)")
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """CLI entry point (0 ok, 1 medmtl error, 2 usage error)."""
     args = _parser().parse_args(argv)
-    C.setup_logging(args.verbose)
+    setup_logging(args.verbose)
 
     def body() -> int:
         spec = load_grid(args.grid)
         grid: dict[str, list[Any]] = {k: list(v) for k, v in (spec.get("grid") or {}).items()}
-        cli = {"adapter": C.parse_list(args.adapters), "strategy": C.parse_list(args.strategies),
-               "weighting": C.parse_list(args.weightings), "label_fraction": C.parse_list(args.label_fractions, float),
-               "pretrained": C.parse_list(args.pretrained, C.parse_bool), "seed": C.parse_list(args.seeds, int)}
+        cli = {"adapter": parse_list(args.adapters), "strategy": parse_list(args.strategies),
+               "weighting": parse_list(args.weightings), "label_fraction": parse_list(args.label_fractions, float),
+               "pretrained": parse_list(args.pretrained, parse_bool), "seed": parse_list(args.seeds, int)}
         grid.update({k: v for k, v in cli.items() if v})
         results = run_study(
             out=args.out, grid=grid,
-            config=args.config or Path(spec.get("config") or C.REPO / "configs" / "demo.yaml"),
-            data=args.data or Path(spec.get("data") or C.REPO / "sample_data" / "ct_site_a"),
+            config=args.config or Path(spec.get("config") or REPO / "configs" / "demo.yaml"),
+            data=args.data or Path(spec.get("data") or REPO / "sample_data" / "ct_site_a"),
             n_test=args.n_test if args.n_test is not None else int(spec.get("n_test", 3)),
             n_val=args.n_val if args.n_val is not None else int(spec.get("n_val", 2)),
             device=args.device, fast=args.fast, n_bootstrap=args.n_bootstrap,
@@ -352,7 +358,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"wrote {Path(args.out).resolve() / 'results.md'}")
         return 0
 
-    return C.run_guarded(body)
+    return run_guarded(body)
 
 
 if __name__ == "__main__":

@@ -97,20 +97,22 @@ def test_combine_refuses_runs_that_differ_in_more_than_the_seed(tmp_path: Path) 
 def test_a_second_call_reuses_matching_checkpoints_and_refuses_others(tmp_path: Path) -> None:
     import json
 
-    from pipelines._common import resolve_config
+    from medmtl import api
 
     config = REPO / "configs" / "tiny.yaml"
     over = ["train.epochs=1", "seed=3"]
+    v01 = json.loads((REPO / "tests" / "engine" / "cards" / "model_card_v0_1.json").read_text(encoding="utf-8"))
     ck = tmp_path / "train" / "checkpoint"
     ck.mkdir(parents=True)
-    (ck / "model_card.json").write_text(json.dumps({"train_config": resolve_config(config, over)}), encoding="utf-8")
+    (ck / "model_card.json").write_text(json.dumps({**v01, "train_config": api.resolve_config(config=config, overrides=over)}),
+                                        encoding="utf-8")
     assert A.train_or_reuse(config, tmp_path / "train", over) == (ck, True)  # no training happens
     with pytest.raises(ValueError, match="other settings"):
         A.train_or_reuse(config, tmp_path / "train", ["train.epochs=2", "seed=3"])
     ad = tmp_path / "adapted" / "dann"
     ad.mkdir(parents=True)
     rec = {"method": "dann", "source_checkpoint": str(ck), "params": {"steps": 200}}
-    (ad / "model_card.json").write_text(json.dumps({"adaptation": [rec]}), encoding="utf-8")
+    (ad / "model_card.json").write_text(json.dumps({**v01, "adaptation": [rec]}), encoding="utf-8")
     assert A.adapt_or_reuse(ad, checkpoint=ck, method="dann", steps=200) == (ad, True)
     assert A.adapt_or_reuse(ad, checkpoint=ck, method="dann", steps=None) == (ad, True)
     with pytest.raises(ValueError, match="another adaptation"):

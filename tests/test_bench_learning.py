@@ -104,10 +104,11 @@ def test_single_task_weights() -> None:
 
 
 def test_single_task_overrides_are_valid_config() -> None:
-    from pipelines import _common as C
+    from medmtl import api
 
     for c in L.single_task_conditions("strict").values():
-        cfg = C.resolve_config(REPO / "configs" / "tiny.yaml", [*c.point(0).overrides(), *c.overrides()])
+        cfg = api.resolve_config(config=REPO / "configs" / "tiny.yaml",
+                                 overrides=[*c.point(0).overrides(), *c.overrides()])
         assert cfg["weighting"]["name"] == "fixed"
         assert sorted(cfg["weighting"]["params"]) == ["alpha", "beta", "gamma"]
 

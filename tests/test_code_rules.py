@@ -123,6 +123,6 @@ def test_import_rule_catches_violations(tmp_path: Path) -> None:
     assert _layer_violations(shift, "from medmtl.engine.session import TrainingSession\n")
     assert _layer_violations(shift, "from medmtl.engine.checkpoint import atomic_folder\n")
     assert _layer_violations(PACKAGE / "io" / "x.py", "from medmtl.models.spec import ModelSpec\n")
-    assert _layer_violations(PACKAGE / "models" / "x.py", "import pipelines._common\n")
+    assert _layer_violations(PACKAGE / "models" / "x.py", "import pipelines.runs\n")
     assert not _layer_violations(shift, "from medmtl.engine.checkpoint import load_checkpoint, read_card\n")
     assert not _layer_violations(engine, "from medmtl.transforms.presets import InputSpec\n")

@@ -17,11 +17,11 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # the pipelines are run from the repository root (python -m pipelines.demo)
     sys.path.insert(0, str(REPO))
 
-from pipelines import _common as C  # noqa: E402
-from pipelines import adaptation_study, demo, transfer_study  # noqa: E402
+from medmtl import api  # noqa: E402
+from pipelines import adaptation_study, demo, runs, splits, tables, transfer_study  # noqa: E402
 
-SITE_A = C.REPO / "sample_data" / "ct_site_a"
-SITE_B = C.REPO / "sample_data" / "ct_site_b"
+SITE_A = runs.REPO / "sample_data" / "ct_site_a"
+SITE_B = runs.REPO / "sample_data" / "ct_site_b"
 
 
 # --------------------------------------------------------------------------- helpers
@@ -41,7 +41,7 @@ def _subset(src: Path, dst: Path, ids: list[str]) -> Path:
     dst.mkdir(parents=True)
     for sid in ids:
         shutil.copy2(src / f"{sid}.nii.gz", dst / f"{sid}.nii.gz")
-    C.filter_annotations(src / "annotations.csv", dst / "annotations.csv", ids)
+    splits.filter_annotations(src / "annotations.csv", dst / "annotations.csv", ids)
     return dst
 
 
@@ -66,36 +66,36 @@ def _parse_table(text: str) -> dict[str, list[str]]:
     return out
 
 
-# --------------------------------------------------------------------------- unit: _common
+# --------------------------------------------------------------------------- unit: runs, splits, tables
 
 
 def test_split_ids_is_deterministic_and_disjoint() -> None:
     ids = [f"s{i:02d}" for i in range(12)]
-    train, val, test = C.split_ids(list(reversed(ids)), n_test=3, n_val=2)
+    train, val, test = splits.split_ids(list(reversed(ids)), n_test=3, n_val=2)
     assert test == ["s09", "s10", "s11"] and val == ["s07", "s08"] and train == ids[:7]
-    assert C.split_ids(ids, n_test=0, n_val=3) == (ids[:9], ids[9:], [])
+    assert splits.split_ids(ids, n_test=0, n_val=3) == (ids[:9], ids[9:], [])
     with pytest.raises(ValueError, match="need at least 6 scans"):
-        C.split_ids(ids[:5], n_test=3, n_val=2)
+        splits.split_ids(ids[:5], n_test=3, n_val=2)
 
 
 def test_gap_closed_both_directions() -> None:
-    assert C.gap_closed(0.6, 0.4, 0.8) == pytest.approx(0.5)  # higher is better
-    assert C.gap_closed(3.0, 5.0, 1.0) == pytest.approx(0.5)  # MAE: lower is better
-    assert C.gap_closed(0.3, 0.4, 0.8) == pytest.approx(-0.25)  # adaptation hurt
-    assert C.gap_closed(0.5, 0.5, 0.5) is None
-    assert C.gap_closed(None, 0.4, 0.8) is None
+    assert tables.gap_closed(0.6, 0.4, 0.8) == pytest.approx(0.5)  # higher is better
+    assert tables.gap_closed(3.0, 5.0, 1.0) == pytest.approx(0.5)  # MAE: lower is better
+    assert tables.gap_closed(0.3, 0.4, 0.8) == pytest.approx(-0.25)  # adaptation hurt
+    assert tables.gap_closed(0.5, 0.5, 0.5) is None
+    assert tables.gap_closed(None, 0.4, 0.8) is None
 
 
 def test_bootstrap_mean_ci() -> None:
-    mean, ci = C.bootstrap_mean_ci([0.2, 0.4, 0.6, float("nan")], n_boot=500, seed=1)
+    mean, ci = tables.bootstrap_mean_ci([0.2, 0.4, 0.6, float("nan")], n_boot=500, seed=1)
     assert mean == pytest.approx(0.4)
     assert ci is not None and 0.2 <= ci[0] <= 0.4 <= ci[1] <= 0.6
-    assert C.bootstrap_mean_ci([0.3]) == (0.3, None)
-    assert C.bootstrap_mean_ci([]) == (None, None)
+    assert tables.bootstrap_mean_ci([0.3]) == (0.3, None)
+    assert tables.bootstrap_mean_ci([]) == (None, None)
 
 
 def test_filter_annotations_keeps_only_given_scans(tmp_path: Path) -> None:
-    dst = C.filter_annotations(SITE_A / "annotations.csv", tmp_path / "a.csv", ["ct_a_0000", "ct_a_0011"])
+    dst = splits.filter_annotations(SITE_A / "annotations.csv", tmp_path / "a.csv", ["ct_a_0000", "ct_a_0011"])
     import csv
 
     rows = list(csv.DictReader(open(dst, encoding="utf-8")))
@@ -109,10 +109,10 @@ def test_run_records_hash_every_input_file(tmp_path: Path) -> None:
     (data / "a.txt").write_text("a", encoding="utf-8")
     (data / "sub" / "b.txt").write_text("b")
     run = tmp_path / "run"
-    C.write_run_records(run, inputs={"data": data}, config={"seed": 3}, device="cpu")
+    runs.write_run_records(run, inputs={"data": data}, config={"seed": 3}, device="cpu")
     inputs = json.loads((run / "inputs.json").read_text(encoding="utf-8"))
     files = {f["path"]: f["sha256"] for f in inputs["inputs"]["data"]["files"]}
-    assert files == {"a.txt": C.sha256_file(data / "a.txt"), "sub/b.txt": C.sha256_file(data / "sub" / "b.txt")}
+    assert files == {"a.txt": api.sha256_file(data / "a.txt"), "sub/b.txt": api.sha256_file(data / "sub" / "b.txt")}
     versions = json.loads((run / "versions.json").read_text(encoding="utf-8"))
     assert {"python", "torch", "monai", "medmtl"} <= set(versions) and versions["device"] == "cpu"
     assert "seed: 3" in (run / "config.yaml").read_text(encoding="utf-8")
@@ -121,9 +121,9 @@ def test_run_records_hash_every_input_file(tmp_path: Path) -> None:
 def test_results_table_reads_metrics_json(tmp_path: Path) -> None:
     a = _write_metrics(tmp_path / "a" / "metrics.json", 0.5, 2.25, None)
     b = _write_metrics(tmp_path / "b" / "metrics.json", 0.125, 4.0, 0.75)
-    table = _parse_table(C.results_table([C.Row("A", a), C.Row("B", b)]))
+    table = _parse_table(tables.results_table([tables.Row("A", a), tables.Row("B", b)]))
     assert table == {"A": ["0.500", "2.250", "n/a"], "B": ["0.125", "4.000", "0.750"]}
-    with_ci = _parse_table(C.results_table([C.Row("A", a)], with_ci=True))
+    with_ci = _parse_table(tables.results_table([tables.Row("A", a)], with_ci=True))
     assert with_ci["A"][0] == "0.500 [0.400, 0.600]"
 
 
@@ -180,7 +180,7 @@ def _check_printed_table(out: Path, printed: str, n_conditions: int) -> None:
     assert len(table) == n_conditions == len(results["conditions"])
     for rec in results["conditions"]:
         overall = json.loads((out / rec["metrics_json"]).read_text(encoding="utf-8"))["overall"]
-        expected = [C.fmt(overall[k]["value"]) for k, _, _ in C.METRICS]
+        expected = [tables.fmt(overall[k]["value"]) for k, _, _ in tables.METRICS]
         assert table[rec["condition"]] == expected
 
 

@@ -2,7 +2,7 @@
 
 Set-up (data, model, weighting, strategy, optimizer), the epoch loop (train, validate, early
 stopping, ``last/`` and best ``checkpoint/``), and the finish (temperature calibration on the
-validation lesions, reference statistics of the training scans, final model card).
+validation lesions, final model card; :func:`medmtl.api.train` then adds the reference statistics).
 """
 
 from __future__ import annotations
@@ -61,21 +61,32 @@ class TrainingSession:
         #: (epoch, result) of the latest validation in this process, reused when it is the best
         self._last_val: tuple[int, Any] | None = None
         self._trained_epoch: int | None = None
+        torch.manual_seed(cfg.seed)
+        self._build_data()
+        torch.manual_seed(cfg.seed)
+        self._build_model()
+        self._setup_strategy()
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp == "fp16" and self.device.type == "cuda")
+        self.steps_per_epoch = self._steps_per_epoch()
+        self.total_steps = self.steps_per_epoch * cfg.train.epochs
 
     # ------------------------------------------------------------------ set-up
-    def _setup(self) -> None:
+    def _build_data(self) -> None:
+        """Scans, split, the cached training dataset and the preprocessed validation volumes."""
         from medmtl.data.dataset import build_train_dataset, load_training_data, preprocess_volumes
+
+        self.data = load_training_data(self.cfg, progress=self.progress)
+        self.train_ds = build_train_dataset(self.cfg, self.data, progress=self.progress)
+        self.val_volumes = preprocess_volumes(self.data.val_items, self.data.spec) if self.dist.is_main else []
+
+    def _build_model(self) -> None:
+        """The network (checked against the patch size), decode settings, weighting and conflict tracker."""
         from medmtl.models.mtl_net import build_model, required_divisor
         from medmtl.models.spec import ModelSpec, check_patch_divisible
         from medmtl.mtl.conflict import GradientConflictTracker
         from medmtl.mtl.weighting import create_weighting
 
         cfg = self.cfg
-        torch.manual_seed(cfg.seed)
-        self.data = load_training_data(cfg, progress=self.progress)
-        self.train_ds = build_train_dataset(cfg, self.data, progress=self.progress)
-        self.val_volumes = preprocess_volumes(self.data.val_items, self.data.spec) if self.dist.is_main else []
-        torch.manual_seed(cfg.seed)
         self.model = build_model(ModelSpec.from_config(cfg.model, self.data.spec.channels),
                                  pretrained=cfg.model.pretrained)
         div = required_divisor(self.model)
@@ -92,15 +103,16 @@ class TrainingSession:
         self.model.to(self.device)
         self.weighting = create_weighting(cfg.weighting.name, tasks=TASKS, **cfg.weighting.params).to(self.device)
         self.tracker = GradientConflictTracker(TASKS) if cfg.train.conflict_every > 0 else None
-        self._setup_strategy()
-        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp == "fp16" and self.device.type == "cuda")
-        if cfg.train.sampling == "lesions":  # one patch per lesion (a lesion-free scan: one)
+
+    def _steps_per_epoch(self) -> int:
+        """``train.steps_per_epoch``, or one pass over the patches (per rank) when it is null."""
+        t = self.cfg.train
+        if t.sampling == "lesions":  # one patch per lesion (a lesion-free scan: one)
             patches = sum(max(1, len(it["lesions"])) for it in self.data.train_items)
         else:
-            patches = len(self.train_ds) * cfg.train.samples_per_scan
-        auto_steps = math.ceil(math.ceil(patches / self.dist.world_size) / cfg.train.batch_size)
-        self.steps_per_epoch = cfg.train.steps_per_epoch or max(1, auto_steps)
-        self.total_steps = self.steps_per_epoch * cfg.train.epochs
+            patches = len(self.train_ds) * t.samples_per_scan
+        auto_steps = math.ceil(math.ceil(patches / self.dist.world_size) / t.batch_size)
+        return t.steps_per_epoch or max(1, auto_steps)
 
     def _setup_strategy(self) -> None:
         """Freeze/unfreeze per the transfer strategy; param groups, schedule and L2-SP."""
@@ -245,7 +257,6 @@ class TrainingSession:
         from medmtl.engine.trainer import write_run_header
 
         cfg = self.cfg
-        self._setup()
         if resume:
             meta = self._resume()
         else:
@@ -310,7 +321,7 @@ class TrainingSession:
             if log is not None:
                 log.close()
         if self.dist.is_main:
-            self._finish()
+            self._finish(meta.get("best_epoch"))
         ddp.barrier(self.dist)
         return self.out / "checkpoint"
 
@@ -364,16 +375,14 @@ class TrainingSession:
                         progress=progress)
 
     # ------------------------------------------------------------------ finish
-    def _finish(self) -> None:
-        """Reload the best weights, fit the temperature, add reference stats, save the card."""
+    def _finish(self, best_epoch: int | None) -> None:
+        """Reload the best weights (0-based ``best_epoch``), fit the temperature, save the final card."""
         from safetensors.torch import load_file
 
         from medmtl.engine.validation import fit_malignancy_temperature
 
         cfg = self.cfg
         best = self.out / "checkpoint"
-        hist = [r for r in self._history() if r.get("best")]
-        best_epoch = int(hist[-1]["epoch"]) - 1 if hist else None
         reuse = (
             self._last_val is not None
             and self._last_val[0] == best_epoch
@@ -395,18 +404,6 @@ class TrainingSession:
             logger.info("final validation in %.1f s: %s", time.perf_counter() - start, metrics)
         card = self._card(epoch=best_epoch if best_epoch is not None else 0, metrics=metrics, temperature=temperature)
         save_checkpoint(best, self.model, card)
-
-    def _history(self) -> list[dict[str, Any]]:
-        from medmtl.io.writers import _jsonable
-
-        path = self.out / "metrics.csv"
-        if not path.is_file():
-            return []
-        import csv
-
-        with open(path, encoding="utf-8") as fh:
-            rows = list(csv.DictReader(fh))
-        return [_jsonable({**r, "best": r.get("best") == "True"}) for r in rows]
 
 
 __all__ = ["TrainingSession"]

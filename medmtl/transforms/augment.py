@@ -153,7 +153,8 @@ class AnisotropicResample(Transform):
 
 # ---------------------------------------------------------------------- random wrappers
 class _RandAug(Randomizable, MapTransform):
-    """Sample once per sample, record, apply deterministically to the relevant keys."""
+    """``randomize()`` draws once per sample; the recorded parameters are then applied
+    deterministically to the relevant keys (TorchIO / MONAI style: any sample can be replayed)."""
 
     name = ""
     spatial = False
@@ -173,8 +174,12 @@ class _RandAug(Randomizable, MapTransform):
             [target_keys] if isinstance(target_keys, str) else list(target_keys)  # type: ignore[arg-type]
         )
 
-    def randomize(self, data: Any = None) -> None:  # MONAI API; sampling happens in sample()
-        pass
+    def randomize(self, data: Any = None) -> None:
+        """Draw this sample's parameters with ``self.R`` (kept in :attr:`params`; the RNG use is
+        the same as before: one uniform for the probability, then :meth:`sample` if applied)."""
+        self.params: dict[str, Any] = (
+            {"applied": True, **self.sample()} if self.R.rand() < self.prob else {"applied": False, **self.identity()}
+        )
 
     def sample(self) -> dict[str, Any]:
         """Draw parameters with ``self.R``."""
@@ -203,9 +208,11 @@ class _RandAug(Randomizable, MapTransform):
         d[AUG_KEY] = rec
         return d
 
-    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
-        params = {"applied": True, **self.sample()} if self.R.rand() < self.prob else {"applied": False, **self.identity()}
-        return self.apply_params(data, params)
+    def __call__(self, data: Mapping[Hashable, Any], randomize: bool = True) -> dict[Hashable, Any]:
+        """Draw (unless ``randomize=False``: replay the last draw) and apply deterministically."""
+        if randomize or not hasattr(self, "params"):
+            self.randomize(data)
+        return self.apply_params(data, self.params)
 
 
 class RandNoised(_RandAug):
