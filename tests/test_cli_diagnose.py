@@ -40,10 +40,11 @@ def _error_lines(out: str) -> list[str]:
 def cohorts(sample_data: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("cohorts")
     return {
-        "a": copy_scans(sample_data / "ct_site_a", root / "a", 3),
-        "b": copy_scans(sample_data / "ct_site_b", root / "b", 3),
+        "a": copy_scans(sample_data / "ct_site_a", root / "a", 4, annotations=True),
+        "b": copy_scans(sample_data / "ct_site_b", root / "b", 4),
+        "b3": copy_scans(sample_data / "ct_site_b", root / "b3", 3),
         "one": copy_scans(sample_data / "ct_site_b", root / "one", 1),
-        "mri": copy_scans(sample_data / "mri", root / "mri", 2),
+        "mri": copy_scans(sample_data / "mri", root / "mri", 4),
     }
 
 
@@ -68,13 +69,25 @@ def test_report_is_self_contained(cohorts: dict[str, Path], tmp_path: Path) -> N
     assert "verdict" in report and isinstance(report["verdict"]["shift"], bool)
 
 
-def test_different_modality_is_refused(cohorts: dict[str, Path], tmp_path: Path) -> None:
-    code, text = _run(["diagnose", "--source", str(cohorts["a"]), "--target", str(cohorts["mri"]),
+def test_another_modality_is_outside_the_training_domain(cohorts: dict[str, Path], tmp_path: Path) -> None:
+    """An MRI cohort against a CT source: a fingerprint report whose verdict is ``outside_domain``."""
+    out = tmp_path / "r"
+    code, text = _run(["diagnose", "--source", str(cohorts["a"]), "--target", str(cohorts["mri"]), "-o", str(out)])
+    assert code == 0, text
+    report = json.loads((out / "report.json").read_text(encoding="utf-8"))
+    v = report["verdict"]
+    assert v["kind"] == "outside_domain" and v["shift"] and "labelled MR" in v["advice"]
+    assert "The target is MR, the source CT." in v["text"] and report["tests"] == [] and report["mmd"] is None
+    assert "Outside the training domain" in (out / "report.html").read_text(encoding="utf-8")
+
+
+def test_cohorts_too_small_to_reach_alpha_are_refused(cohorts: dict[str, Path], tmp_path: Path) -> None:
+    code, text = _run(["diagnose", "--source", str(cohorts["b3"]), "--target", str(cohorts["b3"]),
                        "-o", str(tmp_path / "r")])
     assert code != 0
     errs = _error_lines(text)
-    assert len(errs) == 1 and "modality" in errs[0] and "CT" in errs[0] and "MR" in errs[0]
-    assert "Traceback" not in text and not (tmp_path / "r" / "report.json").exists()
+    assert len(errs) == 1 and "with 3 source and 3 target scans" in errs[0] and "at least 4 per side" in errs[0]
+    assert "Traceback" not in text and not (tmp_path / "r").exists()
 
 
 def test_one_scan_cohort_is_refused(cohorts: dict[str, Path], tmp_path: Path) -> None:
@@ -93,9 +106,10 @@ def test_checkpoint_without_reference_stats(cohorts: dict[str, Path], tmp_path: 
     assert len(errs) == 1 and "no reference statistics" in errs[0] and "add_reference_stats" in errs[0]
 
 
-def test_checkpoint_gives_prediction_level_tests(shared: dict[str, Path], tmp_path: Path) -> None:
+def test_checkpoint_gives_prediction_level_tests(shared: dict[str, Path], cohorts: dict[str, Path],
+                                                 tmp_path: Path) -> None:
     out = tmp_path / "rep"
-    code, text = _run(["diagnose", "--source", str(shared["a"]), "--target", str(shared["b"]), "-o", str(out),
+    code, text = _run(["diagnose", "--source", str(cohorts["a"]), "--target", str(cohorts["b"]), "-o", str(out),
                        "--checkpoint", str(shared["ckpt"]), "--n-permutations", "200"])
     assert code == 0, text
     report = json.loads((out / "report.json").read_text(encoding="utf-8"))
@@ -107,14 +121,14 @@ def test_checkpoint_gives_prediction_level_tests(shared: dict[str, Path], tmp_pa
     assert all(0.0 < t["p_value"] <= 1.0 and 0.0 <= t["statistic"] <= 1.0 for t in pred)  # KS statistic and p
     page = (out / "report.html").read_text(encoding="utf-8")
     assert all(t["name"].split(" (")[0] in page for t in pred)
-    # 2 scans per side: the classifier test is skipped with a note, the MMD test still runs
-    assert any("classifier test skipped" in n for n in report["notes"])
-    assert report["mmd"]["p_value"] is not None
+    # prediction rows are descriptive: the decision uses the two feature tests only (min-P)
+    assert all(t.get("descriptive") for t in pred)
+    assert report["mmd"]["adjusted_p"] >= report["mmd"]["p_value"] and report["classifier"] is not None
 
 
-def test_rank_encoders(shared: dict[str, Path], tmp_path: Path) -> None:
+def test_rank_encoders(shared: dict[str, Path], cohorts: dict[str, Path], tmp_path: Path) -> None:
     out = tmp_path / "rank"
-    code, text = _run(["diagnose", "--source", str(shared["a"]), "--target", str(shared["b"]), "-o", str(out),
+    code, text = _run(["diagnose", "--source", str(cohorts["a"]), "--target", str(cohorts["b"]), "-o", str(out),
                        "--checkpoint", str(shared["ckpt"]), "--rank-encoders", "--n-permutations", "20"])
     assert code == 0, text
     rows = json.loads((out / "report.json").read_text(encoding="utf-8"))["encoder_ranking"]

@@ -1,10 +1,12 @@
 """Drift-gated adaptation for ``medmtl predict --adapt auto``.
 
 The batch of scans to predict is compared with the checkpoint's stored reference features by
-the kernel-MMD permutation test (Gretton et al. 2012, :func:`medmtl.shift.two_sample.mmd_test`);
-only when it flags a shift (``p < alpha``) are the BN statistics re-estimated on the batch
-with AdaBN (Li et al. 2016, :mod:`medmtl.shift.adabn`). Adapting only on evidence of drift
-avoids degrading a model on in-distribution data with a small, unrepresentative batch.
+the same rule as ``medmtl diagnose`` (:mod:`medmtl.shift.verdict`: the min-P combination of the
+kernel-MMD and domain-classifier permutation tests, family-wise error ≤ α, then the domain
+checks). Only the verdict ``shift`` re-estimates the BN statistics on the batch with AdaBN
+(Li et al. 2016, :mod:`medmtl.shift.adabn`): ``no_shift`` leaves the model as it is, so a small,
+unrepresentative in-distribution batch does not degrade it, and ``outside_domain`` leaves it too
+— no label-free adaptation bridges another modality, body region or field of view.
 """
 
 from __future__ import annotations
@@ -50,51 +52,60 @@ def maybe_adapt(
     card: ModelCard,
     scans: Sequence[Scan],
     *,
-    alpha: float = 0.01,
     n_permutations: int = GATE_PERMUTATIONS,
     seed: int = 0,
 ) -> tuple[nn.Module, dict[str, Any]]:
-    """Test the batch for shift against the card's reference statistics; AdaBN if flagged.
+    """Apply the shift rule to the batch against the card's reference statistics; AdaBN on ``shift``.
 
     Args:
         model: the loaded ``MultiTaskNet`` (not modified: an adapted copy is returned).
         card: its model card (reference statistics, input spec, patch size).
         scans: the batch (or a sample of it).
-        alpha: significance level of the MMD test.
-        n_permutations: permutations of the test.
+        n_permutations: relabellings of the permutation tests.
         seed: random seed.
 
     Returns:
         ``(model, info)``: the original model when nothing was done, else an adapted copy;
-        ``info`` holds ``action`` (``"none"``, ``"adabn"`` or ``"skipped"``), ``p_value``,
-        ``statistic``, ``alpha``, ``n_scans`` and ``reason``.
+        ``info`` holds ``action`` (``"none"``, ``"adabn"`` or ``"skipped"``), ``verdict``,
+        ``p_value``, ``alpha``, ``n_scans`` and ``reason``.
     """
-    from medmtl.shift.adabn import adabn
-    from medmtl.shift.adapt import prepare_volumes
-    from medmtl.shift.reference import reference_extractor
-    from medmtl.shift.two_sample import MIN_SCANS_MMD, mmd_test
+    from medmtl.errors import ShiftError
+    from medmtl.shift.fingerprint import scan_fingerprint
+    from medmtl.shift.verdict import ALPHA, decide, shift_test
 
-    info: dict[str, Any] = {"method": "mmd", "alpha": alpha, "n_scans": len(scans), "action": "skipped",
-                            "p_value": None, "statistic": None}
+    info: dict[str, Any] = {"method": "min-P(MMD, classifier)", "alpha": ALPHA, "n_scans": len(scans),
+                            "action": "skipped", "verdict": None, "p_value": None}
     ref = card.reference_stats
     if ref is None:
         info["reason"] = "the checkpoint has no reference statistics"
         return model, info
-    if len(scans) < MIN_SCANS_MMD or ref.n_scans < MIN_SCANS_MMD:
-        info["reason"] = f"the shift test needs at least {MIN_SCANS_MMD} scans per side"
+    tgt_fps = [scan_fingerprint(s) for s in scans]
+    test = None
+    if all(s.modality == ref.modality for s in scans):
+        from medmtl.shift.reference import reference_extractor
+
+        feats = reference_extractor(ref, model, card.input_spec).pooled_many(scans)
+        try:
+            test = shift_test(ref.feature_matrix(), feats, n_permutations=n_permutations, seed=seed)
+        except ShiftError as exc:  # too few scans to reach alpha: nothing can be concluded
+            info["reason"] = str(exc)
+            return model, info
+    modality = next((s.modality for s in scans if s.modality != ref.modality), ref.modality)
+    verdict = decide(test, source_fps=[dict(f) for f in ref.fingerprints], target_fps=tgt_fps,
+                     source_modality=ref.modality, target_modality=modality)
+    info.update(verdict=verdict.kind, p_value=verdict.p_value, reason=verdict.text())
+    if verdict.kind != "shift":
+        info["action"] = "none"
         return model, info
-    if any(s.modality != ref.modality for s in scans):
-        info["reason"] = f"batch modality differs from the reference ({ref.modality})"
-        return model, info
-    extractor = reference_extractor(ref, model, card.input_spec)
-    feats = extractor.pooled_many(scans)
-    res = mmd_test(ref.feature_matrix(), feats, n_permutations=n_permutations, seed=seed)
-    info.update(p_value=res["p_value"], statistic=res["statistic"])
-    if res["p_value"] >= alpha:
-        info.update(action="none", reason=f"no shift detected (p = {res['p_value']:.3g} >= {alpha})")
-        return model, info
+    return _adabn(model, card, scans, info)
+
+
+def _adabn(model: nn.Module, card: ModelCard, scans: Sequence[Scan], info: dict[str, Any]) -> tuple[nn.Module, dict[str, Any]]:
+    """An AdaBN-adapted copy of ``model`` (BN statistics of the batch's patches)."""
+    from medmtl.shift.adabn import adabn
+    from medmtl.shift.adapt import prepare_volumes
+
     adapted = copy.deepcopy(model).cpu()
-    n = adabn(adapted, prepare_volumes(scans, card), list(card.patch_size))
-    info.update(action="adabn", reason=f"shift detected (p = {res['p_value']:.3g} < {alpha})", n_patches=n)
+    info.update(action="adabn", n_patches=adabn(adapted, prepare_volumes(scans, card), list(card.patch_size)))
     logger.info("shift gate: %s", info["reason"])
     return adapted, info

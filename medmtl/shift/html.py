@@ -23,6 +23,7 @@ h1{font-size:1.6em}h2{font-size:1.25em;border-bottom:1px solid #ddd;padding-bott
 table{border-collapse:collapse;margin:.6em 0}td,th{border:1px solid #ccc;padding:.25em .6em;text-align:right}
 th{background:#f3f3f3}td.l,th.l{text-align:left}.verdict{padding:.8em 1em;border-radius:6px;font-size:1.05em}
 .shift{background:#fdecea;border:1px solid #f5c2c0}.noshift{background:#e8f5e9;border:1px solid #b9dfbb}
+.outside{background:#fff3e0;border:1px solid #f0b070}
 .sig{font-weight:bold;color:#b00020}img{max-width:100%;margin:.4em 0}.muted{color:#777;font-size:.9em}
 """
 
@@ -129,11 +130,37 @@ def table(rows: Sequence[Mapping[str, Any]], columns: Sequence[tuple[str, str]],
         for i, (k, _) in enumerate(columns):
             v = r.get(k)
             cls = "l" if i == 0 else ""
-            if alpha is not None and k == "p_value" and isinstance(v, (int, float)) and v < alpha:
+            if alpha is not None and k in ("p_value", "adjusted_p") and isinstance(v, (int, float)) and v <= alpha:
                 cls += " sig"
             cells.append(f'<td class="{cls.strip()}">{_fmt(v)}</td>')
         body.append("<tr>" + "".join(cells) + "</tr>")
     return f"<table><tr>{head}</tr>{''.join(body)}</table>"
+
+
+_VERDICT_TITLES = {"no_shift": ("noshift", "No shift detected"),
+                   "shift": ("shift", "Shift detected that adaptation can address"),
+                   "outside_domain": ("outside", "Outside the training domain")}
+
+
+def _verdict_block(verdict: Mapping[str, Any]) -> str:
+    """The verdict banner: its kind, the plain-language text and the stated rule."""
+    cls, title = _VERDICT_TITLES.get(str(verdict.get("kind")), ("shift" if verdict.get("shift") else "noshift",
+                                                                 "Shift detected" if verdict.get("shift") else "No shift"))
+    body = html.escape(" ".join([*verdict.get("reasons", []), verdict.get("advice", ""), *verdict.get("details", [])])
+                       or str(verdict.get("text", "")))
+    rule = f"<p class='muted'>Decision rule: {html.escape(str(verdict['rule']))}</p>" if verdict.get("rule") else ""
+    return f"<div class='verdict {cls}'><b>{html.escape(title)}.</b> {body}</div>{rule}"
+
+
+def _test_note(report: Mapping[str, Any], alpha: float) -> str:
+    """How the p-values were computed (exact enumeration or random relabellings) and the smallest reachable one."""
+    st = report.get("shift_test") or {}
+    if not st:
+        return "<p class='muted'>No feature test: the cohorts are of different modalities.</p>"
+    how = (f"all {st['n_label_sets']} relabellings (exact)" if st.get("exact")
+           else f"{st['n_label_sets'] - 1} random relabellings")
+    return (f"<p class='muted'>Permutation p-values over {how}; smallest reachable p = {_fmt(st.get('smallest_p'))}; "
+            f"combined (min-P) p = {_fmt(st.get('p_value'))}; family-wise level α = {alpha} (p ≤ α in red).</p>")
 
 
 def render_report(report: Mapping[str, Any]) -> str:
@@ -151,16 +178,18 @@ def render_report(report: Mapping[str, Any]) -> str:
         f"target: {html.escape(str(report.get('target', {}).get('path', '')))} "
         f"({_fmt(report.get('target', {}).get('n_scans'))} scans) · modality {html.escape(str(modality))} · "
         f"medmtl {html.escape(str(report.get('medmtl_version', '')))}</p>",
-        f"<div class='verdict {'shift' if verdict.get('shift') else 'noshift'}'>"
-        f"<b>{'Shift detected' if verdict.get('shift') else 'No significant shift'}.</b> "
-        f"{html.escape(str(verdict.get('text', '')))}</div>",
-        "<h2>Two-sample tests</h2>",
-        table(report.get("tests", []), [("name", "test"), ("statistic", "statistic"), ("p_value", "p-value"),
-                                        ("detail", "detail")], alpha=alpha),
-        f"<p class='muted'>Permutation p-values with {_fmt(report.get('n_permutations'))} permutations "
-        f"(smallest reachable p = {_fmt(1.0 / (int(report.get('n_permutations', 0)) + 1))}); significance level "
-        f"α = {alpha} (shown in red).</p>",
+        _verdict_block(verdict),
+        "<h2>Decision: feature-level tests</h2>",
+        table([t for t in report.get("tests", []) if not t.get("descriptive")],
+              [("name", "test"), ("statistic", "statistic"), ("p_value", "p-value"),
+               ("adjusted_p", "min-P adjusted p"), ("detail", "detail")], alpha=alpha),
+        _test_note(report, alpha),
     ]
+    descriptive = [t for t in report.get("tests", []) if t.get("descriptive")]
+    if descriptive:
+        parts += ["<h3>Descriptive rows (not part of the decision, uncorrected)</h3>",
+                  table(descriptive, [("name", "row"), ("statistic", "statistic"), ("p_value", "uncorrected p"),
+                                      ("detail", "detail")])]
     figs = report.get("_figures", {})
     if "embedding" in figs:
         parts += ["<h2>Feature embedding</h2>", figs["embedding"]]
@@ -185,7 +214,7 @@ def render_report(report: Mapping[str, Any]) -> str:
     if pred:
         parts += ["<h2>Prediction shift</h2>", table(pred, [
             ("field", "output"), ("source_median", "source median"), ("target_median", "target median"),
-            ("ks", "KS"), ("p_value", "p_value")], alpha=alpha)]
+            ("ks", "KS"), ("p_value", "uncorrected p (descriptive)")])]
     scores = report.get("target_scores")
     if scores:
         parts += ["<h2>Per-scan “looks like target” score</h2>",

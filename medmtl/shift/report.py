@@ -5,7 +5,9 @@ The report combines (see each module for its method and paper):
 * data fingerprints and cohort effect sizes (:mod:`medmtl.shift.fingerprint`);
 * feature-space two-sample tests on pooled encoder features: kernel MMD (Gretton et al.
   2012) and a domain-classifier test with the proxy A-distance (Lopez-Paz & Oquab 2017;
-  Ben-David et al. 2010) (:mod:`medmtl.shift.two_sample`);
+  Ben-David et al. 2010), combined into one decision with controlled family-wise error and
+  three verdicts — no shift, shift adaptation can address, outside the training domain
+  (:mod:`medmtl.shift.verdict`);
 * BatchNorm-statistics shift per layer and, with a checkpoint, prediction shift
   (:mod:`medmtl.shift.bn_shift`);
 * optionally LogME transferability of encoders × adapters (You et al. 2021,
@@ -27,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from medmtl.errors import ShiftError
+from medmtl.shift.verdict import ALPHA
 
 if TYPE_CHECKING:  # pragma: no cover
 
@@ -37,7 +40,6 @@ if TYPE_CHECKING:  # pragma: no cover
 
 logger = logging.getLogger(__name__)
 
-ALPHA = 0.05
 TSNE_MIN_SCANS = 30
 
 
@@ -101,22 +103,13 @@ def _bn_inputs(extractor: FeatureExtractor, scans: Sequence[Scan]) -> list[Any]:
     return [extractor.prepare(s) for s in scans]
 
 
-def _verdict(tests: list[dict[str, Any]], effects: list[dict[str, Any]], hu_rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """Plain-language verdict from the feature tests (Bonferroni over them) and fingerprints."""
-    feat = [t for t in tests if t.get("family") == "feature" and t.get("p_value") is not None]
-    ps = [float(t["p_value"]) for t in feat]
-    shift = bool(ps) and min(ps) * len(ps) < ALPHA
-    big = sorted((e for e in effects if e["large"]), key=lambda e: -abs(e["hedges_g"]))[:4]
+def _details(kind: str, effects: list[dict[str, Any]], hu_rows: list[dict[str, Any]]) -> list[str]:
+    """Sentences beside the verdict: the largest fingerprint differences, the HU check and, for an
+    adaptable shift to a coarser or noisier acquisition, the re-simulation option."""
     parts = []
-    if shift:
-        parts.append(
-            "The target scans are distinguishable from the source in the encoder's feature space "
-            f"(smallest feature-test p = {min(ps):.3g}, Bonferroni-corrected over {len(ps)} tests, α = {ALPHA})."
-        )
-    elif ps:
-        parts.append(f"The feature-space tests do not separate target from source (smallest p = {min(ps):.3g}).")
+    big = sorted((e for e in effects if e["large"]), key=lambda e: -abs(e["hedges_g"]))[:4]
     if big:
-        parts.append("Largest fingerprint differences: " + ", ".join(
+        parts.append("Largest fingerprint differences (descriptive): " + ", ".join(
             f"{e['field']} ({e['source_mean']:.3g} → {e['target_mean']:.3g}, g = {e['hedges_g']:.2f})" for e in big) + ".")
     tgt_hu = next((h for h in hu_rows if h["cohort"] == "target"), None)
     if tgt_hu and tgt_hu["n_flagged"]:
@@ -126,15 +119,25 @@ def _verdict(tests: list[dict[str, Any]], effects: list[dict[str, Any]], hu_rows
         )
     coarser = sorted({e["field"] for e in effects if e["large"] and e["target_mean"] > e["source_mean"]
                       and str(e["field"]).startswith(("spacing", "slice_thickness", "noise"))})
-    if shift and coarser:
+    if kind == "shift" and coarser:
         parts.append(f"The target acquisition is coarser or noisier ({', '.join(coarser)}): `medmtl adapt --method "
-                     "resim --source <labelled source scans>` fine-tunes on source scans re-simulated at it; "
-                     "`--method histmatch` (intensities) and `--method adabn` (BN statistics) are quicker, label-free "
-                     "options, as is `medmtl predict --adapt auto`.")
-    elif shift:
-        parts.append("Consider `medmtl adapt --method histmatch` (intensities) or `--method adabn` (BN statistics) "
-                     "before predicting on this site, or `medmtl predict --adapt auto`.")
-    return {"shift": shift, "min_p": min(ps) if ps else None, "text": " ".join(parts)}
+                     "resim --source <labelled source scans>` fine-tunes on source scans re-simulated at it.")
+    return parts
+
+
+def _verdict(test: dict[str, Any] | None, sides: _Sides, src_fps: list[dict[str, Any]], tgt_fps: list[dict[str, Any]],
+             effects: list[dict[str, Any]], hu_rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """The verdict of :func:`medmtl.shift.verdict.decide`, with the descriptive details appended."""
+    from medmtl.shift.verdict import decide
+
+    v = decide(test, source_fps=src_fps, target_fps=tgt_fps, source_modality=sides.src_modality,
+               target_modality=sides.modality)
+    out = v.to_dict()
+    details = _details(v.kind, effects, hu_rows)
+    out["details"] = details
+    out["text"] = " ".join([out["text"], *details])
+    out["min_p"] = v.p_value
+    return out
 
 
 def _hu_rows(cohorts: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
@@ -158,6 +161,7 @@ class _Sides:
     ref: ReferenceStats | None
     src_kind: str
     modality: str
+    src_modality: str
 
     @property
     def n_src(self) -> int:
@@ -179,12 +183,7 @@ def _load_sides(source: Path, target: Path) -> _Sides:
     else:
         src_scans = load_cohort(source, "source")
         src_modality, kind = src_scans[0].modality, "folder"
-    if src_modality != modality:
-        raise ShiftError(
-            f"source modality is {src_modality} but target modality is {modality}; compare cohorts of the same "
-            "modality (CT with CT, MR with MR)."
-        )
-    sides = _Sides(tgt_scans, src_scans, ref, kind, modality)
+    sides = _Sides(tgt_scans, src_scans, ref, kind, modality, src_modality)
     check_sizes(sides.n_src, len(tgt_scans))
     return sides
 
@@ -211,28 +210,26 @@ def _extractor(sides: _Sides, ckpt_path: Path | None, notes: list[str]) -> tuple
     return extractor, model, spec
 
 
-def _feature_tests(xs: np.ndarray, xt: np.ndarray, effects: list[dict[str, Any]], n_permutations: int, seed: int,
-                   notes: list[str]) -> tuple[list[dict[str, Any]], dict[str, Any], dict[str, Any] | None]:
-    """Kernel MMD, the domain classifier (≥ 3 scans per side) and one Mann-Whitney row per fingerprint."""
-    from medmtl.shift.two_sample import MIN_SCANS_CLASSIFIER, classifier_test, mmd_test
+def _feature_tests(xs: np.ndarray, xt: np.ndarray, effects: list[dict[str, Any]], n_permutations: int,
+                   seed: int) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """The combined shift test (:func:`medmtl.shift.verdict.shift_test`) as report rows, then one
+    descriptive (uncorrected, not part of the decision) Mann-Whitney row per fingerprint field."""
+    from medmtl.shift.verdict import shift_test
 
-    tests: list[dict[str, Any]] = []
-    mmd = mmd_test(xs, xt, n_permutations=n_permutations, seed=seed)
-    tests.append({"name": "kernel MMD (Gaussian, median bandwidth)", "family": "feature", "statistic": mmd["statistic"],
-                  "p_value": mmd["p_value"], "detail": f"bandwidth {mmd['bandwidth']:.3g}", "result": mmd})
-    clf: dict[str, Any] | None = None
-    if min(len(xs), len(xt)) >= MIN_SCANS_CLASSIFIER:
-        clf = classifier_test(xs, xt, n_permutations=n_permutations, seed=seed)
+    test = shift_test(xs, xt, n_permutations=n_permutations, seed=seed)
+    mmd, clf = test["mmd"], test["classifier"]
+    tests: list[dict[str, Any]] = [
+        {"name": "kernel MMD (Gaussian, median bandwidth)", "family": "feature", "statistic": mmd["statistic"],
+         "p_value": mmd["p_value"], "adjusted_p": mmd["adjusted_p"], "detail": f"bandwidth {mmd['bandwidth']:.3g}"}]
+    if clf is not None:
         tests.append({"name": "domain classifier (logistic, CV accuracy)", "family": "feature",
-                      "statistic": clf["accuracy"], "p_value": clf["p_value"],
-                      "detail": f"proxy A-distance {clf['proxy_a_distance']:.2f}, AUC {clf['auc']:.2f}", "result": clf})
-    else:
-        notes.append(f"Domain-classifier test skipped: it needs at least {MIN_SCANS_CLASSIFIER} scans per cohort "
-                     f"(source {len(xs)}, target {len(xt)}).")
+                      "statistic": clf["accuracy"], "p_value": clf["p_value"], "adjusted_p": clf["adjusted_p"],
+                      "detail": f"proxy A-distance {clf['proxy_a_distance']:.2f}, AUC {clf['auc']:.2f}"})
     for e in effects:
         tests.append({"name": f"fingerprint: {e['field']} (Mann-Whitney)", "family": "fingerprint",
-                      "statistic": e["hedges_g"], "p_value": e["mann_whitney_p"], "detail": "statistic = Hedges' g"})
-    return tests, mmd, clf
+                      "descriptive": True, "statistic": e["hedges_g"], "p_value": e["mann_whitney_p"],
+                      "detail": "descriptive; statistic = Hedges' g"})
+    return tests, test
 
 
 def _bn_report(extractor: FeatureExtractor, model: Any, sides: _Sides) -> dict[str, Any]:
@@ -266,14 +263,14 @@ def _write_report(out_dir: Path, report: dict[str, Any]) -> None:
     from medmtl.shift import html as hh
 
     fps = report["fingerprints"]
-    emb = report["embedding"]
-    figures = {
-        "histogram": hh.histogram_figure(report["histograms"], "HU" if report["modality"] == "CT" else "a.u."),
-        "spacing": hh.spacing_figure({"source": fps["source"], "target": fps["target"]}),
-        "embedding": hh.embedding_figure(emb["points"], emb["cohort"], emb["method"]),
-    }
-    if report["bn_shift"]["target"]:
-        figures["bn"] = hh.bn_figure(report["bn_shift"]["target"], report["bn_shift"]["source"])
+    emb, bn = report["embedding"], report["bn_shift"]
+    figures = {"spacing": hh.spacing_figure({"source": fps["source"], "target": fps["target"]})}
+    if report["histograms"] is not None:
+        figures["histogram"] = hh.histogram_figure(report["histograms"], "HU" if report["modality"] == "CT" else "a.u.")
+    if emb is not None:
+        figures["embedding"] = hh.embedding_figure(emb["points"], emb["cohort"], emb["method"])
+    if bn is not None and bn["target"]:
+        figures["bn"] = hh.bn_figure(bn["target"], bn["source"])
     page = hh.render_report({**report, "_figures": figures})
     out_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out_dir / "report.json", report)
@@ -340,56 +337,94 @@ def run_diagnose(
         The report dict (``verdict``, ``tests``, fingerprints, effect sizes, BN shift, ...).
 
     Raises:
-        ShiftError: different modalities, a cohort with fewer than 2 scans, a checkpoint
-            without reference statistics, unreadable folders.
+        ShiftError: a cohort with fewer than 2 scans or too few to reach p <= alpha, a
+            checkpoint without reference statistics, unreadable folders.
     """
-    from medmtl import __version__
-    from medmtl.shift import bn_shift as bns
-    from medmtl.shift.fingerprint import (
-        cohort_summary,
-        effect_sizes,
-    )
 
     if n_permutations < 1:
         raise ShiftError(f"--n-permutations must be >= 1, got {n_permutations}; use 1000 (>= 200 to reach p < 0.01).")
     source, target, out_dir = Path(source), Path(target), Path(out_dir)
     notes: list[str] = []
     sides = _load_sides(source, target)
+    if sides.src_modality != sides.modality:
+        report = _other_modality_report(sides, source, target, n_permutations, seed)
+    else:
+        report = _feature_report(sides, source, target, checkpoint, rank_encoders, n_permutations, seed, notes)
+    _write_report(out_dir, report)
+    logger.info("diagnose: %s", report["verdict"]["text"])
+    return report
+
+
+def _header(sides: _Sides, source: Path, target: Path, n_permutations: int, seed: int,
+            src_ids: Sequence[str]) -> dict[str, Any]:
+    from medmtl import __version__
+
+    return {
+        "medmtl_version": __version__, "modality": sides.modality, "source_modality": sides.src_modality,
+        "alpha": ALPHA, "n_permutations": n_permutations, "seed": seed,
+        "source": {"path": str(source), "kind": sides.src_kind, "n_scans": sides.n_src, "scan_ids": list(src_ids)},
+        "target": {"path": str(target), "n_scans": len(sides.tgt_scans),
+                   "scan_ids": [s.scan_id for s in sides.tgt_scans]},
+    }
+
+
+def _other_modality_report(sides: _Sides, source: Path, target: Path, n_permutations: int,
+                           seed: int) -> dict[str, Any]:
+    """Cohorts of two modalities: no feature test is meaningful; the verdict is ``outside_domain``."""
+    from medmtl.shift.fingerprint import cohort_summary
+
+    tgt_fps, src_fps, _ = _fingerprints(sides)  # the histograms of two modalities share no axis
+    src_ids = [s.scan_id for s in sides.src_scans] if sides.ref is None else list(sides.ref.scan_ids)
+    return {
+        **_header(sides, source, target, n_permutations, seed, src_ids),
+        "feature_extractor": None, "tests": [], "mmd": None, "classifier": None, "shift_test": None,
+        "fingerprints": {"source": src_fps, "target": tgt_fps,
+                         "source_summary": cohort_summary(src_fps), "target_summary": cohort_summary(tgt_fps)},
+        "effect_sizes": [], "hu_calibration": [], "histograms": None, "embedding": None, "bn_shift": None,
+        "prediction_shift": [], "target_scores": [], "encoder_ranking": None,
+        "notes": [f"The source is {sides.src_modality} and the target {sides.modality}: the feature tests, "
+                  "the embedding and the BN statistics are not computed across modalities."],
+        "verdict": _verdict(None, sides, src_fps, tgt_fps, [], []),
+    }
+
+
+def _feature_report(sides: _Sides, source: Path, target: Path, checkpoint: Path | None, rank_encoders: bool,
+                    n_permutations: int, seed: int, notes: list[str]) -> dict[str, Any]:
+    """Same modality: fingerprints, the combined feature test and its verdict, BN and prediction shift."""
+    from medmtl.shift import bn_shift as bns
+    from medmtl.shift.fingerprint import cohort_summary, effect_sizes
+
     tgt_scans, src_scans = sides.tgt_scans, sides.src_scans
     extractor, model, spec = _extractor(sides, checkpoint if checkpoint is not None else
                                         (source if sides.ref is not None else None), notes)
     tgt_fps, src_fps, hists = _fingerprints(sides)
     effects = effect_sizes(src_fps, tgt_fps)
     xs, xt, pred_s, pred_t, src_ids = _cohort_features(sides, model, extractor)
-    tests, mmd, clf = _feature_tests(xs, xt, effects, n_permutations, seed, notes)
+    tests, test = _feature_tests(xs, xt, effects, n_permutations, seed)
     pred_rows = bns.prediction_shift(pred_s, pred_t) if pred_s and pred_t else []
     for r in pred_rows:
-        tests.append({"name": f"prediction: {r['field']} (KS)", "family": "prediction", "statistic": r["ks"],
-                      "p_value": r["p_value"], "detail": f"median {r['source_median']:.3g} → {r['target_median']:.3g}"})
+        tests.append({"name": f"prediction: {r['field']} (KS)", "family": "prediction", "descriptive": True,
+                      "statistic": r["ks"], "p_value": r["p_value"],
+                      "detail": f"descriptive; median {r['source_median']:.3g} → {r['target_median']:.3g}"})
     pts, emb_method = embedding(np.concatenate([xs, xt]), seed)
     hu_rows = _hu_rows({"source": src_fps, "target": tgt_fps})
-    report: dict[str, Any] = {
-        "medmtl_version": __version__, "modality": sides.modality, "alpha": ALPHA, "n_permutations": n_permutations,
-        "seed": seed,
-        "source": {"path": str(source), "kind": sides.src_kind, "n_scans": sides.n_src, "scan_ids": src_ids},
-        "target": {"path": str(target), "n_scans": len(tgt_scans), "scan_ids": [s.scan_id for s in tgt_scans]},
+    return {
+        **_header(sides, source, target, n_permutations, seed, src_ids),
         "feature_extractor": extractor.identity,
-        "tests": [{k: v for k, v in t.items() if k != "result"} for t in tests],
-        "mmd": mmd, "classifier": clf,
+        "tests": tests,
+        "mmd": test["mmd"], "classifier": test["classifier"],
+        "shift_test": {k: test[k] for k in ("p_value", "shift", "alpha", "exact", "n_label_sets", "smallest_p", "rule")},
         "fingerprints": {"source": src_fps, "target": tgt_fps,
                          "source_summary": cohort_summary(src_fps), "target_summary": cohort_summary(tgt_fps)},
         "effect_sizes": effects, "hu_calibration": hu_rows, "histograms": hists,
         "embedding": {"method": emb_method, "points": pts.tolist(), "cohort": ["source"] * len(xs) + ["target"] * len(xt)},
         "bn_shift": _bn_report(extractor, model, sides),
         "prediction_shift": pred_rows,
-        "target_scores": _target_scores(clf, src_ids, tgt_scans),
+        "target_scores": _target_scores(test["classifier"], src_ids, tgt_scans),
         "encoder_ranking": _rank(src_scans, source, tgt_scans, target, spec) if rank_encoders else None,
         "notes": notes,
+        "verdict": _verdict(test, sides, src_fps, tgt_fps, effects, hu_rows),
     }
-    report["verdict"] = _verdict(tests, effects, hu_rows)
-    _write_report(out_dir, report)
-    logger.info("diagnose: %s", report["verdict"]["text"])
-    return report
 
 
 def _rank(src_scans: list[Scan], source: Path, tgt_scans: list[Scan], target: Path, spec: InputSpec) -> list[dict[str, Any]]:

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from medmtl.shift.two_sample import classifier_test, mmd_test
+from medmtl.shift.verdict import shift_test
 
 N_SPLITS = 30
 ALPHA = 0.05
@@ -54,3 +55,14 @@ def test_site_a_vs_b_eight_per_side(site_features: tuple[np.ndarray, np.ndarray]
     assert clf["proxy_a_distance"] > 1.0
     # the "looks like target" score ranks target scans above source scans
     assert np.mean(clf["target_score_target"]) > np.mean(clf["target_score_source"])
+
+
+def test_verdict_false_alarms_on_same_site_splits(site_features: tuple[np.ndarray, np.ndarray]) -> None:
+    """The combined rule (min-P over both tests) on the same 6-vs-6 splits: at most alpha, plus noise."""
+    xa, _ = site_features
+    rng = np.random.default_rng(0)
+    alarms = 0
+    for i in range(N_SPLITS):
+        perm = rng.permutation(len(xa))
+        alarms += shift_test(xa[perm[:6]], xa[perm[6:12]], n_permutations=200, seed=i)["shift"]
+    assert alarms / N_SPLITS < 0.10, alarms

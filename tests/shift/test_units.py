@@ -173,14 +173,13 @@ def test_logme_prefers_informative_features() -> None:
 
 
 def test_verdict_points_to_resim_when_the_target_acquisition_is_coarser() -> None:
-    from medmtl.shift.report import _verdict
+    from medmtl.shift.report import _details
 
-    tests = [{"family": "feature", "p_value": 0.001}, {"family": "feature", "p_value": 0.002}]
     coarse = [{"field": "slice_thickness", "source_mean": 3.5, "target_mean": 7.0, "hedges_g": 9.0, "large": True},
               {"field": "noise", "source_mean": 16.0, "target_mean": 40.0, "hedges_g": 5.0, "large": True}]
-    v = _verdict(tests, coarse, [])
-    assert v["shift"] and "--method resim" in v["text"] and "noise, slice_thickness" in v["text"]
+    text = " ".join(_details("shift", coarse, []))
+    assert "--method resim" in text and "noise, slice_thickness" in text
     finer = [{**coarse[0], "source_mean": 7.0, "target_mean": 3.5}]
-    v = _verdict(tests, finer, [])
-    assert v["shift"] and "resim" not in v["text"] and "--method histmatch" in v["text"]
-    assert "resim" not in _verdict([{"family": "feature", "p_value": 0.5}], coarse, [])["text"]  # no shift, no advice
+    assert "resim" not in " ".join(_details("shift", finer, []))
+    assert "resim" not in " ".join(_details("no_shift", coarse, []))  # no shift, no advice
+    assert "resim" not in " ".join(_details("outside_domain", coarse, []))  # outside the domain: never adapt
