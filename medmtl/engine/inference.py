@@ -108,18 +108,26 @@ def _pad_to_roi(image: torch.Tensor, roi_size: Sequence[int]) -> tuple[torch.Ten
     return padded, crop
 
 
+@dataclass(frozen=True)
+class _WindowPlan:
+    """One way to run the sliding window: window size and batch, overlap, forward device and
+    where the maps are stitched (``device``, ``buffered`` or ``cpu``)."""
+
+    roi_size: tuple[int, ...]
+    sw_batch_size: int
+    overlap: float
+    device: torch.device
+    stitch: str
+
+
 def _run_inferer(
-    predictor: Callable[[torch.Tensor], dict[str, torch.Tensor]],
-    image: torch.Tensor,
-    *,
-    roi_size: Sequence[int],
-    sw_batch_size: int,
-    overlap: float,
-    device: torch.device,
-    stitch: str,
+    predictor: Callable[[torch.Tensor], dict[str, torch.Tensor]], image: torch.Tensor, plan: _WindowPlan
 ) -> dict[str, torch.Tensor]:
+    """MONAI's ``SlidingWindowInferer`` (gaussian blending) over ``image`` with ``plan``."""
     from monai.inferers import SlidingWindowInferer
 
+    roi_size, sw_batch_size, overlap, device, stitch = (plan.roi_size, plan.sw_batch_size, plan.overlap,
+                                                        plan.device, plan.stitch)
     if stitch == "device":
         inferer = SlidingWindowInferer(
             roi_size, sw_batch_size, overlap, mode="gaussian", sw_device=device, device=device
@@ -179,15 +187,7 @@ def _check_window_args(
 
 
 def _tta_maps(
-    predictor: Callable[[torch.Tensor], dict[str, torch.Tensor]],
-    image: torch.Tensor,
-    *,
-    tta: bool,
-    roi_size: Sequence[int],
-    sw_batch_size: int,
-    overlap: float,
-    device: torch.device,
-    stitch: str,
+    predictor: Callable[[torch.Tensor], dict[str, torch.Tensor]], image: torch.Tensor, plan: _WindowPlan, *, tta: bool
 ) -> dict[str, torch.Tensor]:
     """Padded-grid maps of one stitching plan, averaged over :data:`TTA_FLIPS` when ``tta``.
 
@@ -199,8 +199,7 @@ def _tta_maps(
     with torch.inference_mode():
         for axes in flips:
             x = torch.flip(image, axes) if axes else image
-            maps = _run_inferer(predictor, x, roi_size=roi_size, sw_batch_size=sw_batch_size, overlap=overlap,
-                                device=device, stitch=stitch)
+            maps = _run_inferer(predictor, x, plan)
             for k in MAP_KEYS:
                 v = maps[k].float()
                 v = torch.flip(v, axes) if axes else v
@@ -268,8 +267,7 @@ def sliding_window_maps(
     x_dev = padded.to(dev)
     for n, (stitch, bs) in enumerate(plans):
         try:
-            maps = _tta_maps(predictor, x_dev, tta=tta, roi_size=roi, sw_batch_size=bs, overlap=overlap,
-                             device=dev, stitch=stitch)
+            maps = _tta_maps(predictor, x_dev, _WindowPlan(tuple(roi), bs, overlap, dev, stitch), tta=tta)
             return {k: v[tuple(crop)].to("cpu", torch.float32).contiguous() for k, v in maps.items()}
         except _OOM_ERRORS:
             if n == len(plans) - 1:

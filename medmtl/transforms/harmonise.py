@@ -24,12 +24,13 @@ from typing import Any
 
 import numpy as np
 import torch
-from monai.transforms import MapTransform, Transform
+from monai.transforms import Transform
 from numpy.typing import NDArray
 
 from medmtl.errors import ConfigError
 from medmtl.io import coords
 from medmtl.records import check_keys, one_of
+from medmtl.transforms.intensity import ArrayWrapperd
 
 #: Harmonisation methods.
 HARMONISATION_METHODS = ("histmatch", "n4")
@@ -185,7 +186,7 @@ class Harmonise(Transform):
         return out
 
 
-class Harmonised(MapTransform):
+class Harmonised(ArrayWrapperd):
     """Dict form of :class:`Harmonise`.
 
     Args:
@@ -198,14 +199,7 @@ class Harmonised(MapTransform):
     def __init__(self, keys: Sequence[Hashable] | Hashable, record: Harmonisation, modality: str,
                  allow_missing_keys: bool = False) -> None:
         super().__init__(keys, allow_missing_keys)
-        self.op = Harmonise(record, modality)
-
-    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
-        """Harmonise each key's image."""
-        d = dict(data)
-        for key in self.key_iterator(d):
-            d[key] = self.op(d[key])
-        return d
+        self.t = Harmonise(record, modality)
 
 
 __all__ = [

@@ -30,6 +30,7 @@ from medmtl.io import coords
 log = logging.getLogger(__name__)
 
 __all__ = [
+    "ArrayWrapperd",
     "CTWindows",
     "CTWindowsd",
     "MRNormalize",
@@ -129,7 +130,21 @@ class CTWindows(Transform):
         return like(torch.stack(chans, dim=0), img)
 
 
-class CTWindowsd(MapTransform):
+class ArrayWrapperd(MapTransform):
+    """A dict transform that applies its array transform ``self.t`` to every key (MONAI's thin
+    ``...d`` wrapper pattern, written once for the wrappers of this package)."""
+
+    t: Any
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        """Apply ``self.t`` to each present key (a new dict; the input is not modified)."""
+        d = dict(data)
+        for key in self.key_iterator(d):
+            d[key] = self.t(d[key])
+        return d
+
+
+class CTWindowsd(ArrayWrapperd):
     """Dict wrapper of :class:`CTWindows`."""
 
     def __init__(
@@ -137,12 +152,6 @@ class CTWindowsd(MapTransform):
     ) -> None:
         super().__init__(keys, allow_missing_keys)
         self.t = CTWindows(windows)
-
-    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
-        d = dict(data)
-        for key in self.key_iterator(d):
-            d[key] = self.t(d[key])
-        return d
 
 
 class MRNormalize(Transform):
@@ -185,7 +194,7 @@ class MRNormalize(Transform):
         return like(out, img)
 
 
-class MRNormalized(MapTransform):
+class MRNormalized(ArrayWrapperd):
     """Dict wrapper of :class:`MRNormalize`."""
 
     def __init__(
@@ -198,12 +207,6 @@ class MRNormalized(MapTransform):
     ) -> None:
         super().__init__(keys, allow_missing_keys)
         self.t = MRNormalize(lower, upper, nonzero)
-
-    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
-        d = dict(data)
-        for key in self.key_iterator(d):
-            d[key] = self.t(d[key])
-        return d
 
 
 class N4BiasCorrection(Transform):
@@ -234,7 +237,7 @@ class N4BiasCorrection(Transform):
         return like(out, img)
 
 
-class N4BiasCorrectiond(MapTransform):
+class N4BiasCorrectiond(ArrayWrapperd):
     """Dict wrapper of :class:`N4BiasCorrection`."""
 
     def __init__(
@@ -246,12 +249,6 @@ class N4BiasCorrectiond(MapTransform):
     ) -> None:
         super().__init__(keys, allow_missing_keys)
         self.t = N4BiasCorrection(shrink, iterations)
-
-    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
-        d = dict(data)
-        for key in self.key_iterator(d):
-            d[key] = self.t(d[key])
-        return d
 
 
 def body_mask(arr: np.ndarray, modality: str) -> np.ndarray:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import importlib.util
 from pathlib import Path
 
@@ -98,12 +100,11 @@ def test_out_of_memory_falls_back_to_the_next_plan(monkeypatch: pytest.MonkeyPat
     calls: list[tuple[str, int]] = []
     real = inference._run_inferer
 
-    def flaky(predictor, image, *, roi_size, sw_batch_size, overlap, device, stitch):  # type: ignore[no-untyped-def]
-        calls.append((stitch, sw_batch_size))
+    def flaky(predictor, image, plan):  # type: ignore[no-untyped-def]
+        calls.append((plan.stitch, plan.sw_batch_size))
         if len(calls) == 1:
             raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
-        return real(predictor, image, roi_size=roi_size, sw_batch_size=sw_batch_size, overlap=overlap,
-                    device=device, stitch="cpu")
+        return real(predictor, image, dataclasses.replace(plan, stitch="cpu"))
 
     monkeypatch.setattr(inference, "_run_inferer", flaky)
     monkeypatch.setattr(inference, "_stitch_plans", lambda *a: [("device", 4), ("buffered", 4), ("cpu", 2)])
