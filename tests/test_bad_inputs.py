@@ -166,7 +166,17 @@ def localizer_only(d):
     return []
 
 
+def csv_duplicate_column(d):
+    return _with_table(d, "seriesuid,coordX,coordY,coordZ,diameter_mm,seriesuid\ns1,1,2,3,4,other\n")
+
+
+def datalist_too_deep(d):
+    return _with_table(d, "[" * 100_000 + "]" * 100_000, name="datalist.json")
+
+
 CASES = {
+    "CSV duplicated column": Case(csv_duplicate_column, 1, ["duplicated column(s) seriesuid", "each column may appear once"]),
+    "datalist nested too deeply": Case(datalist_too_deep, 1, ["datalist.json", "nested too deeply"]),
     "empty folder": Case(empty_folder, 1, ["no scans found", "expected .nii/.nii.gz/.mha/.mhd/.nrrd"]),
     "corrupt nii.gz": Case(corrupt_nii, 1, ["corrupt.nii.gz", "cannot be read as NIfTI"]),
     "truncated nii.gz": Case(truncated_nii, 1, ["trunc.nii.gz", "cannot be read as NIfTI"]),

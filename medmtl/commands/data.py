@@ -72,7 +72,7 @@ def inspect_cmd(folder: Path, as_json: bool, resample_nonuniform: bool, annotati
 @click.option("--n", "n", type=click.IntRange(min=1), default=4, show_default=True, help="Number of scans.")
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="Random seed of the set.")
 @click.option("--shape", type=(int, int, int), default=None, metavar="I J K",
-              help="Volume shape in voxels (each 16..512); default: the site's (64 64 48 for CT a).")
+              help="Volume shape in voxels (each 16..512); default: the site's (CT a 176 144 120, CT b 128 104 32, MRI 64 64 56).")
 @click.option("--dicom", is_flag=True,
               help="Write DICOM series (scan id = SeriesInstanceUID) plus a NIfTI twin in OUT_nifti/.")
 @click.option("--overwrite", is_flag=True, help="Replace a set already in OUT (default: refuse).")

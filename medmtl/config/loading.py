@@ -155,6 +155,35 @@ def config_from_dict(raw: dict[str, Any], *, source: str = "<dict>") -> TrainCon
     return typing.cast(TrainConfig, _build(TrainConfig, raw, "", source))
 
 
+def read_yaml_strict(path: Path) -> Any:
+    """Parse a YAML file safely, refusing duplicated keys (the last would silently win) and
+    nesting too deep to parse (``RecursionError``) with one clear error.
+
+    Raises:
+        ConfigError: unreadable or invalid YAML, a duplicated key, absurd nesting.
+    """
+    import yaml
+
+    class _StrictLoader(yaml.SafeLoader):
+        def construct_mapping(self, node: Any, deep: bool = False) -> Any:  # noqa: D102 (yaml API)
+            seen: set[Any] = set()
+            for key_node, _ in node.value:
+                key = self.construct_object(key_node, deep=deep)
+                if key in seen:
+                    raise ConfigError(f"config file '{path}' repeats the key '{key}' (line {key_node.start_mark.line + 1}); "
+                                      "each key may appear once per section — remove the duplicate")
+                seen.add(key)
+            return super().construct_mapping(node, deep=deep)
+
+    try:
+        return yaml.load(path.read_text(encoding="utf-8"), Loader=_StrictLoader)  # noqa: S506 (a SafeLoader)
+    except RecursionError:
+        raise ConfigError(f"config file '{path}' is nested too deeply to parse; a config has at most 3 levels") from None
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        first = str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__
+        raise ConfigError(f"config file '{path}' is not valid YAML ({first}); fix the syntax") from exc
+
+
 def load_config(path: str | Path, overrides: Sequence[str] = ()) -> TrainConfig:
     """Read, override, check and resolve a training config.
 
@@ -169,19 +198,13 @@ def load_config(path: str | Path, overrides: Sequence[str] = ()) -> TrainConfig:
         ConfigError: unreadable file, unknown key (with did-you-mean), wrong type or value.
         RegistryError: unknown weighting, strategy or encoder.
     """
-    import yaml
-
     path = Path(path)
     source = str(path)
     if not path.is_file():
         raise ConfigError(f"config file '{path}' does not exist; pass an existing YAML file (see configs/)")
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (yaml.YAMLError, UnicodeDecodeError) as exc:
-        first = str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__
-        raise ConfigError(f"config file '{path}' is not valid YAML ({first}); fix the syntax") from exc
+    raw = read_yaml_strict(path)
     if raw is None:
-        raw = {}
+        raise ConfigError(f"config file '{path}' is empty; start from a config in configs/ (e.g. configs/tiny.yaml)")
     if not isinstance(raw, dict):
         raise ConfigError(f"config file '{path}' must hold a mapping of sections, got {type(raw).__name__}")
     raw = apply_overrides(raw, overrides)

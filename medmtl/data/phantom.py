@@ -112,6 +112,11 @@ def _check_target(folder: Path, overwrite: bool) -> None:
             f"output folder {folder} already holds a data set (annotations.csv); refusing to overwrite it; "
             "choose another folder or pass --overwrite (overwrite=True)"
         )
+    if folder.is_dir() and not (folder / "annotations.csv").exists() and any(folder.iterdir()):
+        raise MedmtlError(
+            f"output folder {folder} is not empty and holds no generated data set (no annotations.csv); refusing to "
+            "write into it so that none of its files is overwritten; choose a new or empty folder"
+        )
 
 
 def _remove_stale(folder: Path, prefix: str, keep: set[str]) -> None:

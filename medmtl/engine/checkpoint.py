@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING
 
 from medmtl.errors import CheckpointError
 from medmtl.io.hashing import sha256_bytes, sha256_file
+from medmtl.io.writers import honour_umask
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -112,8 +113,10 @@ def atomic_folder(folder: str | Path, fill: Callable[[Path], None]) -> Path:
         fill(tmp)
         for f in tmp.iterdir():
             if f.is_file():
+                honour_umask(f)
                 with open(f, "rb") as fh:
                     os.fsync(fh.fileno())
+        honour_umask(tmp, folder=True)
         if target.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
             os.rmdir(old)
@@ -197,7 +200,7 @@ def read_card(folder: str | Path) -> ModelCard:
         raise CheckpointError(f"checkpoint '{folder}' has no {CARD_FILE}; it is incomplete, re-save or re-train it")
     try:
         data = json.loads(card_path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
         raise CheckpointError(f"{card_path} is not valid JSON ({exc.__class__.__name__}); the file is corrupt") from exc
     return ModelCard.from_dict(data, where=str(card_path))
 

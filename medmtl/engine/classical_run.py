@@ -153,6 +153,7 @@ def detect_folder(*, input_dir: Path, out_dir: Path, max_lesions: int = 50, prog
         raise ConfigError(f"--max-lesions must be an integer >= 1, got {max_lesions!r}")
     params = ClassicalParams(max_lesions=max_lesions)
     key = run_key(params)
+    pio.check_output_folder(Path(input_dir), Path(out_dir))
     refs, skipped = discover(Path(input_dir), scan_ids)
     out_dir = Path(out_dir)
     prepare_out_dir(out_dir, key, overwrite=overwrite)

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from medmtl.errors import AnnotationError, MedmtlError
+from medmtl.io.annotations import duplicate_columns
 from medmtl.io.types import Detection
 
 REQUIRED_COLUMNS = ("seriesuid", "coordX", "coordY", "coordZ", "probability")
@@ -49,7 +50,7 @@ def _float(value: str | None, path: Path, row: int, column: str, *, required: bo
 def read_predictions_csv(path: Path) -> list[Detection]:
     """Read ``predictions.csv`` (LPS mm) into detections.
 
-    Required columns: ``seriesuid, coordX, coordY, coordZ, probability``; optional:
+    Required columns: ``seriesuid, coordX, coordY, coordZ, probability`` (in [0, 1]); optional:
     ``diameter_mm`` (> 0) and ``malignancy_prob`` (in [0, 1]); empty optional cells are NaN.
     Row numbers in errors count the header as row 1.
 
@@ -61,6 +62,10 @@ def read_predictions_csv(path: Path) -> list[Detection]:
         with open(path, newline="", encoding="utf-8-sig") as fh:
             reader = csv.DictReader(fh)
             header = [h.strip() for h in (reader.fieldnames or [])]
+            dup = duplicate_columns(header)
+            if dup:
+                raise PredictionTableError(f"{path} has duplicated column(s) {', '.join(dup)}; each column may "
+                                           "appear once — remove or rename the copies")
             missing = [c for c in REQUIRED_COLUMNS if c not in header]
             if missing:
                 raise PredictionTableError(
@@ -77,7 +82,8 @@ def read_predictions_csv(path: Path) -> list[Detection]:
                 out.append(Detection(
                     seriesuid=sid,
                     center_lps=(xyz[0], xyz[1], xyz[2]),
-                    probability=_float(row.get("probability"), path, n, "probability", required=True),
+                    probability=_float(row.get("probability"), path, n, "probability", required=True, lo=0.0,
+                                       hi=1.0),
                     diameter_mm=_float(row.get("diameter_mm"), path, n, "diameter_mm", required=False, lo=0.0),
                     malignancy_prob=_float(row.get("malignancy_prob"), path, n, "malignancy_prob",
                                            required=False, lo=0.0, hi=1.0),
@@ -96,7 +102,7 @@ def _sibling_scan_ids(pred_csv: Path) -> list[str]:
         return []
     try:
         data = json.loads(pj.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError, RecursionError):
         return []
     scans = data.get("scans") if isinstance(data, dict) else None
     return sorted(scans) if isinstance(scans, dict) else []

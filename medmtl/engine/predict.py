@@ -155,6 +155,7 @@ def predict_folder(
     """
     t_start = time.perf_counter()
     _check_options(adapt, prefetch, gate)
+    pio.check_output_folder(Path(input_dir), Path(out_dir))
     all_refs, skipped = discover(Path(input_dir), scan_ids)
     refs = shard_refs(all_refs, shard)
     predictor = Predictor.from_checkpoint(

@@ -76,10 +76,27 @@ def load_record(path: Path) -> dict[str, Any] | None:
         return None
     try:
         rec = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
         log.warning("ignoring unreadable record %s (%s); the scan is predicted again", path, exc)
         return None
     return rec if isinstance(rec, dict) else None
+
+
+def check_output_folder(input_dir: Path, out_dir: Path) -> None:
+    """Refuse an output folder that is the input folder or lies inside it.
+
+    Writing there would put medmtl's tables beside (or over) the user's own files, and a rerun
+    would discover its own NIfTI maps as scans.
+
+    Raises:
+        ConfigError: ``out_dir`` equals ``input_dir`` or is below it.
+    """
+    from medmtl.errors import ConfigError
+
+    inp, out = Path(input_dir).resolve(), Path(out_dir).resolve()
+    if out == inp or inp in out.parents:
+        raise ConfigError(f"output folder '{out_dir}' is {'the input folder' if out == inp else 'inside the input folder'} "
+                          f"'{input_dir}'; a rerun would read its own outputs as scans — choose -o outside '{input_dir}'")
 
 
 def resume_key(card: ModelCard, adapt: str) -> str:

@@ -169,7 +169,7 @@ def load_train_state(
     try:
         tensors = load_file(str(tpath), device="cpu")
         doc = json.loads(jpath.read_text(encoding="utf-8"))
-    except (SafetensorError, OSError, json.JSONDecodeError) as exc:
+    except (SafetensorError, OSError, json.JSONDecodeError, RecursionError) as exc:
         raise CheckpointError(f"cannot resume: the training state in '{folder}' is corrupt ({exc})") from exc
     for key in ("meta", "optimizer", "scheduler", "scaler", "weighting", "rng"):
         if key not in doc:

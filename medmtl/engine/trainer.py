@@ -34,17 +34,39 @@ from medmtl.config import TrainConfig
 from medmtl.engine import ddp
 from medmtl.engine.checkpoint import library_versions
 from medmtl.engine.run_files import RUN_ARTIFACTS, RunLog, check_resume_config
-from medmtl.errors import CheckpointError, ConfigError
+from medmtl.errors import CheckpointError, ConfigError, MedmtlError
 
 logger = logging.getLogger(__name__)
 
 
 
-def prepare_run_dir(out_dir: Path, *, resume: bool, overwrite: bool, is_main: bool) -> None:
+def _never_started(out_dir: Path) -> bool:
+    """Whether ``out_dir`` holds only the header files of a run killed before its first epoch
+    ended (no ``last/``, no ``checkpoint/``, nothing but medmtl's run files)."""
+    if not out_dir.is_dir() or (out_dir / "last").exists() or (out_dir / "checkpoint").exists():
+        return False
+    entries = list(out_dir.iterdir())
+    return bool(entries) and all(p.name in RUN_ARTIFACTS for p in entries)
+
+
+def _clear_run_files(out_dir: Path) -> None:
+    for name in RUN_ARTIFACTS:
+        p = out_dir / name
+        if p.is_dir():
+            shutil.rmtree(p)
+        elif p.exists():
+            p.unlink()
+
+
+def prepare_run_dir(out_dir: Path, *, resume: bool, overwrite: bool, is_main: bool) -> bool:
     """Create the run folder, refusing to mix runs (only rank 0 checks and writes).
 
     With ``overwrite`` the files medmtl writes into a run folder (:data:`RUN_ARTIFACTS`) are
-    removed; anything else in the folder is left alone.
+    removed; anything else in the folder is left alone. A run killed before its first epoch
+    ended (only its header files, no ``last/``) is started afresh, with or without ``resume``.
+
+    Returns:
+        Whether the run resumes (``False`` for a run that never finished an epoch).
 
     Raises:
         ConfigError: the folder is not empty and neither ``resume`` nor ``overwrite`` is set,
@@ -53,29 +75,29 @@ def prepare_run_dir(out_dir: Path, *, resume: bool, overwrite: bool, is_main: bo
     if resume and overwrite:
         raise ConfigError("--resume and --overwrite exclude each other; pass one of them")
     if not is_main:  # rank 0 checks and prepares the folder; the others wait at a barrier
-        return
+        return resume
     if out_dir.exists() and not out_dir.is_dir():
         raise ConfigError(f"run folder '{out_dir}' is a file; pass a folder path to --out")
+    if _never_started(out_dir):
+        logger.warning("run folder '%s' holds a run that never finished an epoch; starting it afresh", out_dir)
+        _clear_run_files(out_dir)
+        return False
     non_empty = out_dir.is_dir() and any(out_dir.iterdir())
     if resume:
         if not (out_dir / "last").is_dir():
             raise CheckpointError(
                 f"cannot resume: '{out_dir / 'last'}' does not exist; start the run without --resume"
             )
-        return
+        return True
     if non_empty and not overwrite:
         raise ConfigError(
             f"run folder '{out_dir}' is not empty; pass --resume to continue it, --overwrite to replace it,"
             " or choose another --out"
         )
     if non_empty:
-        for name in RUN_ARTIFACTS:
-            p = out_dir / name
-            if p.is_dir():
-                shutil.rmtree(p)
-            elif p.exists():
-                p.unlink()
+        _clear_run_files(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    return False
 
 
 def run_training(
@@ -119,8 +141,10 @@ def run_training(
         raise ConfigError("train.amp = fp16 needs a CUDA device; use bf16 or off on CPU")
     previous_det = torch.are_deterministic_algorithms_enabled()
     previous_warn = torch.is_deterministic_algorithms_warn_only_enabled()
+    created = not out.exists()
     try:
-        prepare_run_dir(out, resume=resume, overwrite=overwrite, is_main=info.is_main)
+        resume = bool(ddp.broadcast_object(prepare_run_dir(out, resume=resume, overwrite=overwrite,
+                                                           is_main=info.is_main), info))
         ddp.barrier(info)
         if resume:
             check_resume_config(cfg, out)
@@ -128,7 +152,12 @@ def run_training(
             torch.use_deterministic_algorithms(True, warn_only=True)
         from medmtl.engine.session import TrainingSession
 
-        session = TrainingSession(cfg, out, device=device, amp=amp, dist=info)
+        try:
+            session = TrainingSession(cfg, out, device=device, amp=amp, dist=info)
+        except MedmtlError:
+            if created and info.is_main and out.is_dir() and not any(out.iterdir()):
+                out.rmdir()  # a refusal leaves no empty run folder behind
+            raise
         return session.run(resume=resume, stop_after_epochs=stop_after_epochs)
     finally:
         torch.use_deterministic_algorithms(previous_det, warn_only=previous_warn)

@@ -90,6 +90,12 @@ def _lesion_from_row(row: Mapping[str, str], where: str, extra_columns: Sequence
     )
 
 
+def duplicate_columns(header: list[str]) -> list[str]:
+    """Column names that occur more than once in a CSV header (``csv.DictReader`` would let the
+    last one win silently, e.g. attributing lesions to the wrong scan)."""
+    return sorted({h for h in header if h and header.count(h) > 1})
+
+
 def read_annotations_csv(path: str | Path) -> list[Lesion]:
     """Read and validate a LUNA16-style annotation CSV (see the module docstring).
 
@@ -112,6 +118,10 @@ def read_annotations_csv(path: str | Path) -> list[Lesion]:
     if not header:
         raise AnnotationError(f"{p} is empty; expected a header row with columns {','.join(REQUIRED_COLUMNS)}")
     reader.fieldnames = header
+    dup = duplicate_columns(header)
+    if dup:
+        raise AnnotationError(f"{p} has duplicated column(s) {', '.join(dup)}; each column may appear once — "
+                              "remove or rename the copies")
     missing = [c for c in REQUIRED_COLUMNS if c not in header]
     if missing:
         raise AnnotationError(
@@ -165,6 +175,8 @@ def read_datalist(path: str | Path) -> list[Lesion]:
         raise AnnotationError(f"annotation file {p} cannot be read ({exc}); expected a UTF-8 JSON file") from exc
     except json.JSONDecodeError as exc:
         raise AnnotationError(f"{p} is not valid JSON (line {exc.lineno}: {exc.msg}); expected a MONAI detection datalist") from exc
+    except RecursionError:
+        raise AnnotationError(f"{p} is nested too deeply to parse; expected a MONAI detection datalist") from None
     if not isinstance(data, dict):
         raise AnnotationError(f"{p}: top level is {type(data).__name__}; expected an object like {{\"training\": [...]}}")
     lesions: list[Lesion] = []

@@ -100,6 +100,8 @@ def read_manifest(path: str | Path, *, must_exist: bool = True) -> list[Path]:
             data = json.loads(text)
         except json.JSONDecodeError as exc:
             raise ScanReadError(f"manifest {mpath} is not valid JSON (line {exc.lineno}: {exc.msg})") from exc
+        except RecursionError:
+            raise ScanReadError(f"manifest {mpath} is nested too deeply to parse; expected a list of scans") from None
         entries = _entries_from_json(data, mpath)
     elif mpath.suffix.lower() == ".csv":
         rows = list(csv.reader(text.splitlines()))

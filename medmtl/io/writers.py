@@ -36,6 +36,20 @@ def _temp_path(path: Path) -> Path:
     return Path(name)
 
 
+def current_umask() -> int:
+    """The process umask (read without changing it for long: set, then restored at once)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def honour_umask(path: Path, *, folder: bool = False) -> None:
+    """Give ``path`` the mode a plain ``open()`` / ``mkdir()`` would have: ``0o666`` (files) or
+    ``0o777`` (folders) less the umask. ``tempfile`` creates 0600 files and 0700 folders, which
+    would leave results unreadable to colleagues whatever their umask."""
+    os.chmod(path, (0o777 if folder else 0o666) & ~current_umask())
+
+
 def atomic_save(path: str | Path, write_fn: Callable[[Path], None]) -> Path:
     """Write a file atomically through a callback.
 
@@ -56,6 +70,7 @@ def atomic_save(path: str | Path, write_fn: Callable[[Path], None]) -> Path:
     tmp = _temp_path(target)
     try:
         write_fn(tmp)
+        honour_umask(tmp)
         os.replace(tmp, target)
     finally:
         if tmp.exists():

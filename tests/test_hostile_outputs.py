@@ -1,0 +1,148 @@
+"""Hostile tables, configs and output folders (issue #13): one ``Error:`` line, a non-zero exit,
+no traceback, nothing the user has changed or left behind; outputs honour the umask."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import stat
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from medmtl.cli import main
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _tree(root: Path) -> dict[str, str]:
+    """Relative path → SHA-256 (``<dir>`` for folders) of everything under ``root``."""
+    out = {}
+    for p in sorted(root.rglob("*")):
+        out[str(p.relative_to(root))] = "<dir>" if p.is_dir() else hashlib.sha256(p.read_bytes()).hexdigest()
+    return out
+
+
+def _one_error(args: list[str], code: int = 1) -> str:
+    res = CliRunner().invoke(main, args)
+    assert res.exit_code == code, res.output
+    assert "Traceback" not in res.output
+    assert res.exception is None or isinstance(res.exception, SystemExit), repr(res.exception)
+    errors = [ln for ln in res.output.splitlines() if ln.startswith("Error:")]
+    assert len(errors) == 1, res.output
+    return errors[0]
+
+
+# --------------------------------------------------------------------------- configs
+@pytest.mark.parametrize(("text", "words"), [
+    ("", ["is empty", "configs/tiny.yaml"]),
+    ("train:\n  epochs: 2\n  epochs: 3\n", ["repeats the key 'epochs'", "line 3"]),
+    ("train:\n  epochs: 2\ntrain:\n  batch_size: 2\n", ["repeats the key 'train'"]),
+    ("a: " + "[" * 50_000 + "]" * 50_000 + "\n", ["nested too deeply"]),
+])
+def test_bad_yaml_configs(tmp_path: Path, text: str, words: list[str]) -> None:
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(text, encoding="utf-8")
+    before = _tree(tmp_path)
+    err = _one_error(["train", "--config", str(cfg), "--out", str(tmp_path / "run")])
+    for w in words:
+        assert w in err, (w, err)
+    assert _tree(tmp_path) == before and not (tmp_path / "run").exists()
+
+
+def test_a_refused_training_leaves_no_run_folder(tmp_path: Path) -> None:
+    """The data is checked after the run folder would be made: the refusal removes the empty folder."""
+    err = _one_error(["train", "--config", str(REPO / "configs" / "tiny.yaml"), "--out", str(tmp_path / "run"),
+                      "--set", f"data.root={REPO / 'sample_data' / 'mri'}"])
+    assert "MR" in err
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_run_killed_before_its_first_epoch_starts_afresh(tmp_path: Path) -> None:
+    from medmtl.engine.trainer import prepare_run_dir
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text("seed: 0\n", encoding="utf-8")
+    (run / "versions.json").write_text("{}", encoding="utf-8")
+    assert prepare_run_dir(run, resume=True, overwrite=False, is_main=True) is False  # nothing to resume
+    assert list(run.iterdir()) == []
+    (run / "config.yaml").write_text("seed: 0\n", encoding="utf-8")
+    assert prepare_run_dir(run, resume=False, overwrite=False, is_main=True) is False  # a plain rerun works too
+    (run / "notes.txt").write_text("mine", encoding="utf-8")  # a folder with the user's files is never cleared
+    with pytest.raises(Exception, match="not empty"):
+        prepare_run_dir(run, resume=False, overwrite=False, is_main=True)
+    assert (run / "notes.txt").read_text(encoding="utf-8") == "mine"
+
+
+# --------------------------------------------------------------------------- prediction tables
+HEAD = "seriesuid,coordX,coordY,coordZ,probability"
+
+
+@pytest.mark.parametrize(("rows", "words"), [
+    (f"{HEAD}\nct_b_0000,1,2,3,1.5\n", ["row 2 column 'probability' has 1.5", "allowed: [0.0, 1.0]"]),
+    (f"{HEAD}\nct_b_0000,1,2,3,-0.1\n", ["column 'probability' has -0.1"]),
+    (f"{HEAD},seriesuid\nct_b_0000,1,2,3,0.5,ct_b_0001\n", ["duplicated column(s) seriesuid"]),
+])
+def test_bad_prediction_tables(tmp_path: Path, rows: str, words: list[str]) -> None:
+    pred = tmp_path / "predictions.csv"
+    pred.write_text(rows, encoding="utf-8")
+    before = _tree(tmp_path)
+    err = _one_error(["evaluate", "--predictions", str(pred), "--annotations",
+                      str(REPO / "sample_data" / "ct_site_b" / "annotations.csv"), "-o", str(tmp_path / "eval")])
+    for w in words:
+        assert w in err, (w, err)
+    assert _tree(tmp_path) == before
+
+
+# --------------------------------------------------------------------------- output folders
+def _copy_scans(tmp_path: Path) -> Path:
+    import shutil
+
+    scans = tmp_path / "scans"
+    scans.mkdir()
+    shutil.copy(REPO / "sample_data" / "ct_site_b" / "ct_b_0000.nii.gz", scans)
+    (scans / "predictions.csv").write_text("the user's own table\n", encoding="utf-8")
+    return scans
+
+
+@pytest.mark.parametrize("command", ["predict", "classical"])
+@pytest.mark.parametrize("where", ["same", "inside"])
+def test_output_folder_in_the_input_folder_is_refused(tmp_path: Path, command: str, where: str) -> None:
+    scans = _copy_scans(tmp_path)
+    out = scans if where == "same" else scans / "preds"
+    before = _tree(tmp_path)
+    args = [command, str(scans), "-o", str(out)]
+    if command == "predict":
+        args[1:1] = ["--checkpoint", str(tmp_path)]  # never read: the folders are checked first
+    err = _one_error(args)
+    assert "input folder" in err and "choose -o outside" in err
+    assert _tree(tmp_path) == before
+
+
+def test_sample_data_never_overwrites_the_users_files(tmp_path: Path) -> None:
+    out = tmp_path / "data"
+    out.mkdir()
+    (out / "ct_a_0000.nii.gz").write_bytes(b"the user's scan")
+    before = _tree(tmp_path)
+    err = _one_error(["sample-data", str(out), "--kind", "ct", "--site", "a", "--n", "1", "--shape", "32", "32", "16"])
+    assert "not empty and holds no generated data set" in err
+    assert _tree(tmp_path) == before
+
+
+# --------------------------------------------------------------------------- file modes
+@pytest.mark.parametrize(("umask", "file_mode", "dir_mode"), [(0o022, 0o644, 0o755), (0o077, 0o600, 0o700)])
+def test_outputs_honour_the_umask(tmp_path: Path, umask: int, file_mode: int, dir_mode: int) -> None:
+    from medmtl.engine.checkpoint import atomic_folder
+    from medmtl.io.writers import atomic_write_text
+
+    old = os.umask(umask)
+    try:
+        f = atomic_write_text(tmp_path / "a" / "x.txt", "x")
+        folder = atomic_folder(tmp_path / "ckpt", lambda d: (d / "w.bin").write_bytes(b"w"))
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(f.stat().st_mode) == file_mode
+    assert stat.S_IMODE(folder.stat().st_mode) == dir_mode
+    assert stat.S_IMODE((folder / "w.bin").stat().st_mode) == file_mode
