@@ -146,3 +146,48 @@ def test_outputs_honour_the_umask(tmp_path: Path, umask: int, file_mode: int, di
     assert stat.S_IMODE(f.stat().st_mode) == file_mode
     assert stat.S_IMODE(folder.stat().st_mode) == dir_mode
     assert stat.S_IMODE((folder / "w.bin").stat().st_mode) == file_mode
+
+
+# --------------------------------------------------------------------------- headers before allocation
+def _nifti_header_file(path: Path, *, shape=(16, 16, 8), affine=None, dtype=None, datatype_code=None) -> Path:
+    """A small NIfTI whose header may claim another shape, affine or data type."""
+    import nibabel as nib
+    import numpy as np
+
+    img = nib.Nifti1Image(np.zeros((16, 16, 8), np.int16), np.eye(4))
+    if dtype is not None:
+        img.header.set_data_dtype(dtype)
+    nib.save(img, str(path))
+    raw = bytearray(path.read_bytes())
+    if shape != (16, 16, 8):  # rewrite dim[] in the header only: the voxels stay 16×16×8
+        raw[40:56] = np.array([3, *shape, 1, 1, 1, 1], dtype="<i2").tobytes()
+    if affine is not None:  # qform off, sform = the given rows (nibabel refuses to write such a matrix)
+        raw[252:256] = np.array([0, 1], dtype="<i2").tobytes()
+        raw[280:328] = np.asarray(affine, dtype="<f4")[:3].tobytes()
+    if datatype_code is not None:  # e.g. 1 = DT_BINARY (1 bit per voxel), which nibabel cannot read
+        raw[70:74] = np.array([datatype_code, 1], dtype="<i2").tobytes()
+    path.write_bytes(bytes(raw))
+    return path
+
+
+@pytest.mark.parametrize(("kwargs", "words"), [
+    ({"shape": (32767, 32767, 32767)}, ["declares 32767×32767×32767 voxels", "above the 4 GiB limit"]),
+    ({"affine": [[0, 0, 0, 0], [0, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]]}, ["singular voxel-to-world matrix"]),
+    ({"affine": [[float("nan"), 0, 0, 0], [0, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]]}, ["non-finite or singular"]),
+    ({"dtype": "complex64"}, ["complex64 voxels", "real-valued"]),
+    ({"datatype_code": 1}, ["NIfTI data type medmtl cannot read", "integer or float type"]),
+])
+def test_headers_are_checked_before_allocating(tmp_path: Path, kwargs: dict, words: list[str]) -> None:
+    import numpy as np
+
+    if "affine" in kwargs:
+        kwargs = {"affine": np.asarray(kwargs["affine"], dtype=np.float64)}
+    folder = tmp_path / "in"
+    folder.mkdir()
+    _nifti_header_file(folder / "x.nii", **kwargs)
+    before = _tree(tmp_path)
+    res = CliRunner().invoke(main, ["inspect", str(folder)])
+    assert res.exit_code == 1 and "Traceback" not in res.output, res.output
+    err = [ln for ln in res.output.splitlines() if ln.startswith("Error:")]
+    assert len(err) == 1 and all(w in err[0] or w in res.output for w in words), res.output
+    assert _tree(tmp_path) == before

@@ -50,6 +50,33 @@ def _check_3d(shape: Sequence[int], source: str) -> tuple[int, ...]:
     return tuple(dims)
 
 
+#: Largest volume read (voxels): 2^30 voxels are 4 GiB as float32. A header claiming more is
+#: refused before anything is allocated.
+MAX_VOXELS = 2**30
+
+
+def check_header(shape: Sequence[int], affine: NDArray[Any], dtype: Any, source: str) -> None:
+    """Trust nothing in a header before voxels are allocated: size, geometry and voxel type.
+
+    Raises:
+        ScanReadError: more than :data:`MAX_VOXELS` voxels, a non-finite or singular affine,
+            or complex / non-numeric voxels.
+    """
+    n = int(np.prod([int(s) for s in shape], dtype=np.float64))
+    if n > MAX_VOXELS:
+        dims = "×".join(str(int(s)) for s in shape)
+        raise ScanReadError(f"{source} declares {dims} voxels ({n * 4 / 2**30:.1f} GiB as float32), above the "
+                            f"{MAX_VOXELS * 4 / 2**30:.0f} GiB limit; the header is corrupt or the scan must be cropped")
+    a = np.asarray(affine, dtype=np.float64)
+    if a.shape != (4, 4) or not np.isfinite(a).all() or abs(np.linalg.det(a[:3, :3])) < 1e-12:
+        raise ScanReadError(f"{source} has a non-finite or singular voxel-to-world matrix (spacing 0 or NaN in "
+                            "the header); the geometry is unusable: fix the header or re-export the scan")
+    kind = np.dtype(dtype).kind if dtype is not None else "f"
+    if kind not in "biuf":
+        raise ScanReadError(f"{source} has {np.dtype(dtype)} voxels; medmtl reads real-valued (integer or float) "
+                            "images: convert the scan to a real data type")
+
+
 def _sample(array: NDArray[Any]) -> NDArray[Any]:
     flat = np.ravel(array, order="K")  # a view for C- and Fortran-ordered arrays (no 300 MB copy)
     step = max(1, flat.size // _MAX_HEURISTIC_SAMPLES)
@@ -114,11 +141,16 @@ def read_nifti(path: Path) -> RawVolume:
     """
     import nibabel as nib
     from nibabel.filebasedimages import ImageFileError
+    from nibabel.spatialimages import HeaderDataError
 
     try:
         img: Any = nib.load(str(path))
         _check_3d(img.shape, f"scan file {path}")
+        check_header(img.shape, img.affine, img.header.get_data_dtype(), f"scan file {path}")
         data = np.asarray(img.dataobj, dtype=np.float32)
+    except HeaderDataError as exc:
+        raise ScanReadError(f"scan file {path} has a NIfTI data type medmtl cannot read ({exc}); "
+                            "convert the scan to an integer or float type") from exc
     except (ImageFileError, OSError, EOFError, ValueError, zlib.error, TypeError) as exc:
         raise ScanReadError(
             f"scan file {path} cannot be read as NIfTI (corrupt or truncated: {type(exc).__name__}); "
@@ -129,6 +161,14 @@ def read_nifti(path: Path) -> RawVolume:
     # read-only memmap) that the MetaTensor below can share without another copy
     array = np.array(data.reshape(shape), dtype=np.float32, order="C", copy=True)
     return RawVolume(array=array, affine_ras=np.asarray(img.affine, dtype=np.float64), modality_tag=_nifti_modality(img.header))
+
+
+def _direction3(direction: Sequence[float]) -> tuple[float, ...]:
+    """The 3×3 part of an ITK direction (flattened; 4D images carry 16 values)."""
+    d = len(direction)
+    n = int(round(d ** 0.5))
+    m = np.asarray(direction, dtype=np.float64).reshape(n, n)[:3, :3]
+    return tuple(float(v) for v in m.reshape(-1))
 
 
 def read_itk_file(path: Path) -> RawVolume:
@@ -145,6 +185,13 @@ def read_itk_file(path: Path) -> RawVolume:
     from medmtl.io import coords
 
     try:
+        info = sitk.ImageFileReader()
+        info.SetFileName(str(path))
+        info.ReadImageInformation()  # the header only: checked before any voxel is allocated
+        _check_3d(info.GetSize(), f"scan file {path}")
+        check_header(info.GetSize(), coords.sitk_to_affine_ras(info.GetOrigin()[:3], info.GetSpacing()[:3],
+                                                               _direction3(info.GetDirection())),
+                     None, f"scan file {path}")
         img = sitk.ReadImage(str(path))
     except RuntimeError as exc:
         raise ScanReadError(
