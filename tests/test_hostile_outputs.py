@@ -191,3 +191,32 @@ def test_headers_are_checked_before_allocating(tmp_path: Path, kwargs: dict, wor
     err = [ln for ln in res.output.splitlines() if ln.startswith("Error:")]
     assert len(err) == 1 and all(w in err[0] or w in res.output for w in words), res.output
     assert _tree(tmp_path) == before
+
+
+# --------------------------------------------------------------------------- special files
+def test_a_fifo_named_like_a_scan_does_not_hang_discovery(tmp_path: Path) -> None:
+    import shutil
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    shutil.copy(REPO / "sample_data" / "ct_site_b" / "ct_b_0000.nii.gz", folder)
+    os.mkfifo(folder / "slice.dcm")
+    os.mkfifo(folder / "pipe.nii.gz")
+    res = CliRunner().invoke(main, ["inspect", str(folder)])  # would block forever if the FIFO were opened
+    assert res.exit_code == 1, res.output
+    assert "ct_b_0000" in res.stdout and "not a regular file" in res.output
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads every file whatever its mode")
+def test_an_unreadable_scan_says_permission_denied(tmp_path: Path) -> None:
+    import shutil
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    f = shutil.copy(REPO / "sample_data" / "ct_site_b" / "ct_b_0000.nii.gz", folder / "x.nii.gz")
+    os.chmod(f, 0)
+    try:
+        res = CliRunner().invoke(main, ["inspect", str(folder)])
+    finally:
+        os.chmod(f, 0o644)
+    assert res.exit_code == 1 and "permission denied" in res.output

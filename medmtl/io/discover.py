@@ -74,6 +74,21 @@ def scan_id_from_filename(name: str | Path) -> str:
     return split[0] if split is not None else Path(base).stem
 
 
+def _unreadable(path: Path) -> str | None:
+    """Why ``path`` must not be opened (not a regular file, or permission denied), else ``None``."""
+    import stat
+
+    try:
+        mode = os.stat(path).st_mode
+    except OSError as exc:
+        return f"{path} cannot be examined ({exc.strerror}); skipped"
+    if not stat.S_ISREG(mode):
+        return f"{path} is not a regular file (a FIFO, socket or device); skipped"
+    if not os.access(path, os.R_OK):
+        return f"{path}: permission denied (this user may not read it); fix its permissions or remove it"
+    return None
+
+
 def is_dicom_file(path: Path) -> bool:
     """Whether a file starts with the DICOM preamble (128 bytes then ``DICM``)."""
     try:
@@ -176,7 +191,16 @@ def _add_dicom_file(path: Path, folder: Path, dicom: _DicomFiles, skipped: list[
 def _add_file(
     path: Path, base: Path, refs: list[ScanRef], skipped: list[Skipped], dicom: _DicomFiles
 ) -> None:
-    """Sort one file into a scan file ref, a skipped label file, a DICOM file or nothing."""
+    """Sort one file into a scan file ref, a skipped label file, a DICOM file or nothing.
+
+    Special files (FIFOs, sockets, devices: ``open()`` on a FIFO blocks forever) and files
+    this user may not read are skipped with a note instead of being opened.
+    """
+    note = _unreadable(path)
+    if note is not None:
+        if split_scan_name(path.name) is not None or path.suffix.lower() in (".dcm", ".ima", ""):
+            skipped.append(Skipped(path, note, failed=True))
+        return
     split = split_scan_name(path.name)
     if split is not None:
         stem, fmt = split
