@@ -99,6 +99,19 @@ def is_dicom_file(path: Path) -> bool:
     return len(head) == 132 and head[128:132] == b"DICM"
 
 
+#: Tags that group DICOM files without a SeriesInstanceUID: orientation, pixel spacing, size.
+GEOMETRY_TAGS = ("0020|0037", "0028|0030", "0028|0010", "0028|0011")
+
+
+def geometry_series_id(folder: Path, header: dict[str, str]) -> str:
+    """A stable scan id for DICOM files without a SeriesInstanceUID: the folder name and a hash of
+    the geometry they share (ImageOrientationPatient, PixelSpacing, Rows, Columns)."""
+    import hashlib
+
+    key = "|".join(header.get(t, "") for t in GEOMETRY_TAGS)
+    return f"{folder.name}-nouid-{hashlib.sha256(key.encode()).hexdigest()[:10]}"
+
+
 def read_dicom_header(path: Path, keys: tuple[str, ...] = (TAG_SERIES_UID, TAG_IMAGE_TYPE, TAG_MODALITY)) -> dict[str, str]:
     """Read selected header tags of one DICOM file (no pixel data).
 
@@ -147,11 +160,13 @@ class _DicomFiles:
         groups: the files of each series.
         types: the upper-cased ImageType values seen in each series.
         broken: per folder, ``(path, reason)`` of the files whose header could not be read.
+        no_uid: the groups made by geometry for files without a SeriesInstanceUID.
     """
 
     groups: dict[tuple[Path, str], list[Path]] = field(default_factory=lambda: defaultdict(list))
     types: dict[tuple[Path, str], set[str]] = field(default_factory=lambda: defaultdict(set))
     broken: dict[Path, list[tuple[Path, str]]] = field(default_factory=lambda: defaultdict(list))
+    no_uid: set[tuple[Path, str]] = field(default_factory=set)
 
 
 def _walk(root: Path) -> tuple[Path, list[tuple[Path, list[str]]]]:
@@ -174,16 +189,14 @@ def _walk(root: Path) -> tuple[Path, list[tuple[Path, list[str]]]]:
 def _add_dicom_file(path: Path, folder: Path, dicom: _DicomFiles, skipped: list[Skipped]) -> None:
     """Read one DICOM file's header and file it under its series (or as broken / skipped)."""
     try:
-        header = read_dicom_header(path)
+        header = read_dicom_header(path, (TAG_SERIES_UID, TAG_IMAGE_TYPE, TAG_MODALITY, *GEOMETRY_TAGS))
     except ScanReadError as exc:
         dicom.broken[folder].append((path, str(exc)))
         return
     uid = header.get(TAG_SERIES_UID, "")
-    if not uid:
-        skipped.append(
-            Skipped(path, f"DICOM file {path} has no SeriesInstanceUID (0020,000E); cannot group it", failed=True)
-        )
-        return
+    if not uid:  # de-identified data: group by geometry, as GDCM does
+        uid = geometry_series_id(folder, header)
+        dicom.no_uid.add((folder, uid))
     dicom.groups[(folder, uid)].append(path)
     dicom.types[(folder, uid)].add(header.get(TAG_IMAGE_TYPE, "").upper())
 
@@ -241,6 +254,9 @@ def _dicom_series_refs(dicom: _DicomFiles, refs: list[ScanRef], skipped: list[Sk
             )
         else:
             refs.append(ScanRef(scan_id=uid, format="dicom", paths=tuple(sorted(files)), folder=folder))
+            if (folder, uid) in dicom.no_uid:
+                skipped.append(Skipped(folder, f"{len(files)} DICOM files in {folder} have no SeriesInstanceUID; "
+                                               f"grouped by geometry (orientation, pixel spacing, size) as {uid}"))
 
 
 def _unique_ids(refs: list[ScanRef], skipped: list[Skipped]) -> list[ScanRef]:
