@@ -220,3 +220,50 @@ def test_an_unreadable_scan_says_permission_denied(tmp_path: Path) -> None:
     finally:
         os.chmod(f, 0o644)
     assert res.exit_code == 1 and "permission denied" in res.output
+
+
+# --------------------------------------------------------------------------- one writer per output folder
+def test_a_second_writer_into_the_same_folder_is_refused(tmp_path: Path) -> None:
+    from medmtl.engine import predict_io as pio
+    from medmtl.errors import ConfigError
+
+    out = tmp_path / "preds"
+    with pio.output_lock(out):
+        with pytest.raises(ConfigError, match="another medmtl process is writing into"):
+            with pio.output_lock(out):
+                pass
+    with pio.output_lock(out):  # released: the next run may write
+        pass
+
+
+def test_stale_temporary_files_of_a_killed_run_are_removed(tmp_path: Path) -> None:
+    from medmtl.engine import predict_io as pio
+
+    out = tmp_path / "preds"
+    (out / "maps").mkdir(parents=True)
+    stale = out / "maps" / ".s1_heatmap.nii.gz.abc123.tmp.nii.gz"
+    stale.write_bytes(b"truncated")
+    mine = out / "maps" / "s1_heatmap.nii.gz"
+    mine.write_bytes(b"complete")
+    with pio.output_lock(out):
+        pass
+    assert not stale.exists() and mine.read_bytes() == b"complete"
+
+
+def test_scan_ids_never_collide_on_one_output_name() -> None:
+    from medmtl.engine.predict_io import safe_name
+
+    assert safe_name("x_y") == "x_y" and safe_name("x y") != safe_name("x_y")
+    assert safe_name("x y").startswith("x_y-") and safe_name("a/b") != safe_name("a:b")
+
+
+def test_output_that_is_a_file_is_one_error(tmp_path: Path) -> None:
+    import shutil
+
+    scans = tmp_path / "scans"
+    scans.mkdir()
+    shutil.copy(REPO / "sample_data" / "ct_site_b" / "ct_b_0000.nii.gz", scans)
+    target = tmp_path / "out.txt"
+    target.write_text("mine", encoding="utf-8")
+    err = _one_error(["classical", str(scans), "-o", str(target)], code=2)  # click: a usage error
+    assert "is a file" in err and target.read_text(encoding="utf-8") == "mine"

@@ -156,31 +156,32 @@ def detect_folder(*, input_dir: Path, out_dir: Path, max_lesions: int = 50, prog
     pio.check_output_folder(Path(input_dir), Path(out_dir))
     refs, skipped = discover(Path(input_dir), scan_ids)
     out_dir = Path(out_dir)
-    prepare_out_dir(out_dir, key, overwrite=overwrite)
-    pending = [r for r in refs if not pio.is_complete(out_dir, r.scan_id, key, need_maps=False,
-                                                       need_previews=False)]
-    provenance = {"method": METHOD, "medmtl_version": __version__, "run_key": key, "reference": REFERENCE,
-                  "params": params.as_dict(), "device": "cpu"}
-    totals = dict.fromkeys(STAGES, 0.0)
-    failures: list[dict[str, Any]] = []
-    not_ct = 0
-    for ref in tqdm(pending, unit="scan", desc="classical", disable=not progress):
-        try:
-            for stage, sec in _detect_scan(ref, out_dir, params, key, provenance).items():
-                totals[stage] += sec
-        except Exception as exc:  # a failing scan is recorded; the batch goes on
-            failures.append(_failure(ref, exc))
-            not_ct += isinstance(exc, ModalityError)
-    n_done = len(pending) - len(failures)
-    if refs and not_ct == len(refs):
-        raise ModalityError(f"{input_dir} holds no CT scan: {failures[0]['reason']}"
-                            f"{f' (and {not_ct - 1} more)' if not_ct > 1 else ''}; give a folder of chest CTs")
-    failures += [{"seriesuid": Path(s.path).name, "path": str(s.path), "reason": s.reason, "stage": "discovery"}
-                 for s in skipped if s.failed]
-    wall = time.perf_counter() - t_start
-    timings = {**totals, "wall_s": wall, "scans_per_s": n_done / wall if wall > 0 and n_done else 0.0}
-    merged = pio.merge_outputs(out_dir, [r.scan_id for r in refs], extra_failures=failures,
-                               run_info={**provenance, "timings": timings})
-    return {"n_scans": len(refs), "n_done": n_done, "n_skipped": len(refs) - len(pending),
-            "n_failed": merged["n_failed"], "failures": merged["failures"], "outputs": merged["outputs"],
-            "timings": timings, "method": METHOD, "run_key": key}
+    with pio.output_lock(out_dir):
+        prepare_out_dir(out_dir, key, overwrite=overwrite)
+        pending = [r for r in refs if not pio.is_complete(out_dir, r.scan_id, key, need_maps=False,
+                                                           need_previews=False)]
+        provenance = {"method": METHOD, "medmtl_version": __version__, "run_key": key, "reference": REFERENCE,
+                      "params": params.as_dict(), "device": "cpu"}
+        totals = dict.fromkeys(STAGES, 0.0)
+        failures: list[dict[str, Any]] = []
+        not_ct = 0
+        for ref in tqdm(pending, unit="scan", desc="classical", disable=not progress):
+            try:
+                for stage, sec in _detect_scan(ref, out_dir, params, key, provenance).items():
+                    totals[stage] += sec
+            except Exception as exc:  # a failing scan is recorded; the batch goes on
+                failures.append(_failure(ref, exc))
+                not_ct += isinstance(exc, ModalityError)
+        n_done = len(pending) - len(failures)
+        if refs and not_ct == len(refs):
+            raise ModalityError(f"{input_dir} holds no CT scan: {failures[0]['reason']}"
+                                f"{f' (and {not_ct - 1} more)' if not_ct > 1 else ''}; give a folder of chest CTs")
+        failures += [{"seriesuid": Path(s.path).name, "path": str(s.path), "reason": s.reason, "stage": "discovery"}
+                     for s in skipped if s.failed]
+        wall = time.perf_counter() - t_start
+        timings = {**totals, "wall_s": wall, "scans_per_s": n_done / wall if wall > 0 and n_done else 0.0}
+        merged = pio.merge_outputs(out_dir, [r.scan_id for r in refs], extra_failures=failures,
+                                   run_info={**provenance, "timings": timings})
+        return {"n_scans": len(refs), "n_done": n_done, "n_skipped": len(refs) - len(pending),
+                "n_failed": merged["n_failed"], "failures": merged["failures"], "outputs": merged["outputs"],
+                "timings": timings, "method": METHOD, "run_key": key}

@@ -10,6 +10,7 @@ the batch goes on. At the end the records are merged into ``predictions.csv``,
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
@@ -162,17 +163,19 @@ def predict_folder(
         checkpoint, device=device, amp=amp, overlap=overlap, sw_batch_size=sw_batch_size, tta=tta
     )
     out_dir = Path(out_dir)
-    (out_dir / "scans").mkdir(parents=True, exist_ok=True)
-    resume = pio.resume_key(predictor.card, adapt)  # adapted BN / harmonisation change results too
-    pending = [r for r in refs if not pio.is_complete(out_dir, r.scan_id, predictor.weights_sha256,
-                                                       need_maps=save_maps, need_previews=preview, resume=resume)]
-    shift_info = None
-    if pending and adapt == "auto" and gate is not None:
-        predictor, shift_info = gate(predictor, pending)
-    provenance = _provenance(predictor, checkpoint, resume, shift_info, shard)
-    batch = _Batch(out_dir, predictor, provenance, save_maps=save_maps, preview=preview)
-    batch.run(pending, prefetch if prefetch is not None else default_prefetch(str(predictor.device)), progress)
-    return _summary(batch, refs, skipped, shard, n_skipped=len(refs) - len(pending), t_start=t_start)
+    # one process per output folder (sharded ranks share theirs by design and skip the lock)
+    with pio.output_lock(out_dir) if shard is None else contextlib.nullcontext():
+        (out_dir / "scans").mkdir(parents=True, exist_ok=True)
+        resume = pio.resume_key(predictor.card, adapt)  # adapted BN / harmonisation change results too
+        pending = [r for r in refs if not pio.is_complete(out_dir, r.scan_id, predictor.weights_sha256,
+                                                           need_maps=save_maps, need_previews=preview, resume=resume)]
+        shift_info = None
+        if pending and adapt == "auto" and gate is not None:
+            predictor, shift_info = gate(predictor, pending)
+        provenance = _provenance(predictor, checkpoint, resume, shift_info, shard)
+        batch = _Batch(out_dir, predictor, provenance, save_maps=save_maps, preview=preview)
+        batch.run(pending, prefetch if prefetch is not None else default_prefetch(str(predictor.device)), progress)
+        return _summary(batch, refs, skipped, shard, n_skipped=len(refs) - len(pending), t_start=t_start)
 
 
 def _summary(batch: _Batch, refs: Sequence[ScanRef], skipped: Sequence[Skipped], shard: tuple[int, int] | None,

@@ -15,10 +15,11 @@ harmonisation records and the ``--adapt`` mode) and every output file it lists; 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -43,9 +44,57 @@ MAP_FILES = {"heatmap": "detection probability", "diameter": "diameter (mm)", "m
 
 
 def safe_name(scan_id: str) -> str:
-    """A file-name-safe version of a scan id (anything but ``[A-Za-z0-9._-]`` becomes ``_``)."""
+    """A file-name-safe, collision-free version of a scan id.
+
+    Anything but ``[A-Za-z0-9._-]`` becomes ``_``, and then 8 hex digits of the id's SHA-256 are
+    appended, so ``x y`` and ``x_y`` never share an output name; safe ids are kept as they are.
+    """
+    import hashlib
+
     name = re.sub(r"[^A-Za-z0-9._-]", "_", scan_id)
-    return name if name not in ("", ".", "..") else f"_{name}_"
+    if name == scan_id and name not in ("", ".", ".."):
+        return name
+    return f"{name}-{hashlib.sha256(scan_id.encode('utf-8')).hexdigest()[:8]}"
+
+
+#: Lock file of an output folder (hidden), held while one process writes into it.
+LOCK_FILE = ".medmtl.lock"
+
+
+@contextlib.contextmanager
+def output_lock(out_dir: Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``out_dir`` so two predictions never write into one folder at once.
+
+    Stale temporary files of a killed earlier run (``.<name>.<random>.tmp…``) are removed once
+    the lock is held: no other process can be writing them.
+
+    Raises:
+        ConfigError: ``out_dir`` is a file or cannot be written, or another process holds the lock.
+    """
+    import fcntl
+
+    from medmtl.errors import ConfigError
+
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ConfigError(f"output '{out_dir}' is a file, not a folder; pass a folder path to -o")
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        fh = open(out_dir / LOCK_FILE, "a+", encoding="utf-8")  # noqa: SIM115 (held for the whole block)
+    except OSError as exc:
+        raise ConfigError(f"output folder '{out_dir}' cannot be written ({exc.strerror}); choose a writable -o") from None
+    try:
+        try:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ConfigError(f"another medmtl process is writing into '{out_dir}' (it holds {LOCK_FILE}); wait "
+                              "for it to finish or choose another -o") from None
+        for folder in (out_dir, out_dir / "scans", out_dir / "maps", out_dir / "previews"):
+            for stale in folder.glob(".*.tmp*") if folder.is_dir() else ():
+                if stale.is_file():
+                    stale.unlink()
+        yield
+    finally:
+        fh.close()
 
 
 def record_path(out_dir: Path, scan_id: str) -> Path:
