@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -98,6 +99,27 @@ def _acquisition(reader: Any) -> dict[str, Any]:
     return out
 
 
+#: Largest slice gap that ``resample_nonuniform`` bridges, as a multiple of the median gap:
+#: beyond it slices are missing, and interpolating across them would invent anatomy.
+MAX_GAP_FACTOR = 3.0
+
+
+def _pixel_spacing(reader: Any, img: Any, path: Path, scan_id: str) -> tuple[float, float]:
+    """In-plane spacing from PixelSpacing (0028,0030); a zero, negative or unreadable value is
+    refused (GDCM would quietly use 1 mm)."""
+    key = "0028|0030"
+    if key in reader.GetMetaDataKeys():
+        raw = reader.GetMetaData(key).strip()
+        try:
+            values = [float(v) for v in raw.split("\\") if v.strip()]
+        except ValueError:
+            values = []
+        if len(values) != 2 or not all(np.isfinite(v) and v > 0 for v in values):
+            raise GeometryError(f"DICOM file {path.name} of series {scan_id} has PixelSpacing {raw!r}; allowed: two "
+                                "positive numbers in mm (row\\column); fix the header or re-export the series")
+    return float(img.GetSpacing()[0]), float(img.GetSpacing()[1])
+
+
 def _read_slices(ref: ScanRef) -> tuple[list[NDArray[Any]], NDArray[np.float64], NDArray[np.float64], tuple[float, float], Any]:
     """Read every file: ``(slices (I, J) each, positions (K, 3) LPS, direction 3×3, (sx, sy), first reader)``."""
     import SimpleITK as sitk
@@ -130,7 +152,7 @@ def _read_slices(ref: ScanRef) -> tuple[list[NDArray[Any]], NDArray[np.float64],
         positions.append(img.GetOrigin())
         d = np.asarray(img.GetDirection(), dtype=np.float64).reshape(3, 3)
         if direction is None:
-            direction, spacing, first_reader = d, (img.GetSpacing()[0], img.GetSpacing()[1]), reader
+            direction, spacing, first_reader = d, _pixel_spacing(reader, img, path, ref.scan_id), reader
         elif np.abs(d[:, :2] - direction[:, :2]).max() > 1e-4:
             raise GeometryError(
                 f"DICOM series {ref.scan_id}: file {path.name} has a different ImageOrientationPatient "
@@ -227,6 +249,13 @@ def read_dicom_series(ref: ScanRef, *, resample_nonuniform: bool = False) -> Raw
             raise GeometryError(
                 f"DICOM series {ref.scan_id} has {what}; allowed: evenly spaced slices along the slice normal; "
                 "fix: pass --resample-nonuniform (resample_nonuniform=True) to resample onto a regular grid"
+            )
+        median_gap = float(np.median(gaps))
+        if gaps.max() > MAX_GAP_FACTOR * median_gap:
+            raise GeometryError(
+                f"DICOM series {ref.scan_id} has a {gaps.max():.3g} mm gap between slices, "
+                f"{gaps.max() / median_gap:.1f}× its median spacing ({median_gap:.3g} mm); slices are missing and "
+                f"resampling bridges gaps of at most {MAX_GAP_FACTOR:g}×; fix: re-export the complete series"
             )
         inplane = np.stack([offaxis @ row, offaxis @ col], axis=1)
         vol = _resample(vol, along, inplane, spacing)

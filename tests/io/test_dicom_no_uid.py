@@ -60,3 +60,32 @@ def test_series_without_uids_predicts(tmp_path: Path, tiny_checkpoint: Path) -> 
                                  device="cpu", overlap=0.0, progress=False)
     assert summary["n_done"] == 1 and summary["n_failed"] == 0
     assert (tmp_path / "pred" / "predictions.csv").is_file()
+
+
+def test_zero_pixel_spacing_is_refused(tmp_path: Path) -> None:
+    import pydicom
+
+    from medmtl.errors import MedmtlError
+
+    vol = np.zeros((16, 16, 4), np.int16)
+    files = dicom_helpers.write_series(tmp_path / "s", vol, origin_lps=(0.0, 0.0, 0.0), spacing=(0.8, 0.8, 2.0))
+    for f in files:
+        ds = pydicom.dcmread(str(f))
+        ds.PixelSpacing = [0, 0]
+        ds.save_as(str(f))
+    with pytest.raises(MedmtlError, match=r"has PixelSpacing '0.0\\\\0.0'; allowed: two positive numbers in mm"):
+        api.load_scans(folder=tmp_path / "s")
+
+
+def test_missing_slices_are_not_resampled_across(tmp_path: Path) -> None:
+    from medmtl.errors import GeometryError
+    from medmtl.io.discover import discover_scans
+    from medmtl.io.read import read_scan
+
+    vol = np.zeros((16, 16, 6), np.int16)
+    zs = [0.0, 2.0, 4.0, 6.0, 206.0, 208.0]  # a 20 cm hole: slices are missing
+    dicom_helpers.write_series(tmp_path / "s", vol, origin_lps=(0.0, 0.0, 0.0), spacing=(0.8, 0.8, 2.0),
+                               positions=[(0.0, 0.0, z) for z in zs])
+    refs, _ = discover_scans(tmp_path / "s")
+    with pytest.raises(GeometryError, match=r"a 200 mm gap between slices, 100.0× its median spacing .* at most 3×"):
+        read_scan(refs[0], resample_nonuniform=True)
