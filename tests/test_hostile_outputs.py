@@ -267,3 +267,22 @@ def test_output_that_is_a_file_is_one_error(tmp_path: Path) -> None:
     target.write_text("mine", encoding="utf-8")
     err = _one_error(["classical", str(scans), "-o", str(target)], code=2)  # click: a usage error
     assert "is a file" in err and target.read_text(encoding="utf-8") == "mine"
+
+
+def test_an_mhd_pointing_outside_its_folder_is_refused(tmp_path: Path) -> None:
+    import numpy as np
+    import SimpleITK as sitk
+
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    img = sitk.GetImageFromArray(np.zeros((8, 16, 16), np.int16))
+    sitk.WriteImage(img, str(outside / "x.mhd"))  # writes x.mhd + x.raw
+    folder = tmp_path / "in"
+    folder.mkdir()
+    header = (outside / "x.mhd").read_text(encoding="latin-1")
+    (folder / "y.mhd").write_text(header.replace("ElementDataFile = x.raw", "ElementDataFile = ../elsewhere/x.raw"),
+                                  encoding="latin-1")
+    before = _tree(tmp_path)
+    res = CliRunner().invoke(main, ["inspect", str(folder)])
+    assert res.exit_code == 1 and "outside its folder" in res.output and "Traceback" not in res.output
+    assert _tree(tmp_path) == before

@@ -171,6 +171,33 @@ def _direction3(direction: Sequence[float]) -> tuple[float, ...]:
     return tuple(float(v) for v in m.reshape(-1))
 
 
+def check_mhd_data_file(path: Path) -> None:
+    """Refuse a MetaImage header whose ``ElementDataFile`` lies outside the header's folder
+    (``..`` or an absolute path: a scan folder must not make medmtl read files elsewhere).
+
+    Raises:
+        ScanReadError: the data file escapes the folder.
+    """
+    if path.suffix.lower() != ".mhd":
+        return
+    try:
+        lines = path.read_text(encoding="latin-1", errors="replace").splitlines()[:200]
+    except OSError:
+        return  # SimpleITK reports the unreadable header
+    for line in lines:
+        key, _, value = line.partition("=")
+        if key.strip() != "ElementDataFile":
+            continue
+        value = value.strip()
+        if value.upper() in ("LOCAL", "LIST") or "%" in value:
+            return
+        target = (path.parent / value).resolve()
+        if not target.is_relative_to(path.parent.resolve()):
+            raise ScanReadError(f"scan file {path} points its ElementDataFile to '{value}', outside its folder; "
+                                "allowed: a data file next to the .mhd (or in a subfolder); move the data file")
+        return
+
+
 def read_itk_file(path: Path) -> RawVolume:
     """Read an ``.mha`` / ``.mhd`` / ``.nrrd`` file with SimpleITK (LPS geometry → RAS affine).
 
@@ -184,6 +211,7 @@ def read_itk_file(path: Path) -> RawVolume:
 
     from medmtl.io import coords
 
+    check_mhd_data_file(path)
     try:
         info = sitk.ImageFileReader()
         info.SetFileName(str(path))
