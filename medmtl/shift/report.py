@@ -103,6 +103,13 @@ def _bn_inputs(extractor: FeatureExtractor, scans: Sequence[Scan]) -> list[Any]:
     return [extractor.prepare(s) for s in scans]
 
 
+def _g_text(g: float) -> str:
+    """Hedges' g for the verdict text; the cap means the field is constant within each cohort."""
+    from medmtl.shift.fingerprint import G_CAP
+
+    return "constant within each cohort" if abs(g) >= G_CAP else f"g = {g:.2f}"
+
+
 def _details(kind: str, effects: list[dict[str, Any]], hu_rows: list[dict[str, Any]]) -> list[str]:
     """Sentences beside the verdict: the largest fingerprint differences, the HU check and, for an
     adaptable shift to a coarser or noisier acquisition, the re-simulation option."""
@@ -110,7 +117,7 @@ def _details(kind: str, effects: list[dict[str, Any]], hu_rows: list[dict[str, A
     big = sorted((e for e in effects if e["large"]), key=lambda e: -abs(e["hedges_g"]))[:4]
     if big:
         parts.append("Largest fingerprint differences (descriptive): " + ", ".join(
-            f"{e['field']} ({e['source_mean']:.3g} → {e['target_mean']:.3g}, g = {e['hedges_g']:.2f})" for e in big) + ".")
+            f"{e['field']} ({e['source_mean']:.3g} → {e['target_mean']:.3g}, {_g_text(e['hedges_g'])})" for e in big) + ".")
     tgt_hu = next((h for h in hu_rows if h["cohort"] == "target"), None)
     if tgt_hu and tgt_hu["n_flagged"]:
         parts.append(
