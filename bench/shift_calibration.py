@@ -1,7 +1,7 @@
 """Calibration of the shift verdict: false alarms on same-site splits, power against site B.
 
-``python -m bench.shift_calibration --out DIR [--pool 40] [--splits 200] [--sizes 4,6,8,12]
-[--n-permutations 500] [--seed 0] [--append-results]``
+``python -m bench.shift_calibration --out DIR [--pool 40] [--splits 200] [--power-splits 200]
+[--sizes 4,6,8,12] [--n-permutations 500] [--seed 0] [--append-results]``
 
 Fresh phantoms of the current generator are written once per pool (CT site A, CT site B,
 MRI; ``--pool`` scans each, seeds fixed per pool) and summarised once: pooled features of the
@@ -11,7 +11,7 @@ fingerprints. Then, for each size ``k`` scans per side:
 * **false alarms** — ``--splits`` random same-site splits per pool (``2k`` distinct scans, the
   first ``k`` as source): the share whose verdict (:func:`medmtl.shift.verdict.decide`) is
   not ``no_shift``;
-* **power** — ``--splits`` draws of ``k`` site-A and ``k`` site-B scans: the share flagged, and
+* **power** — ``--power-splits`` draws of ``k`` site-A and ``k`` site-B scans: the share flagged, and
   the share called ``outside_domain`` (site B is another scanner of the same body region:
   the right verdict is ``shift``).
 
@@ -85,8 +85,10 @@ def rate_row(kinds: Sequence[str], **info: Any) -> dict[str, Any]:
             "outside_domain": outside}
 
 
-def run_size(pools: dict[str, dict[str, Any]], k: int, splits: int, n_permutations: int, seed: int) -> list[dict[str, Any]]:
-    """False-alarm rows (per pool) and the power row against site B at ``k`` scans per side."""
+def run_size(pools: dict[str, dict[str, Any]], k: int, splits: int, n_permutations: int, seed: int,
+             power_splits: int) -> list[dict[str, Any]]:
+    """False-alarm rows (per pool, ``splits`` each) and the power row against site B (``power_splits``)
+    at ``k`` scans per side."""
     rng = np.random.default_rng(seed + k)
     rows = []
     for name, modality in (("ct_a", "CT"), ("ct_b", "CT"), ("mri", "MR")):
@@ -100,7 +102,7 @@ def run_size(pools: dict[str, dict[str, Any]], k: int, splits: int, n_permutatio
     a, b = pools["ct_a"], pools["ct_b"]
     kinds = [_verdict(a, b, rng.choice(len(a["features"]), k, replace=False),
                       rng.choice(len(b["features"]), k, replace=False), "CT", n_permutations, seed + s)
-             for s in range(splits)]
+             for s in range(power_splits)]
     rows.append(rate_row(kinds, kind="power", pool="ct_a vs ct_b", k=k))
     return rows
 
@@ -115,7 +117,8 @@ def markdown(res: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def run(out: Path, *, pool: int, splits: int, sizes: Sequence[int], n_permutations: int, seed: int) -> dict[str, Any]:
+def run(out: Path, *, pool: int, splits: int, sizes: Sequence[int], n_permutations: int, seed: int,
+        power_splits: int) -> dict[str, Any]:
     """Generate and summarise the pools, then run every size."""
     from medmtl import api
 
@@ -128,8 +131,8 @@ def run(out: Path, *, pool: int, splits: int, sizes: Sequence[int], n_permutatio
             api.generate_sample_data(out=folder, kind=kind, site=site, n=pool, seed=pseed, progress=True)
         pools[name] = summarise_pool(folder, "CT" if kind == "ct" else "MR", out / f"{name}_summary.json")
     t_pools = time.perf_counter() - t0
-    rows = [r for k in sizes for r in run_size(pools, k, splits, n_permutations, seed)]
-    res = {"pool": pool, "splits": splits, "sizes": list(sizes), "n_permutations": n_permutations, "seed": seed,
+    rows = [r for k in sizes for r in run_size(pools, k, splits, n_permutations, seed, power_splits)]
+    res = {"pool": pool, "splits": splits, "power_splits": power_splits, "sizes": list(sizes), "n_permutations": n_permutations, "seed": seed,
            "alpha": 0.05, "rows": rows, "seconds": {"pools": t_pools, "total": time.perf_counter() - t0}}
     (out / "results.json").write_text(json.dumps(res, indent=2), encoding="utf-8")
     (out / "results.md").write_text(markdown(res) + "\n", encoding="utf-8")
@@ -143,6 +146,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--pool", type=int, default=40, help="phantoms per pool (default 40)")
     p.add_argument("--splits", type=int, default=200, help="random splits per size and pool (default 200)")
     p.add_argument("--sizes", default="4,6,8,12", help="scans per side (default 4,6,8,12)")
+    p.add_argument("--power-splits", type=int, default=200, help="site A vs B draws per size (default 200)")
     p.add_argument("--n-permutations", type=int, default=500, help="relabellings per test (default 500)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--append-results", action="store_true", help="append a dated section to bench/RESULTS.md")
@@ -153,7 +157,7 @@ def main(argv: Sequence[str] | None = None) -> int:
               file=sys.stderr)
         return 2
     res = run(args.out, pool=args.pool, splits=args.splits, sizes=sizes, n_permutations=args.n_permutations,
-              seed=args.seed)
+              seed=args.seed, power_splits=args.power_splits)
     text = markdown(res)
     print(text)
     if args.append_results:
