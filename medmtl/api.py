@@ -214,6 +214,7 @@ def predict_folder(
     scan_ids: Sequence[str] | None = None,
     shard: tuple[int, int] | None = None,
     prefetch: int | None = None,
+    threshold: float | None = None,
 ) -> dict[str, Any]:
     """Detect lesions in every scan of a folder; writes ``predictions.csv`` / ``.json``.
 
@@ -235,6 +236,7 @@ def predict_folder(
             sorted scans and skip the merged tables (see :func:`merge_predictions`).
         prefetch: scans read and preprocessed ahead in parallel threads while the network
             runs (default: 1 on the CPU, half the CPU cores up to 8 on a GPU).
+        threshold: detection threshold in (0, 1) replacing the model card's (``None``: the card's).
 
     Returns:
         Summary dict: ``n_scans``, ``n_done``, ``n_skipped``, ``n_failed``, ``failures``,
@@ -264,6 +266,7 @@ def predict_folder(
         scan_ids=scan_ids,
         shard=shard,
         prefetch=prefetch,
+        threshold=threshold,
     )
 
 
@@ -437,7 +440,7 @@ def adapt(
     out: str | Path,
     seed: int = 0,
     source: str | Path | None = None,
-    device: str = "cpu",
+    device: str = "auto",
     steps: int | None = None,
     lr: float | None = None,
 ) -> Path:
@@ -452,7 +455,7 @@ def adapt(
         source: ``dann`` / ``resim``: labelled source scans (with ``annotations.csv``); default:
             the training data named in the checkpoint's card. ``adabn``: source-site scans (no
             labels) for the statistics-shift variant.
-        device: torch device of the adaptation (``cpu``, ``cuda``, ``cuda:N``).
+        device: torch device of the adaptation (``auto`` = CUDA if available, ``cpu``, ``cuda``, ``cuda:N``).
         steps: ``tent`` passes over the target patches / ``dann`` and ``resim`` optimisation
             steps (default: the method's own, see :mod:`medmtl.shift.adapt`).
         lr: ``tent`` / ``dann`` / ``resim`` Adam learning rate (default: the method's own).
@@ -461,6 +464,7 @@ def adapt(
         >>> adapt(checkpoint="runs/tiny/checkpoint", target="sample_data/ct_site_b",
         ...       method="adabn", out="runs/tiny/adabn")  # doctest: +SKIP
     """
+    from medmtl.engine.inference import resolve_device
     from medmtl.shift.adapt import run_adapt
 
     return run_adapt(
@@ -470,7 +474,7 @@ def adapt(
         out=Path(out),
         seed=seed,
         source=Path(source) if source is not None else None,
-        device=device,
+        device=str(resolve_device(device)),
         steps=steps,
         lr=lr,
     )

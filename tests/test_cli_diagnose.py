@@ -79,6 +79,9 @@ def test_another_modality_is_outside_the_training_domain(cohorts: dict[str, Path
     assert v["kind"] == "outside_domain" and v["shift"] and "labelled MR" in v["advice"]
     assert "The target is MR, the source CT." in v["text"] and report["tests"] == [] and report["mmd"] is None
     assert "Outside the training domain" in (out / "report.html").read_text(encoding="utf-8")
+    res = CliRunner().invoke(main, ["diagnose", "--source", str(cohorts["a"]), "--target", str(cohorts["mri"]),
+                                    "-o", str(tmp_path / "r2"), "--json"])
+    assert res.exit_code == 0 and json.loads(res.stdout)["verdict"]["kind"] == "outside_domain"
 
 
 def test_cohorts_too_small_to_reach_alpha_are_refused(cohorts: dict[str, Path], tmp_path: Path) -> None:

@@ -74,3 +74,23 @@ def test_malformed_predictions_give_one_error_line(tables: tuple[Path, Path], tm
     assert r.exit_code == 1
     assert r.output.startswith("Error: ") and message in r.output and r.output.count("\n") == 1
     assert not (tmp_path / "e" / "metrics.json").exists()
+
+
+def test_evaluate_json_carries_the_numbers_of_metrics_json(tmp_path: Path, sample_data: Path) -> None:
+    import json
+
+    from click.testing import CliRunner
+
+    from medmtl.cli import main
+
+    ann = sample_data / "ct_site_b" / "annotations.csv"
+    rows = [ln.split(",") for ln in ann.read_text(encoding="utf-8").splitlines()[1:]]
+    pred = tmp_path / "predictions.csv"
+    pred.write_text("seriesuid,coordX,coordY,coordZ,probability\n"
+                    + "".join(f"{r[0]},{r[1]},{r[2]},{r[3]},0.9\n" for r in rows), encoding="utf-8")
+    res = CliRunner().invoke(main, ["evaluate", "--predictions", str(pred), "--annotations", str(ann),
+                                    "-o", str(tmp_path / "e"), "--n-bootstrap", "20", "--json"])
+    assert res.exit_code == 0, res.output
+    printed = json.loads(res.stdout)
+    written = json.loads((tmp_path / "e" / "metrics.json").read_text(encoding="utf-8"))
+    assert printed["overall"]["cpm"]["value"] == written["overall"]["cpm"]["value"] == 1.0

@@ -65,3 +65,25 @@ def test_usage_and_device_errors(checkpoint: Path, sample_data: Path, tmp_path: 
     missing = runner.invoke(main, ["predict", "--checkpoint", str(tmp_path / "nope"), str(sample_data), "-o",
                                    str(tmp_path)])
     assert missing.exit_code == 2
+
+
+def test_json_and_threshold(tmp_path: Path, sample_data: Path, tiny_checkpoint: Path) -> None:
+    """``--json`` prints the summary with the numbers of the written tables; ``--threshold``
+    replaces the card's (and a rerun with another threshold is not skipped)."""
+    import csv
+
+    scans = tmp_path / "scans"
+    scans.mkdir()
+    (scans / "ct_b_0000.nii.gz").write_bytes((sample_data / "ct_site_b" / "ct_b_0000.nii.gz").read_bytes())
+    out = tmp_path / "out"
+    base = ["predict", "--checkpoint", str(tiny_checkpoint), str(scans), "-o", str(out), "--device", "cpu",
+            "--overlap", "0", "--json"]
+    res = CliRunner().invoke(main, [*base, "--threshold", "0.9"])
+    assert res.exit_code == 0, res.output
+    summary = json.loads(res.stdout)
+    rows = list(csv.DictReader(open(out / "predictions.csv", encoding="utf-8")))
+    assert summary["n_done"] == 1 and all(float(r["probability"]) >= 0.9 for r in rows)
+    record = json.loads((out / "predictions.json").read_text(encoding="utf-8"))
+    assert record["run"]["decode"]["threshold"] == 0.9
+    again = json.loads(CliRunner().invoke(main, [*base, "--threshold", "0.05"]).stdout)
+    assert again["n_done"] == 1 and again["n_skipped"] == 0  # another threshold: predicted again

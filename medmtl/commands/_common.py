@@ -31,3 +31,18 @@ def handle_errors(func: F) -> F:
             sys.exit(130)
 
     return wrapper  # type: ignore[return-value]
+
+
+def json_option(func: F) -> F:
+    """``--json``: print one summary object to stdout instead of the human-readable lines."""
+    return click.option("--json", "as_json", is_flag=True,
+                        help="Print one JSON summary object to stdout (the numbers of the written files).")(func)
+
+
+def echo_json(obj: Any) -> None:
+    """Print ``obj`` as one JSON object (paths and numpy numbers made plain)."""
+    import json
+
+    from medmtl.io.writers import _jsonable
+
+    click.echo(json.dumps(_jsonable(obj), default=str, allow_nan=True))

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import click
 
-from medmtl.commands._common import handle_errors
+from medmtl.commands._common import echo_json, handle_errors, json_option
 
 _DEVICE_HELP = "auto (CUDA if available, else CPU), cpu, cuda or cuda:N."
 
@@ -44,12 +44,15 @@ def _check_device(ctx: click.Context, param: click.Parameter, value: str) -> str
 @click.option("--prefetch", type=click.IntRange(min=1), default=None,
               help="Scans read and preprocessed ahead in parallel threads [default: 1 on CPU; on a GPU half "
                    "the CPU cores, at most 8].")
+@click.option("--threshold", type=click.FloatRange(0.0, 1.0, min_open=True, max_open=True), default=None,
+              help="Detection threshold replacing the model card's (a lower one lists more candidates).")
 @click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
+@json_option
 @handle_errors
 def predict_cmd(
     checkpoint: Path, input_dir: Path, out_dir: Path, device: str, amp: str, overlap: float,
     sw_batch_size: int, tta: bool, save_maps: bool, preview: bool, adapt: str, prefetch: int | None,
-    no_progress: bool,
+    threshold: float | None, no_progress: bool, as_json: bool,
 ) -> None:
     """Detect lesions in every scan of INPUT_DIR (lesions in LPS mm).
 
@@ -67,14 +70,17 @@ def predict_cmd(
     summary = api.predict_folder(
         checkpoint=checkpoint, input_dir=input_dir, out_dir=out_dir, device=device, amp=amp,
         overlap=overlap, sw_batch_size=sw_batch_size, tta=tta, save_maps=save_maps, preview=preview,
-        adapt=adapt, progress=not no_progress, prefetch=prefetch,
+        adapt=adapt, progress=not no_progress and not as_json, prefetch=prefetch, threshold=threshold,
     )
     t = summary["timings"]
-    click.echo(
-        f"{summary['n_done']} predicted, {summary['n_skipped']} already complete, {summary['n_failed']} failed"
-        f" ({t['scans_per_s']:.2f} scans/s on {summary['device']}, amp {summary['amp']}); "
-        f"tables in {out_dir}"
-    )
+    if as_json:
+        echo_json(summary)
+    else:
+        click.echo(
+            f"{summary['n_done']} predicted, {summary['n_skipped']} already complete, {summary['n_failed']} failed"
+            f" ({t['scans_per_s']:.2f} scans/s on {summary['device']}, amp {summary['amp']}); "
+            f"tables in {out_dir}"
+        )
     if summary["n_failed"]:
         total = summary["n_scans"] + sum(1 for f in summary["failures"] if f.get("stage") == "discovery")
         click.echo(
@@ -95,8 +101,10 @@ def predict_cmd(
 @click.option("--n-bootstrap", type=click.IntRange(min=0), default=1000, show_default=True,
               help="Bootstrap replicates for the 95% intervals (scans resampled).")
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="Bootstrap seed.")
+@json_option
 @handle_errors
-def evaluate_cmd(predictions: Path, annotations: Path, out_dir: Path, n_bootstrap: int, seed: int) -> None:
+def evaluate_cmd(predictions: Path, annotations: Path, out_dir: Path, n_bootstrap: int, seed: int,
+                 as_json: bool) -> None:
     """Score predictions: LUNA16 CPM/FROC, diameter MAE, malignancy AUC and calibration.
 
     \b
@@ -109,6 +117,9 @@ def evaluate_cmd(predictions: Path, annotations: Path, out_dir: Path, n_bootstra
     m = api.evaluate(predictions=predictions, annotations=annotations, out_dir=out_dir,
                      n_bootstrap=n_bootstrap, seed=seed)
     head = m["overall"]
+    if as_json:
+        echo_json(m)
+        return
 
     def fmt(key: str) -> str:
         v = head.get(key, {}).get("value")

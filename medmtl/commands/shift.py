@@ -10,7 +10,7 @@ from pathlib import Path
 import click
 
 from medmtl import api
-from medmtl.commands._common import handle_errors
+from medmtl.commands._common import echo_json, handle_errors, json_option
 
 _METHODS = tuple(api.list_adaptations())
 
@@ -28,9 +28,10 @@ _METHODS = tuple(api.list_adaptations())
 @click.option("--n-permutations", type=click.IntRange(min=1), default=1000, show_default=True,
               help="Permutations per test (>= 200 to reach p < 0.01).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Random seed.")
+@json_option
 @handle_errors
 def diagnose_cmd(source: Path, target: Path, out_dir: Path, checkpoint: Path | None, rank_encoders: bool,
-                 n_permutations: int, seed: int) -> None:
+                 n_permutations: int, seed: int, as_json: bool) -> None:
     """Measure domain shift between a source and a target cohort.
 
     \b
@@ -46,7 +47,12 @@ def diagnose_cmd(source: Path, target: Path, out_dir: Path, checkpoint: Path | N
     rep = api.diagnose(source=source, target=target, out_dir=out_dir, checkpoint=checkpoint,
                        rank_encoders=rank_encoders, n_permutations=n_permutations, seed=seed)
     verdict = rep["verdict"]
-    click.echo(f"{'SHIFT' if verdict['shift'] else 'no shift'}: {verdict['text']}")
+    if as_json:
+        echo_json({"verdict": verdict, "shift_test": rep.get("shift_test"), "report": str(Path(out_dir) / "report.html"),
+                   "source": rep["source"], "target": rep["target"]})
+        return
+    label = {"no_shift": "no shift", "shift": "SHIFT", "outside_domain": "OUTSIDE THE TRAINING DOMAIN"}
+    click.echo(f"{label.get(verdict.get('kind'), 'SHIFT' if verdict['shift'] else 'no shift')}: {verdict['text']}")
     click.echo(f"report: {Path(out_dir) / 'report.html'}")
 
 
@@ -64,13 +70,14 @@ def diagnose_cmd(source: Path, target: Path, out_dir: Path, checkpoint: Path | N
                    "adabn: source-site scans (no labels) to shift the BN statistics by the target - source "
                    "difference instead of replacing them.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Random seed.")
-@click.option("--device", default="cpu", show_default=True, help="cpu, cuda or cuda:N.")
+@click.option("--device", default="auto", show_default=True, help="auto (CUDA if available, else CPU), cpu, cuda or cuda:N.")
 @click.option("--steps", type=int, default=None,
               help="tent: passes over the target patches (default 1); dann / resim: optimisation steps (default 20 / 100).")
 @click.option("--lr", type=float, default=None, help="tent / dann / resim learning rate (default 1e-3 / 1e-4 / 1e-4).")
+@json_option
 @handle_errors
 def adapt_cmd(checkpoint: Path, target: Path, method: str, out: Path, source: Path | None, seed: int,
-              device: str, steps: int | None, lr: float | None) -> None:
+              device: str, steps: int | None, lr: float | None, as_json: bool) -> None:
     """Adapt a checkpoint to an unlabelled target site; writes a new checkpoint.
 
     \b
@@ -87,7 +94,11 @@ def adapt_cmd(checkpoint: Path, target: Path, method: str, out: Path, source: Pa
         raise click.UsageError("--steps and --lr are only used by --method tent, dann and resim")
     folder = api.adapt(checkpoint=checkpoint, target=target, method=method, out=out, seed=seed, source=source,
                        device=device, steps=steps, lr=lr)
-    click.echo(f"adapted checkpoint: {folder}")
+    if as_json:
+        record = api.read_card(checkpoint=folder).adaptation[-1]
+        echo_json({"checkpoint": str(folder), "adaptation": record.to_dict()})
+    else:
+        click.echo(f"adapted checkpoint: {folder}")
 
 
 COMMANDS: list[click.Command] = [diagnose_cmd, adapt_cmd]

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import click
 
-from medmtl.commands._common import handle_errors
+from medmtl.commands._common import echo_json, handle_errors, json_option
 
 
 @click.command("train")
@@ -22,6 +22,7 @@ from medmtl.commands._common import handle_errors
     help="YAML training config (see configs/ and configs/README.md).",
 )
 @click.option(
+    "-o",
     "--out",
     "out_dir",
     required=True,
@@ -37,8 +38,10 @@ from medmtl.commands._common import handle_errors
 )
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its last/ checkpoint.")
 @click.option("--overwrite", is_flag=True, help="Replace the medmtl files of an existing, non-empty run folder.")
+@json_option
 @handle_errors
-def train_cmd(config: Path, out_dir: Path, overrides: tuple[str, ...], resume: bool, overwrite: bool) -> None:
+def train_cmd(config: Path, out_dir: Path, overrides: tuple[str, ...], resume: bool, overwrite: bool,
+              as_json: bool) -> None:
     """Train the shared-backbone detection / size / malignancy model from a YAML config.
 
     Writes the resolved config, metrics.csv (per epoch: task losses and weights, LR, time,
@@ -59,7 +62,14 @@ def train_cmd(config: Path, out_dir: Path, overrides: tuple[str, ...], resume: b
     if resume and overwrite:
         raise ConfigError("--resume and --overwrite exclude each other; pass one of them")
     ckpt = api.train(config=config, out_dir=out_dir, overrides=list(overrides), resume=resume, overwrite=overwrite)
-    if os.environ.get("RANK", "0") == "0":
+    if os.environ.get("RANK", "0") != "0":
+        return
+    if as_json:
+        card = api.read_card(checkpoint=ckpt)
+        echo_json({"checkpoint": str(ckpt), "run": str(out_dir),
+                   "training": card.training.to_dict() if card.training is not None else None,
+                   "decode": card.decode.to_dict()})
+    else:
         click.echo(f"checkpoint: {ckpt}")
 
 

@@ -119,6 +119,7 @@ def predict_folder(
     scan_ids: Sequence[str] | None = None,
     shard: tuple[int, int] | None = None,
     prefetch: int | None = None,
+    threshold: float | None = None,
 ) -> dict[str, Any]:
     """Detect lesions in every scan of a folder (see :func:`medmtl.api.predict_folder`).
 
@@ -144,6 +145,7 @@ def predict_folder(
             compete with the network, up to 8 on a GPU, where reading and decompressing the
             scans is the bottleneck). Decoding and writing run in one more thread, so the
             accelerator only waits for the network.
+        threshold: detection threshold replacing the card's (``None``: the card's).
 
     Returns:
         Summary: ``n_scans``, ``n_done``, ``n_skipped`` (already complete), ``n_failed``,
@@ -160,13 +162,14 @@ def predict_folder(
     all_refs, skipped = discover(Path(input_dir), scan_ids)
     refs = shard_refs(all_refs, shard)
     predictor = Predictor.from_checkpoint(
-        checkpoint, device=device, amp=amp, overlap=overlap, sw_batch_size=sw_batch_size, tta=tta
+        checkpoint, device=device, amp=amp, overlap=overlap, sw_batch_size=sw_batch_size, tta=tta,
+        decode_overrides={"threshold": threshold} if threshold is not None else None,
     )
     out_dir = Path(out_dir)
     # one process per output folder (sharded ranks share theirs by design and skip the lock)
     with pio.output_lock(out_dir) if shard is None else contextlib.nullcontext():
         (out_dir / "scans").mkdir(parents=True, exist_ok=True)
-        resume = pio.resume_key(predictor.card, adapt)  # adapted BN / harmonisation change results too
+        resume = pio.resume_key(predictor.card, adapt, predictor.decode)  # adaptation, harmonisation, --threshold
         pending = [r for r in refs if not pio.is_complete(out_dir, r.scan_id, predictor.weights_sha256,
                                                            need_maps=save_maps, need_previews=preview, resume=resume)]
         shift_info = None

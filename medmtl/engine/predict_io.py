@@ -32,6 +32,7 @@ from medmtl.io.writers import atomic_write_csv, atomic_write_json, save_nifti
 
 if TYPE_CHECKING:  # pragma: no cover
     from medmtl.engine.card import ModelCard
+    from medmtl.engine.decode import DecodeSettings
 
 log = logging.getLogger(__name__)
 
@@ -148,17 +149,21 @@ def check_output_folder(input_dir: Path, out_dir: Path) -> None:
                           f"'{input_dir}'; a rerun would read its own outputs as scans — choose -o outside '{input_dir}'")
 
 
-def resume_key(card: ModelCard, adapt: str) -> str:
+def resume_key(card: ModelCard, adapt: str, decode: DecodeSettings | None = None) -> str:
     """Hash of what, besides the weights, changes a scan's predictions: the card's
-    ``adaptation`` and ``harmonisation`` records and the ``--adapt`` mode (SHA-256, 16 hex).
+    ``adaptation`` and ``harmonisation`` records, the ``--adapt`` mode and decode settings that
+    differ from the card's (``--threshold``) (SHA-256, 16 hex).
 
     A rerun reuses a scan's record only when this key matches too (see :func:`is_complete`).
     """
     from medmtl.io.hashing import sha256_bytes
 
-    state = {"weights_sha256": card.weights_sha256, "adaptation": [a.to_dict() for a in card.adaptation],
-             "harmonisation": card.harmonisation.to_dict() if card.harmonisation is not None else None,
-             "adapt": adapt}
+    state: dict[str, Any] = {"weights_sha256": card.weights_sha256,
+                             "adaptation": [a.to_dict() for a in card.adaptation],
+                             "harmonisation": card.harmonisation.to_dict() if card.harmonisation is not None else None,
+                             "adapt": adapt}
+    if decode is not None and decode != card.decode:  # e.g. --threshold: other lesions
+        state["decode"] = decode.to_dict()
     return sha256_bytes(json.dumps(state, sort_keys=True, default=str).encode())[:16]
 
 
