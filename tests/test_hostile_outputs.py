@@ -286,3 +286,57 @@ def test_an_mhd_pointing_outside_its_folder_is_refused(tmp_path: Path) -> None:
     res = CliRunner().invoke(main, ["inspect", str(folder)])
     assert res.exit_code == 1 and "outside its folder" in res.output and "Traceback" not in res.output
     assert _tree(tmp_path) == before
+
+
+# --------------------------------------------------------------------------- other processes
+def _medmtl(*args: str, **kw) -> "subprocess.Popen[str]":  # type: ignore[name-defined]  # noqa: F821
+    import subprocess
+    import sys
+
+    return subprocess.Popen([sys.executable, "-m", "medmtl.cli", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, **kw)
+
+
+def test_a_second_process_into_a_locked_folder_is_refused(tmp_path: Path, tiny_checkpoint: Path) -> None:
+    """Another process holds the output folder's lock: ``medmtl predict`` into it fails with one line."""
+    from medmtl.engine import predict_io as pio
+
+    scans = _copy_scans(tmp_path)
+    (scans / "predictions.csv").unlink()
+    out = tmp_path / "preds"
+    with pio.output_lock(out):
+        proc = _medmtl("predict", "--checkpoint", str(tiny_checkpoint), str(scans), "-o", str(out),
+                       "--device", "cpu", "--no-progress")
+        _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 1, err
+    errors = [ln for ln in err.splitlines() if ln.startswith("Error:")]
+    assert len(errors) == 1 and "another medmtl process is writing into" in errors[0] and "Traceback" not in err
+    assert not (out / "predictions.csv").exists()
+
+
+def test_prediction_killed_mid_batch_resumes_to_the_same_tables(tmp_path: Path, tiny_checkpoint: Path,
+                                                                sample_data: Path) -> None:
+    """kill -9 after the first scan record; the rerun predicts only the rest and the tables equal an
+    uninterrupted run's."""
+    import signal
+    import time
+
+    args = ["predict", "--checkpoint", str(tiny_checkpoint), str(sample_data / "ct_site_b"), "--device", "cpu",
+            "--overlap", "0", "--no-progress"]
+    whole = _medmtl(*args, "-o", str(tmp_path / "whole"))
+    assert whole.wait(timeout=600) == 0
+    killed = tmp_path / "killed"
+    proc = _medmtl(*args, "-o", str(killed))
+    deadline = time.time() + 300
+    while time.time() < deadline and not list((killed / "scans").glob("*.json")) and proc.poll() is None:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=60)
+    done_before = len(list((killed / "scans").glob("*.json")))
+    assert 1 <= done_before < 8, done_before  # killed mid-batch
+    rerun = _medmtl(*args, "-o", str(killed))
+    out, _ = rerun.communicate(timeout=600)
+    assert rerun.returncode == 0
+    assert f"{8 - done_before} predicted, {done_before} already complete" in out, (done_before, out)
+    assert (killed / "predictions.csv").read_bytes() == (tmp_path / "whole" / "predictions.csv").read_bytes()
+    assert not list(killed.rglob(".*.tmp*"))  # no temporary file left behind
