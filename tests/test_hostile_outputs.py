@@ -6,6 +6,8 @@ from __future__ import annotations
 import hashlib
 import os
 import stat
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -289,10 +291,7 @@ def test_an_mhd_pointing_outside_its_folder_is_refused(tmp_path: Path) -> None:
 
 
 # --------------------------------------------------------------------------- other processes
-def _medmtl(*args: str, **kw) -> "subprocess.Popen[str]":  # type: ignore[name-defined]  # noqa: F821
-    import subprocess
-    import sys
-
+def _medmtl(*args: str, **kw) -> subprocess.Popen[str]:
     return subprocess.Popen([sys.executable, "-m", "medmtl.cli", *args], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, **kw)
 
