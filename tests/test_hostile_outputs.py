@@ -339,3 +339,24 @@ def test_prediction_killed_mid_batch_resumes_to_the_same_tables(tmp_path: Path, 
     assert f"{8 - done_before} predicted, {done_before} already complete" in out, (done_before, out)
     assert (killed / "predictions.csv").read_bytes() == (tmp_path / "whole" / "predictions.csv").read_bytes()
     assert not list(killed.rglob(".*.tmp*"))  # no temporary file left behind
+
+
+def test_training_killed_before_its_first_epoch_reruns(tmp_path: Path, tiny_overrides: list[str]) -> None:
+    """kill -9 after the run header is written but before an epoch ends; a plain rerun trains."""
+    import signal
+    import time
+
+    run = tmp_path / "run"
+    args = ["train", "--config", str(REPO / "configs" / "tiny.yaml"), "--out", str(run),
+            *[a for o in tiny_overrides for a in ("--set", o)]]
+    proc = _medmtl(*args)
+    deadline = time.time() + 300
+    while time.time() < deadline and not (run / "config.yaml").exists() and proc.poll() is None:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=60)
+    assert (run / "config.yaml").exists() and not (run / "last").exists()
+    rerun = _medmtl(*args)
+    out, err = rerun.communicate(timeout=900)
+    assert rerun.returncode == 0, err
+    assert (run / "checkpoint" / "model_card.json").is_file() and "never finished an epoch" in err
