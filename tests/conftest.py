@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import signal
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -73,3 +75,27 @@ def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory, tiny_overrides: li
 
     run = tmp_path_factory.mktemp("tiny_run") / "run"
     return api.train(config=REPO / "configs" / "tiny.yaml", out_dir=run, overrides=tiny_overrides)
+
+
+#: Seconds a case of the hostile-input corpus (modules that set ``HOSTILE_CASES = True``) may take
+#: before it counts as a hang (issue #13: "a time limit (no hang)").
+HOSTILE_TIME_LIMIT_S = 240
+
+
+@pytest.fixture(autouse=True)
+def hostile_time_limit(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Fail a hostile-input case that runs past :data:`HOSTILE_TIME_LIMIT_S` instead of blocking the suite."""
+    if not getattr(request.module, "HOSTILE_CASES", False):
+        yield
+        return
+
+    def _hang(signum: int, frame: object) -> None:
+        raise TimeoutError(f"hostile-input case exceeded {HOSTILE_TIME_LIMIT_S} s (a hang?)")
+
+    previous = signal.signal(signal.SIGALRM, _hang)
+    signal.alarm(HOSTILE_TIME_LIMIT_S)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)

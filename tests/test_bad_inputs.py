@@ -17,6 +17,9 @@ from click.testing import CliRunner
 
 from medmtl.cli import main
 
+#: every case of this module runs under the hostile-input time limit (tests/conftest.py)
+HOSTILE_CASES = True
+
 _spec = importlib.util.spec_from_file_location("medmtl_tests_dicom_helpers_bad", Path(__file__).parent / "io" / "dicom_helpers.py")
 assert _spec is not None and _spec.loader is not None
 dicom_helpers = importlib.util.module_from_spec(_spec)

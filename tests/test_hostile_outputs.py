@@ -15,6 +15,9 @@ from click.testing import CliRunner
 
 from medmtl.cli import main
 
+#: every case of this module runs under the hostile-input time limit (tests/conftest.py)
+HOSTILE_CASES = True
+
 REPO = Path(__file__).resolve().parents[1]
 
 

@@ -20,7 +20,15 @@ from medmtl.cli import main
 from medmtl.engine.card import CARD_VERSION, ModelCard, migrate_card
 from medmtl.errors import CheckpointError
 
+#: every case of this module runs under the hostile-input time limit (tests/conftest.py)
+HOSTILE_CASES = True
+
 V01 = Path(__file__).parent / "cards" / "model_card_v0_1.json"
+
+
+def _tree(root: Path) -> dict[str, float]:
+    """Relative path → modification time and size of everything under ``root`` (cheap change check)."""
+    return {str(p.relative_to(root)): (p.stat().st_mtime_ns, p.stat().st_size) for p in sorted(root.rglob("*"))}
 
 
 def _v01() -> dict[str, Any]:
@@ -148,8 +156,10 @@ def test_invalid_card_is_one_cli_error_and_writes_nothing(
     mutate(d)
     (ckpt / "model_card.json").write_text(json.dumps(d), encoding="utf-8")
     out = tmp_path / "out"
+    before = _tree(tmp_path), _tree(sample_data / "ct_site_b")
     res = CliRunner().invoke(main, ["predict", "--checkpoint", str(ckpt), str(sample_data / "ct_site_b"), "-o",
                                     str(out), "--device", "cpu", "--no-progress"])
+    assert (_tree(tmp_path), _tree(sample_data / "ct_site_b")) == before  # nothing written, nothing changed
     assert res.exit_code == 1, res.output
     lines = [ln for ln in res.output.splitlines() if ln.strip()]
     assert len(lines) == 1 and lines[0].startswith("Error: ") and "model_card.json" in lines[0], res.output
