@@ -173,8 +173,8 @@ def domain_shift() -> nbformat.NotebookNode:
             '    ann = pd.read_csv(src / "annotations.csv")\n'
             '    ann[ann["seriesuid"].isin(ids)].to_csv(dst / "annotations.csv", index=False)\n'
             '    return dst\n\n'
-            'if FAST:  # smoke test: 3 scans per site\n'
-            '    SITE_A, SITE_B = first_scans(SITE_A, 3, OUT / "site_a"), first_scans(SITE_B, 3, OUT / "site_b")\n'
+            'if FAST:  # smoke test: 4 scans per site, the smallest split the shift test can decide\n'
+            '    SITE_A, SITE_B = first_scans(SITE_A, 4, OUT / "site_a"), first_scans(SITE_B, 4, OUT / "site_b")\n'
             'print(SITE_A, SITE_B)'
         ),
         new_markdown_cell("## 1. Diagnose site A vs site B"),
@@ -259,8 +259,8 @@ def transfer_mtl() -> nbformat.NotebookNode:
             '    "scratch, fixed": ["model.pretrained=false", "weighting.name=fixed"],\n'
             '    "ImageNet, uncertainty": ["model.pretrained=true", "weighting.name=uncertainty"],\n'
             '}\n'
-            'ids = sorted(pd.read_csv(SITE_A / "annotations.csv")["seriesuid"].unique())\n'
-            'train_ids, val_ids, test_ids = ids[:-4], ids[-4:-2], ids[-2:]\n'
+            'ids = sorted(p.name.removesuffix(".nii.gz") for p in SITE_A.glob("*.nii.gz"))  # every scan, with or without lesions\n'
+            'train_ids, val_ids, test_ids = ids[:-3], ids[-3:-2], ids[-2:]\n'
             'if FAST:  # smoke test: 2 training scans, 1 validation and 1 test scan\n'
             '    train_ids, val_ids, test_ids = train_ids[:2], val_ids[:1], test_ids[:1]\n'
             'ann = pd.read_csv(SITE_A / "annotations.csv")\n'
