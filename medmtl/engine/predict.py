@@ -6,6 +6,10 @@ read and preprocess the next ones (``prefetch``) and another decodes and writes 
 record is complete for the same weights. A scan that fails is recorded with its reason and
 the batch goes on. At the end the records are merged into ``predictions.csv``,
 ``predictions.json`` and ``failures.json`` (see :mod:`medmtl.engine.predict_io`).
+
+A rerun with nothing left to predict is decided from the records before the model is loaded
+(:func:`_noop_rerun`): on ``device="cpu"`` it imports neither torch nor MONAI. This module
+imports torch only when a scan is predicted.
 """
 
 from __future__ import annotations
@@ -17,13 +21,16 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from medmtl.engine import predict_io as pio
-from medmtl.engine.inference import Predictor, PreparedScan, ScanPrediction
 from medmtl.errors import ConfigError, MedmtlError
 from medmtl.io.types import ScanRef, Skipped
+
+if TYPE_CHECKING:  # pragma: no cover
+    from medmtl.engine.inference import Predictor, PreparedScan, ScanPrediction
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +89,7 @@ def _discovery_failures(skipped: Sequence[Skipped]) -> list[dict[str, Any]]:
 #: The drift gate of ``adapt="auto"``: given the predictor and the scans still to predict, it
 #: returns the predictor to use (e.g. with BN statistics adapted) and what it did. Supplied by
 #: :func:`medmtl.api.predict_folder` (``medmtl.shift.gate``), so the engine never imports ``shift``.
-Gate = Callable[[Predictor, Sequence[ScanRef]], tuple[Predictor, dict[str, Any]]]
+Gate = Callable[["Predictor", Sequence[ScanRef]], tuple["Predictor", dict[str, Any]]]
 
 
 def _check_options(adapt: str, prefetch: int | None, gate: Gate | None) -> None:
@@ -161,27 +168,134 @@ def predict_folder(
     pio.check_output_folder(Path(input_dir), Path(out_dir))
     all_refs, skipped = discover(Path(input_dir), scan_ids)
     refs = shard_refs(all_refs, shard)
+    opts = _Options(checkpoint=Path(checkpoint), out_dir=Path(out_dir), device=device, amp=amp, overlap=overlap,
+                    sw_batch_size=sw_batch_size, tta=tta, save_maps=save_maps, preview=preview, adapt=adapt,
+                    threshold=threshold, shard=shard, stamp=pio.resume_stamp(Path(checkpoint), adapt, threshold))
+    done = _noop_rerun(opts, refs, skipped, t_start)
+    if done is not None:
+        return done
+    return _predict(opts, refs, skipped, gate=gate, prefetch=prefetch, progress=progress, t_start=t_start)
+
+
+@dataclass(frozen=True)
+class _Options:
+    """The options of one :func:`predict_folder` call that the records and the provenance depend on."""
+
+    checkpoint: Path
+    out_dir: Path
+    device: str
+    amp: str
+    overlap: float
+    sw_batch_size: int
+    tta: bool
+    save_maps: bool
+    preview: bool
+    adapt: str
+    threshold: float | None
+    shard: tuple[int, int] | None
+    stamp: str | None  # :func:`medmtl.engine.predict_io.resume_stamp`; None when the card is unreadable
+
+    def lock(self) -> contextlib.AbstractContextManager[None]:
+        """One process per output folder (sharded ranks share theirs by design and skip the lock)."""
+        return pio.output_lock(self.out_dir) if self.shard is None else contextlib.nullcontext()
+
+
+@dataclass
+class _Run:
+    """What one call did, for its summary."""
+
+    out_dir: Path
+    provenance: dict[str, Any]
+    device: str
+    amp: str
+    failures: list[dict[str, Any]] = field(default_factory=list)
+    n_done: int = 0
+    totals: dict[str, float] = field(default_factory=lambda: dict.fromkeys(STAGES, 0.0))
+
+
+def _predict(opts: _Options, refs: Sequence[ScanRef], skipped: Sequence[Skipped], *, gate: Gate | None,
+             prefetch: int | None, progress: bool, t_start: float) -> dict[str, Any]:
+    """Load the model, skip the complete scans, predict the others and merge (see :func:`predict_folder`)."""
+    from medmtl.engine.inference import Predictor
+
     predictor = Predictor.from_checkpoint(
-        checkpoint, device=device, amp=amp, overlap=overlap, sw_batch_size=sw_batch_size, tta=tta,
-        decode_overrides={"threshold": threshold} if threshold is not None else None,
+        opts.checkpoint, device=opts.device, amp=opts.amp, overlap=opts.overlap, sw_batch_size=opts.sw_batch_size,
+        tta=opts.tta, decode_overrides={"threshold": opts.threshold} if opts.threshold is not None else None,
     )
-    out_dir = Path(out_dir)
-    # one process per output folder (sharded ranks share theirs by design and skip the lock)
-    with pio.output_lock(out_dir) if shard is None else contextlib.nullcontext():
+    out_dir = opts.out_dir
+    with opts.lock():
         (out_dir / "scans").mkdir(parents=True, exist_ok=True)
-        resume = pio.resume_key(predictor.card, adapt, predictor.decode)  # adaptation, harmonisation, --threshold
+        resume = pio.resume_key(predictor.card, opts.adapt, predictor.decode)  # adaptation, harmonisation, --threshold
         pending = [r for r in refs if not pio.is_complete(out_dir, r.scan_id, predictor.weights_sha256,
-                                                           need_maps=save_maps, need_previews=preview, resume=resume)]
+                                                           need_maps=opts.save_maps, need_previews=opts.preview,
+                                                           resume=resume)]
         shift_info = None
-        if pending and adapt == "auto" and gate is not None:
+        if pending and opts.adapt == "auto" and gate is not None:
             predictor, shift_info = gate(predictor, pending)
-        provenance = _provenance(predictor, checkpoint, resume, shift_info, shard)
-        batch = _Batch(out_dir, predictor, provenance, save_maps=save_maps, preview=preview)
+        provenance = _provenance(predictor, opts, resume, shift_info)
+        batch = _Batch(out_dir, predictor, provenance, save_maps=opts.save_maps, preview=opts.preview)
         batch.run(pending, prefetch if prefetch is not None else default_prefetch(str(predictor.device)), progress)
-        return _summary(batch, refs, skipped, shard, n_skipped=len(refs) - len(pending), t_start=t_start)
+        return _summary(batch.outcome(), refs, skipped, opts.shard, n_skipped=len(refs) - len(pending),
+                        t_start=t_start)
 
 
-def _summary(batch: _Batch, refs: Sequence[ScanRef], skipped: Sequence[Skipped], shard: tuple[int, int] | None,
+#: :func:`medmtl.engine.inference.resolve_amp` on the CPU, without importing torch (a test holds
+#: the two together).
+CPU_AMP = {"auto": "off", "bf16": "bf16", "fp16": "fp16", "off": "off"}
+
+
+def _device_and_amp(device: str, amp: str) -> tuple[str, str] | None:
+    """``(device, amp)`` as :class:`~medmtl.engine.inference.Predictor` resolves them; torch is
+    imported only for a device other than ``cpu`` (to ask for CUDA). ``None``: an invalid ``amp``
+    (loading the predictor reports it).
+
+    Raises:
+        ConfigError: CUDA asked for where there is none (as the predictor says).
+    """
+    if device.strip().lower() == "cpu":
+        return ("cpu", CPU_AMP[amp]) if amp in CPU_AMP else None
+    # torch alone: no model, no MONAI
+    from medmtl.engine.inference import AMP_CHOICES, resolve_amp, resolve_device
+
+    if amp not in AMP_CHOICES:
+        return None
+    dev = resolve_device(device)
+    return str(dev), resolve_amp(amp, dev)
+
+
+def _noop_rerun(opts: _Options, refs: Sequence[ScanRef], skipped: Sequence[Skipped],
+                t_start: float) -> dict[str, Any] | None:
+    """The summary of a rerun that has nothing to predict, decided from the records alone.
+
+    A complete record written under the same :func:`~medmtl.engine.predict_io.resume_stamp`
+    gives the weights hash and resume key that loading the card would give; when the weights
+    file still has that hash and every scan is complete for them
+    (:func:`~medmtl.engine.predict_io.is_complete`, unchanged), the tables are merged with the
+    provenance a full call writes, and the model is never loaded. ``None`` when a scan must be
+    predicted or the records cannot tell (no stamped record, e.g. one written by an older
+    medmtl; a changed card, ``--adapt`` or ``--threshold``; changed weights; an invalid option):
+    the full path then decides, and reports any error.
+    """
+    if opts.stamp is None or not refs or not (0.0 <= opts.overlap < 1.0 and opts.sw_batch_size >= 1):
+        return None
+    known = pio.stamped_provenance(opts.out_dir, [r.scan_id for r in refs], opts.stamp)
+    if known is None or not pio.weights_match(opts.checkpoint, known["weights_sha256"]):
+        return None
+    resolved = _device_and_amp(opts.device, opts.amp)
+    if resolved is None:
+        return None
+    with opts.lock():
+        if not all(pio.is_complete(opts.out_dir, r.scan_id, known["weights_sha256"], need_maps=opts.save_maps,
+                                   need_previews=opts.preview, resume=known["resume_key"]) for r in refs):
+            return None
+        provenance = _run_provenance(opts, weights_sha256=known["weights_sha256"], resume=known["resume_key"],
+                                     device=resolved[0], amp=resolved[1], decode=known.get("decode"),
+                                     adaptation=known.get("adaptation_in_card"), shift=None)
+        run = _Run(opts.out_dir, provenance, device=resolved[0], amp=resolved[1])
+        return _summary(run, refs, skipped, opts.shard, n_skipped=len(refs), t_start=t_start)
+
+
+def _summary(batch: _Run, refs: Sequence[ScanRef], skipped: Sequence[Skipped], shard: tuple[int, int] | None,
              *, n_skipped: int, t_start: float) -> dict[str, Any]:
     """Merge the records into the final tables (unless sharded) and summarise the call."""
     failures = list(batch.failures)
@@ -199,29 +313,37 @@ def _summary(batch: _Batch, refs: Sequence[ScanRef], skipped: Sequence[Skipped],
         "n_scans": len(refs), "n_done": n_done, "n_skipped": n_skipped, "n_failed": len(failures),
         "failures": failures, "outputs": outputs,
         "timings": {**batch.totals, "wall_s": wall, "scans_per_s": n_done / wall if wall > 0 and n_done else 0.0},
-        "device": str(batch.predictor.device), "amp": batch.predictor.amp,
+        "device": batch.device, "amp": batch.amp,
     }
 
 
-def _provenance(predictor: Predictor, checkpoint: Path, resume: str, shift_info: dict[str, Any] | None,
-                shard: tuple[int, int] | None) -> dict[str, Any]:
+def _provenance(predictor: Predictor, opts: _Options, resume: str, shift_info: dict[str, Any] | None) -> dict[str, Any]:
     """The call record written into every scan record and ``predictions.json``."""
+    return _run_provenance(opts, weights_sha256=predictor.weights_sha256, resume=resume, device=str(predictor.device),
+                           amp=predictor.amp, decode=predictor.decode.to_dict(),
+                           adaptation=[a.to_dict() for a in predictor.card.adaptation], shift=shift_info)
+
+
+def _run_provenance(opts: _Options, *, weights_sha256: str, resume: str, device: str, amp: str, decode: Any,
+                    adaptation: Any, shift: dict[str, Any] | None) -> dict[str, Any]:
+    """The call record from plain values (a full call and :func:`_noop_rerun` write the same one)."""
     from medmtl import __version__
 
     return {
         "medmtl_version": __version__,
-        "checkpoint": str(checkpoint),
-        "weights_sha256": predictor.weights_sha256,
+        "checkpoint": str(opts.checkpoint),
+        "weights_sha256": weights_sha256,
         "resume_key": resume,
-        "device": str(predictor.device),
-        "amp": predictor.amp,
-        "tta": predictor.tta,
-        "overlap": predictor.overlap,
-        "sw_batch_size": predictor.sw_batch_size,
-        "decode": predictor.decode.to_dict(),
-        "adaptation_in_card": [a.to_dict() for a in predictor.card.adaptation],
-        "shift": shift_info,
-        "shard": list(shard) if shard is not None else None,
+        "resume_stamp": opts.stamp,
+        "device": device,
+        "amp": amp,
+        "tta": bool(opts.tta),
+        "overlap": float(opts.overlap),
+        "sw_batch_size": int(opts.sw_batch_size),
+        "decode": decode,
+        "adaptation_in_card": adaptation,
+        "shift": shift,
+        "shard": list(opts.shard) if opts.shard is not None else None,
     }
 
 
@@ -238,6 +360,11 @@ class _Batch:
         self.failures: list[dict[str, Any]] = []
         self.n_done = 0
         self._posts: deque[tuple[ScanRef, Future[dict[str, float]]]] = deque()
+
+    def outcome(self) -> _Run:
+        """What the batch did, for the call's summary."""
+        return _Run(self.out_dir, self.provenance, str(self.predictor.device), self.predictor.amp,
+                    self.failures, self.n_done, self.totals)
 
     def load(self, ref: ScanRef) -> PreparedScan:
         """Read and preprocess one scan (prefetch thread)."""

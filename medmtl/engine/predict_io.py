@@ -11,6 +11,11 @@ Layout of ``out_dir``::
 A scan is *complete* when its record exists with ``status == "complete"``, the same weights
 SHA-256, the same adaptation state (:func:`resume_key`: the card's adaptation and
 harmonisation records and the ``--adapt`` mode) and every output file it lists; a rerun skips it.
+
+Every record also carries the call's :func:`resume_stamp` (a hash of the card file's bytes and
+the options that fix the resume key), so a rerun can learn its weights hash and resume key from
+an earlier record (:func:`stamped_provenance`) and check completeness without loading the model.
+This module imports neither torch nor MONAI at import time (torch only inside :func:`world_maps`).
 """
 
 from __future__ import annotations
@@ -24,13 +29,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
 from medmtl.io import coords
+from medmtl.io.outputs import check_outputs, record_outputs
 from medmtl.io.types import Detection
 from medmtl.io.writers import atomic_write_csv, atomic_write_json, save_nifti
 
 if TYPE_CHECKING:  # pragma: no cover
+    import torch
+
     from medmtl.engine.card import ModelCard
     from medmtl.engine.decode import DecodeSettings
 
@@ -60,6 +67,8 @@ def safe_name(scan_id: str) -> str:
 
 #: Lock file of an output folder (hidden), held while one process writes into it.
 LOCK_FILE = ".medmtl.lock"
+#: What a prediction run writes into its output folder (recorded before writing: medmtl.io.outputs).
+OUTPUT_NAMES = ("predictions.csv", "predictions.json", "failures.json", "scans/", "maps/", "previews/")
 
 
 @contextlib.contextmanager
@@ -89,6 +98,7 @@ def output_lock(out_dir: Path) -> Iterator[None]:
         except BlockingIOError:
             raise ConfigError(f"another medmtl process is writing into '{out_dir}' (it holds {LOCK_FILE}); wait "
                               "for it to finish or choose another -o") from None
+        record_outputs(out_dir, OUTPUT_NAMES)  # before any output is written (checked by check_output_folder)
         for folder in (out_dir, out_dir / "scans", out_dir / "maps", out_dir / "previews"):
             for stale in folder.glob(".*.tmp*") if folder.is_dir() else ():
                 if stale.is_file():
@@ -133,13 +143,15 @@ def load_record(path: Path) -> dict[str, Any] | None:
 
 
 def check_output_folder(input_dir: Path, out_dir: Path) -> None:
-    """Refuse an output folder that is the input folder or lies inside it.
+    """Refuse an output folder that is the input folder or lies inside it, or one that holds a
+    file medmtl would replace but did not write (see :mod:`medmtl.io.outputs`).
 
     Writing there would put medmtl's tables beside (or over) the user's own files, and a rerun
     would discover its own NIfTI maps as scans.
 
     Raises:
-        ConfigError: ``out_dir`` equals ``input_dir`` or is below it.
+        ConfigError: ``out_dir`` equals ``input_dir`` or is below it, or holds a foreign
+            ``predictions.csv`` (or another :data:`OUTPUT_NAMES` entry).
     """
     from medmtl.errors import ConfigError
 
@@ -147,6 +159,7 @@ def check_output_folder(input_dir: Path, out_dir: Path) -> None:
     if out == inp or inp in out.parents:
         raise ConfigError(f"output folder '{out_dir}' is {'the input folder' if out == inp else 'inside the input folder'} "
                           f"'{input_dir}'; a rerun would read its own outputs as scans — choose -o outside '{input_dir}'")
+    check_outputs(Path(out_dir), OUTPUT_NAMES)
 
 
 def resume_key(card: ModelCard, adapt: str, decode: DecodeSettings | None = None) -> str:
@@ -187,9 +200,66 @@ def is_complete(out_dir: Path, scan_id: str, weights_sha256: str, *, need_maps: 
     return all((out_dir / f).is_file() for f in files)
 
 
+def resume_stamp(checkpoint: Path, adapt: str, threshold: float | None) -> str | None:
+    """A cheap key of what fixes a call's :func:`resume_key` and weights hash (SHA-256, 16 hex).
+
+    It hashes the bytes of the checkpoint's ``model_card.json`` (the card holds the weights
+    hash, the adaptation and harmonisation records and the decode settings), the ``--adapt``
+    mode, the ``--threshold`` override (type and value) and the medmtl version — without
+    reading the card into a :class:`~medmtl.engine.card.ModelCard` (which imports torch and
+    MONAI). Calls with the same stamp have the same resume key, so a record written under this
+    stamp tells a rerun its weights hash and resume key (:func:`stamped_provenance`). A
+    different stamp only means the rerun loads the model to find out.
+
+    Returns:
+        The stamp, or ``None`` when the card file cannot be read (loading the checkpoint then
+        reports the problem).
+    """
+    from medmtl import __version__
+    from medmtl.engine.checkpoint import CARD_FILE
+    from medmtl.io.hashing import sha256_bytes, sha256_file
+
+    try:
+        card_sha256 = sha256_file(Path(checkpoint) / CARD_FILE)
+    except OSError:
+        return None
+    state = {"card_sha256": card_sha256, "adapt": adapt, "threshold": threshold, "medmtl_version": __version__}
+    # ``repr`` for anything JSON has no type for (a numpy float threshold stamps apart from a float)
+    return sha256_bytes(json.dumps(state, sort_keys=True, default=repr).encode())[:16]
+
+
+def stamped_provenance(out_dir: Path, scan_ids: Iterable[str], stamp: str) -> dict[str, Any] | None:
+    """The provenance of the first complete record among ``scan_ids`` written under ``stamp``.
+
+    Its ``weights_sha256``, ``resume_key``, ``decode`` and ``adaptation_in_card`` are those a
+    call with the same :func:`resume_stamp` computes from the loaded card; ``None`` when no
+    record has the stamp (records of older medmtl versions have none).
+    """
+    for sid in scan_ids:
+        rec = load_record(record_path(out_dir, sid)) or {}
+        prov = rec.get("provenance")
+        if (rec.get("status") == "complete" and isinstance(prov, dict) and prov.get("resume_stamp") == stamp
+                and isinstance(prov.get("resume_key"), str) and isinstance(rec.get("weights_sha256"), str)):
+            return {**prov, "weights_sha256": rec["weights_sha256"]}
+    return None
+
+
+def weights_match(checkpoint: Path, weights_sha256: str) -> bool:
+    """Whether the checkpoint's weights file exists and hashes to ``weights_sha256`` (the check
+    loading it makes; a mismatch is left to the loader, which names the problem)."""
+    from medmtl.engine.checkpoint import WEIGHTS_FILE
+    from medmtl.io.hashing import sha256_file
+
+    try:
+        return sha256_file(Path(checkpoint) / WEIGHTS_FILE) == weights_sha256
+    except OSError:
+        return False
+
+
 def write_record(out_dir: Path, record: Mapping[str, Any]) -> Path:
     """Write a complete per-scan record (atomically) and drop a stale failure record."""
     sid = str(record["seriesuid"])
+    record_outputs(out_dir, OUTPUT_NAMES)  # sharded ranks write without the lock
     path = atomic_write_json(record_path(out_dir, sid), dict(record))
     stale = failure_path(out_dir, sid)
     if stale.exists():
@@ -199,6 +269,7 @@ def write_record(out_dir: Path, record: Mapping[str, Any]) -> Path:
 
 def write_failure(out_dir: Path, scan_id: str, path: str, reason: str) -> Path:
     """Record a failed scan (``scans/<id>.failed.json``)."""
+    record_outputs(out_dir, OUTPUT_NAMES)
     return atomic_write_json(failure_path(out_dir, scan_id), {"seriesuid": scan_id, "path": path, "reason": reason, "stage": "predict"})
 
 
@@ -209,6 +280,8 @@ def world_maps(maps: Mapping[str, torch.Tensor], temperature: float) -> dict[str
         ``heatmap`` (sigmoid), ``diameter`` (``exp`` of log-diameter, mm), ``malignancy``
         (``sigmoid(logit / T)``), each ``(I, J, K)`` float32.
     """
+    import torch
+
     def vol(t: torch.Tensor) -> torch.Tensor:
         return t.detach().to("cpu", torch.float32).reshape(t.shape[-3:])
 
@@ -303,6 +376,7 @@ def merge_outputs(
         else:
             missing.append(sid)
     failures.extend(dict(f) for f in extra_failures)
+    record_outputs(out_dir, OUTPUT_NAMES)
     csv_path = atomic_write_csv(out_dir / "predictions.csv", rows, PREDICTION_COLUMNS)
     json_path = atomic_write_json(
         out_dir / "predictions.json",
