@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import signal
-from collections.abc import Iterator
+import stat
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -99,3 +102,99 @@ def hostile_time_limit(request: pytest.FixtureRequest) -> Iterator[None]:
     finally:
         signal.alarm(0)
         signal.signal(signal.SIGALRM, previous)
+
+
+# --------------------------------------------------------------------------- the hostile-input corpus
+def tree(root: Path) -> dict[str, str] | None:
+    """Relative path → SHA-256 of everything under ``root`` (``None`` when it does not exist).
+
+    Folders read ``<dir>``, symbolic links ``-> target`` (never followed: loops are fine) and
+    FIFOs, sockets and devices ``<special>`` (never opened: a FIFO would block)."""
+    root = Path(root)
+    if not os.path.lexists(root):
+        return None
+    out: dict[str, str] = {}
+    for folder, dirs, files in os.walk(root):
+        for name in dirs + files:
+            p = Path(folder) / name
+            mode = p.lstat().st_mode
+            if stat.S_ISLNK(mode):
+                out[str(p.relative_to(root))] = "-> " + os.readlink(p)
+            elif stat.S_ISDIR(mode):
+                out[str(p.relative_to(root))] = "<dir>"
+            elif stat.S_ISREG(mode):
+                out[str(p.relative_to(root))] = hashlib.sha256(p.read_bytes()).hexdigest()
+            else:
+                out[str(p.relative_to(root))] = "<special>"
+    return out
+
+
+@dataclass
+class HostileRun:
+    """What one hostile CLI call gave: the click result and its one ``Error:`` line (``None`` on success)."""
+
+    result: object
+    error: str | None
+    stdout: str
+    output: str
+
+
+def run_hostile(args: Sequence[object], *, code: int = 1, words: Sequence[str] = (), watch: Sequence[Path] = (),
+                absent: Sequence[Path] = (), stdout_words: Sequence[str] = (), partial_stdout: bool = False,
+                only_line: bool = False) -> HostileRun:
+    """Run ``medmtl *args`` through click's CliRunner and assert the corpus's properties, the same for
+    every case (issue #13):
+
+    * the exit code is ``code``; no Python traceback, no exception other than ``SystemExit``;
+    * ``code != 0``: exactly one line starts with ``Error:`` and it holds every one of ``words``
+      (the file, the value, what is allowed, the fix); nothing on stdout unless ``partial_stdout``
+      (a batch that lists the good scans); with ``only_line`` nothing else is printed at all;
+    * ``code == 0``: no ``Error:`` line; stdout holds every one of ``stdout_words`` (either way);
+    * every folder in ``watch`` (the input folder, an output folder that existed) is byte for byte
+      what it was (paths, contents, links), and no path in ``absent`` exists afterwards (the output
+      folder a refusal must not leave behind).
+
+    The per-case time limit comes from :func:`hostile_time_limit` (modules with ``HOSTILE_CASES``).
+    """
+    from click.testing import CliRunner
+
+    from medmtl.cli import main
+
+    before = {Path(w): tree(Path(w)) for w in watch}
+    res = CliRunner().invoke(main, [str(a) for a in args])
+    output = res.output
+    assert res.exit_code == code, output
+    assert "Traceback" not in output, output
+    assert res.exception is None or isinstance(res.exception, SystemExit), repr(res.exception)
+    errors = [ln for ln in output.splitlines() if ln.startswith("Error:")]
+    for w in stdout_words:
+        assert w in res.stdout, (w, res.stdout)
+    if code == 0:
+        assert errors == [], output
+    else:
+        assert len(errors) == 1, output
+        for w in words:
+            assert w in errors[0], (w, errors[0])
+        if not partial_stdout:
+            assert res.stdout == "", f"partial output on error: {res.stdout!r}"
+        if only_line:
+            assert [ln for ln in output.splitlines() if ln.strip()] == errors, output
+    for folder, was in before.items():
+        assert tree(folder) == was, f"{folder} changed"
+    for path in absent:
+        assert not os.path.lexists(path), f"{path} was left behind"
+    return HostileRun(result=res, error=errors[0] if errors else None, stdout=res.stdout, output=output)
+
+
+@pytest.fixture
+def hostile() -> object:
+    """The corpus's one checker: ``hostile(args, code=..., words=..., watch=..., absent=...)`` (see
+    :func:`run_hostile`); ``hostile.tree(folder)`` hashes a folder the same way."""
+
+    class _Hostile:
+        tree = staticmethod(tree)
+
+        def __call__(self, args: Sequence[object], **kw: object) -> HostileRun:
+            return run_hostile(args, **kw)  # type: ignore[arg-type]
+
+    return _Hostile()

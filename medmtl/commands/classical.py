@@ -7,13 +7,13 @@ from pathlib import Path
 
 import click
 
-from medmtl.commands._common import handle_errors
+from medmtl.commands._common import check_out_path, handle_errors
 
 
 @click.command("classical")
 @click.argument("input_dir", type=click.Path(exists=True, path_type=Path))
 @click.option("-o", "--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
-              help="Output folder; a rerun skips finished scans, other predictions there are refused.")
+              callback=check_out_path, help="Output folder; a rerun skips finished scans, other predictions there are refused.")
 @click.option("--max-lesions", type=click.IntRange(min=1), default=50, show_default=True,
               help="At most this many detections per scan.")
 @click.option("--overwrite", is_flag=True, help="Replace the predictions already in OUT (default: refuse).")

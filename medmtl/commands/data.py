@@ -11,7 +11,7 @@ from pathlib import Path
 
 import click
 
-from medmtl.commands._common import handle_errors
+from medmtl.commands._common import check_in_file, check_out_path, handle_errors
 
 
 @click.command("inspect")
@@ -25,7 +25,7 @@ from medmtl.commands._common import handle_errors
 )
 @click.option(
     "--annotations",
-    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    type=click.Path(exists=True, dir_okay=False, path_type=Path), callback=check_in_file,
     default=None,
     help="Annotation CSV or MONAI datalist JSON to validate against the scans (LPS mm).",
 )
@@ -64,7 +64,7 @@ def inspect_cmd(folder: Path, as_json: bool, resample_nonuniform: bool, annotati
 
 
 @click.command("sample-data")
-@click.argument("out", type=click.Path(file_okay=False, path_type=Path))
+@click.argument("out", type=click.Path(file_okay=False, path_type=Path), callback=check_out_path)
 @click.option("--kind", type=click.Choice(["ct", "mri"]), default="ct", show_default=True,
               help="ct: chest phantoms with lung nodules; mri: brain phantoms with tumours.")
 @click.option("--site", type=click.Choice(["a", "b"]), default="a", show_default=True,

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import click
 
-from medmtl.commands._common import echo_json, handle_errors, json_option
+from medmtl.commands._common import check_in_file, check_out_path, echo_json, handle_errors, json_option
 
 _DEVICE_HELP = "auto (CUDA if available, else CPU), cpu, cuda or cuda:N."
 
@@ -28,6 +28,7 @@ def _check_device(ctx: click.Context, param: click.Parameter, value: str) -> str
               help="Checkpoint folder (model.safetensors + model_card.json).")
 @click.argument("input_dir", type=click.Path(exists=True, path_type=Path))
 @click.option("-o", "--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
+              callback=check_out_path,
               help="Output folder; scans already complete there are skipped.")
 @click.option("--device", default="auto", show_default=True, callback=_check_device, help=_DEVICE_HELP)
 @click.option("--amp", type=click.Choice(["auto", "bf16", "fp16", "off"]), default="auto", show_default=True,
@@ -92,11 +93,12 @@ def predict_cmd(
 
 
 @click.command("evaluate")
-@click.option("--predictions", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
+@click.option("--predictions", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path), callback=check_in_file,
               help="predictions.csv (seriesuid,coordX,coordY,coordZ,probability[,diameter_mm,malignancy_prob]).")
-@click.option("--annotations", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
+@click.option("--annotations", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path), callback=check_in_file,
               help="annotations.csv (LUNA16 columns, LPS mm) or a MONAI datalist JSON.")
 @click.option("-o", "--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
+              callback=check_out_path,
               help="Output folder for metrics.json, metrics.md and the plots.")
 @click.option("--n-bootstrap", type=click.IntRange(min=0), default=1000, show_default=True,
               help="Bootstrap replicates for the 95% intervals (scans resampled).")

@@ -10,7 +10,7 @@ from pathlib import Path
 import click
 
 from medmtl import api
-from medmtl.commands._common import echo_json, handle_errors, json_option
+from medmtl.commands._common import check_out_path, echo_json, handle_errors, json_option
 
 _METHODS = tuple(api.list_adaptations())
 
@@ -21,6 +21,7 @@ _METHODS = tuple(api.list_adaptations())
 @click.option("--target", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
               help="Target scan folder (the new site).")
 @click.option("-o", "--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
+              callback=check_out_path,
               help="Output folder for report.json and report.html.")
 @click.option("--checkpoint", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
               help="Checkpoint whose encoder extracts features and whose heads give prediction shift.")
@@ -63,7 +64,7 @@ def diagnose_cmd(source: Path, target: Path, out_dir: Path, checkpoint: Path | N
               help="Folder of unlabelled target scans.")
 @click.option("--method", required=True, type=click.Choice(_METHODS),
               help="adabn | tent | dann | resim (re-simulate the source scans at the target's acquisition) | histmatch | n4 (MRI).")
-@click.option("-o", "--out", required=True, type=click.Path(path_type=Path),
+@click.option("-o", "--out", required=True, type=click.Path(path_type=Path), callback=check_out_path,
               help="New checkpoint folder (must not exist or be empty).")
 @click.option("--source", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
               help="dann, resim: labelled source scans with annotations.csv (default: the card's training data); "

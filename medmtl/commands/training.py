@@ -10,7 +10,7 @@ from pathlib import Path
 
 import click
 
-from medmtl.commands._common import echo_json, handle_errors, json_option
+from medmtl.commands._common import check_in_file, check_out_path, echo_json, handle_errors, json_option
 
 
 @click.command("train")
@@ -18,7 +18,7 @@ from medmtl.commands._common import echo_json, handle_errors, json_option
     "--config",
     "config",
     required=True,
-    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    type=click.Path(exists=True, dir_okay=False, path_type=Path), callback=check_in_file,
     help="YAML training config (see configs/ and configs/README.md).",
 )
 @click.option(
@@ -27,6 +27,7 @@ from medmtl.commands._common import echo_json, handle_errors, json_option
     "out_dir",
     required=True,
     type=click.Path(file_okay=False, path_type=Path),
+    callback=check_out_path,
     help="Run folder: resolved config, metrics.csv, TensorBoard events, last/ and checkpoint/.",
 )
 @click.option(

@@ -124,9 +124,11 @@ def read_annotations_csv(path: str | Path) -> list[Lesion]:
                               "remove or rename the copies")
     missing = [c for c in REQUIRED_COLUMNS if c not in header]
     if missing:
+        sep = next((d for d in (";", "\t", "|") if len(header) == 1 and d in header[0]), None)
+        hint = f" — the file looks {sep!r}-separated; save it comma-separated" if sep else ""
         raise AnnotationError(
             f"{p} is missing column(s) {', '.join(missing)}; found: {', '.join(header)}; "
-            f"required: {', '.join(REQUIRED_COLUMNS)}"
+            f"required: {', '.join(REQUIRED_COLUMNS)}{hint}"
         )
     extra_columns = [c for c in header if c and c not in REQUIRED_COLUMNS and c not in OPTIONAL_COLUMNS]
     lesions: list[Lesion] = []
@@ -225,7 +227,12 @@ def read_annotations(path: str | Path) -> list[Lesion]:
     Raises:
         AnnotationError: unknown suffix or invalid content.
     """
+    from medmtl.io.outputs import special_file_problem
+
     p = Path(path)
+    problem = special_file_problem(p)  # a FIFO would block the read forever
+    if problem is not None:
+        raise AnnotationError(f"annotation file {problem} (a .csv table or a .json datalist)")
     suffix = p.suffix.lower()
     if suffix == ".csv":
         return read_annotations_csv(p)
