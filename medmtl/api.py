@@ -394,9 +394,12 @@ def diagnose(
         ...                out_dir="shift")  # doctest: +SKIP
         >>> rep["verdict"]  # doctest: +SKIP
     """
+    from medmtl.io.outputs import check_outputs, record_outputs
     from medmtl.shift.report import run_diagnose
 
-    return run_diagnose(
+    report_files = ("report.json", "report.html")
+    check_outputs(Path(out_dir), report_files)  # before any work: never replace the user's files
+    report = run_diagnose(
         source=Path(source),
         target=Path(target),
         out_dir=Path(out_dir),
@@ -405,6 +408,8 @@ def diagnose(
         n_permutations=n_permutations,
         seed=seed,
     )
+    record_outputs(Path(out_dir), report_files)  # (written at the very end of run_diagnose)
+    return report
 
 
 def list_adaptations() -> list[str]:

@@ -197,11 +197,15 @@ def read_card(folder: str | Path) -> ModelCard:
         raise CheckpointError(f"checkpoint folder '{folder}' does not exist; pass a folder written by `medmtl train`")
     card_path = folder / CARD_FILE
     if not card_path.is_file():
+        if (folder / "checkpoint" / CARD_FILE).is_file():  # a run folder: its model is in checkpoint/
+            raise CheckpointError(f"'{folder}' is a run folder, not a checkpoint (no {CARD_FILE}); pass "
+                                  f"'{folder / 'checkpoint'}'")
         raise CheckpointError(f"checkpoint '{folder}' has no {CARD_FILE}; it is incomplete, re-save or re-train it")
     try:
-        data = json.loads(card_path.read_text(encoding="utf-8"))
+        data = json.loads(card_path.read_text(encoding="utf-8-sig"))  # a byte-order mark from an editor is fine
     except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
-        raise CheckpointError(f"{card_path} is not valid JSON ({exc.__class__.__name__}); the file is corrupt") from exc
+        raise CheckpointError(f"{card_path} is not valid JSON ({exc.__class__.__name__}); the file is corrupt — "
+                              "expected the UTF-8 JSON object `medmtl train` wrote: restore it or re-train") from exc
     return ModelCard.from_dict(data, where=str(card_path))
 
 

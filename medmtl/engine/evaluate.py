@@ -20,6 +20,8 @@ from medmtl.io.annotations import duplicate_columns
 from medmtl.io.types import Detection
 
 REQUIRED_COLUMNS = ("seriesuid", "coordX", "coordY", "coordZ", "probability")
+#: What ``evaluate_files`` writes into its output folder (recorded: see :mod:`medmtl.io.outputs`).
+EVALUATION_FILES = ("metrics.json", "metrics.md", "froc.png", "bland_altman.png", "reliability.png")
 OPTIONAL_COLUMNS = ("diameter_mm", "malignancy_prob")
 
 
@@ -43,7 +45,8 @@ def _float(value: str | None, path: Path, row: int, column: str, *, required: bo
     if not math.isfinite(v):
         raise PredictionTableError(f"{path} row {row} column '{column}' has '{text}'; a finite number is required")
     if (lo is not None and v < lo) or (hi is not None and v > hi):
-        raise PredictionTableError(f"{path} row {row} column '{column}' has {v}; allowed: [{lo}, {hi}]")
+        allowed = f"[{lo}, {hi}]" if hi is not None else f">= {lo}"
+        raise PredictionTableError(f"{path} row {row} column '{column}' has {v}; allowed: {allowed}")
     return v
 
 
@@ -57,7 +60,12 @@ def read_predictions_csv(path: Path) -> list[Detection]:
     Raises:
         PredictionTableError: a missing column, an empty id or a value that is not allowed.
     """
+    from medmtl.io.outputs import special_file_problem
+
     path = Path(path)
+    problem = special_file_problem(path)  # a FIFO would block the read forever
+    if problem is not None:
+        raise PredictionTableError(f"predictions table {problem} (predictions.csv)")
     try:
         with open(path, newline="", encoding="utf-8-sig") as fh:
             reader = csv.DictReader(fh)
@@ -106,6 +114,31 @@ def _sibling_scan_ids(pred_csv: Path) -> list[str]:
         return []
     scans = data.get("scans") if isinstance(data, dict) else None
     return sorted(scans) if isinstance(scans, dict) else []
+
+
+def _scan_ids(dets: list[Detection], lesions: list[Any], predictions: Path, annotations: Path) -> list[str]:
+    """The scans scored: annotated, predicted and listed by a sibling ``predictions.json``.
+
+    Raises:
+        AnnotationError: no annotated lesion.
+        PredictionTableError: no prediction row and no ``predictions.json`` listing the scans.
+        MedmtlError: predictions and annotations share no scan id.
+    """
+    ann_ids = {les.seriesuid for les in lesions}
+    pred_ids = {d.seriesuid for d in dets} | set(_sibling_scan_ids(predictions))
+    if not ann_ids:
+        raise AnnotationError(f"{annotations} holds no lesion; CPM needs at least one annotated lesion")
+    if not pred_ids:
+        raise PredictionTableError(
+            f"{predictions} has no prediction row and no predictions.json beside it lists the scans it covers; "
+            "pass the predictions.csv that `medmtl predict` wrote, with its predictions.json"
+        )
+    if not pred_ids & ann_ids:
+        raise MedmtlError(
+            f"{predictions} and {annotations} share no scan id (e.g. '{sorted(pred_ids)[0]}' vs '{sorted(ann_ids)[0]}');"
+            " check that both describe the same scans"
+        )
+    return sorted(ann_ids | pred_ids)
 
 
 def _metrics_markdown(result: dict[str, Any]) -> str:
@@ -174,23 +207,16 @@ def evaluate_files(
     from medmtl import metrics
     from medmtl.engine import plots
     from medmtl.io.annotations import read_annotations
+    from medmtl.io.outputs import check_outputs, record_outputs
     from medmtl.io.writers import atomic_write_json, atomic_write_text
     from medmtl.metrics_bootstrap import bootstrap_metrics, per_site_metrics
 
     if n_bootstrap < 0:
         raise MedmtlError(f"--n-bootstrap must be >= 0, got {n_bootstrap}")
+    check_outputs(Path(out_dir), EVALUATION_FILES)  # before any work: never replace the user's files
     dets = read_predictions_csv(Path(predictions))
     lesions = read_annotations(Path(annotations))
-    ann_ids = {les.seriesuid for les in lesions}
-    pred_ids = {d.seriesuid for d in dets} | set(_sibling_scan_ids(Path(predictions)))
-    if not ann_ids:
-        raise AnnotationError(f"{annotations} holds no lesion; CPM needs at least one annotated lesion")
-    if not pred_ids & ann_ids:
-        raise MedmtlError(
-            f"{predictions} and {annotations} share no scan id (e.g. '{sorted(pred_ids)[0] if pred_ids else '-'}'"
-            f" vs '{sorted(ann_ids)[0]}'); check that both describe the same scans"
-        )
-    scan_ids = sorted(ann_ids | pred_ids)
+    scan_ids = _scan_ids(dets, lesions, Path(predictions), Path(annotations))
     matches = metrics.match_all(dets, lesions, scan_ids=scan_ids)
     fr = metrics.froc_from_matches(matches)
     arr = metrics.lesion_level_arrays(matches)
@@ -220,7 +246,7 @@ def evaluate_files(
         "inputs": {"predictions": str(predictions), "annotations": str(annotations)},
     }
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    record_outputs(out_dir, EVALUATION_FILES)
     cpm_entry = overall["cpm"]
     plots.froc_plot(out_dir / "froc.png", fr.fps, fr.sensitivity, fr.fp_rates, fr.sensitivity_at,
                     cpm=cpm_entry["value"], ci=cpm_entry["ci95"])

@@ -35,18 +35,32 @@ from medmtl.engine import ddp
 from medmtl.engine.checkpoint import library_versions
 from medmtl.engine.run_files import RUN_ARTIFACTS, RunLog, check_resume_config
 from medmtl.errors import CheckpointError, ConfigError, MedmtlError
+from medmtl.io.outputs import check_outputs
 
 logger = logging.getLogger(__name__)
 
 
 
+def _is_medmtl_run(out_dir: Path) -> bool:
+    """Whether ``out_dir`` is a run folder medmtl wrote: its ``versions.json`` (the first file a
+    run writes) is medmtl's. It is the run folder's record (see :mod:`medmtl.io.outputs`): without
+    it, files named like run files (a ``config.yaml`` kept beside the data) are the user's."""
+    import json
+
+    try:
+        doc = json.loads((out_dir / "versions.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError):
+        return False
+    return isinstance(doc, dict) and isinstance(doc.get("medmtl"), str) and "started" in doc
+
+
 def _never_started(out_dir: Path) -> bool:
     """Whether ``out_dir`` holds only the header files of a run killed before its first epoch
-    ended (no ``last/``, no ``checkpoint/``, nothing but medmtl's run files)."""
+    ended (no ``last/``, no ``checkpoint/``, nothing but medmtl's run files, its versions.json)."""
     if not out_dir.is_dir() or (out_dir / "last").exists() or (out_dir / "checkpoint").exists():
         return False
     entries = list(out_dir.iterdir())
-    return bool(entries) and all(p.name in RUN_ARTIFACTS for p in entries)
+    return bool(entries) and all(p.name in RUN_ARTIFACTS for p in entries) and _is_medmtl_run(out_dir)
 
 
 def _clear_run_files(out_dir: Path) -> None:
@@ -90,11 +104,13 @@ def prepare_run_dir(out_dir: Path, *, resume: bool, overwrite: bool, is_main: bo
             )
         return True
     if non_empty and not overwrite:
-        raise ConfigError(
-            f"run folder '{out_dir}' is not empty; pass --resume to continue it, --overwrite to replace it,"
-            " or choose another --out"
-        )
-    if non_empty:
+        theirs = [] if _is_medmtl_run(out_dir) else [n for n in RUN_ARTIFACTS if (out_dir / n).exists()]
+        hint = (f"it holds '{theirs[0]}' but no medmtl run (no versions.json), and medmtl never replaces files it "
+                "did not write; choose another --out" if theirs else
+                "pass --resume to continue it, --overwrite to replace it, or choose another --out")
+        raise ConfigError(f"run folder '{out_dir}' is not empty; {hint}")
+    if non_empty:  # --overwrite replaces the run files of a medmtl run, never the user's files
+        check_outputs(out_dir, RUN_ARTIFACTS, option="--out", recorded=RUN_ARTIFACTS if _is_medmtl_run(out_dir) else ())
         _clear_run_files(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     return False
@@ -169,7 +185,6 @@ def write_run_header(cfg: TrainConfig, out: Path, *, device: torch.device, amp: 
     from medmtl.config import save_resolved_config
     from medmtl.io.writers import atomic_write_json
 
-    save_resolved_config(cfg, out / "config.yaml")
     versions: dict[str, Any] = dict(library_versions())
     versions.update(
         {
@@ -180,7 +195,8 @@ def write_run_header(cfg: TrainConfig, out: Path, *, device: torch.device, amp: 
             "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }
     )
-    atomic_write_json(out / "versions.json", versions)
+    atomic_write_json(out / "versions.json", versions)  # first: it marks the folder as a medmtl run
+    save_resolved_config(cfg, out / "config.yaml")
 
 
 __all__ = ["RunLog", "prepare_run_dir", "run_training"]
