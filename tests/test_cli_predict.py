@@ -87,3 +87,26 @@ def test_json_and_threshold(tmp_path: Path, sample_data: Path, tiny_checkpoint: 
     assert record["run"]["decode"]["threshold"] == 0.9
     again = json.loads(CliRunner().invoke(main, [*base, "--threshold", "0.05"]).stdout)
     assert again["n_done"] == 1 and again["n_skipped"] == 0  # another threshold: predicted again
+
+
+def test_preview_without_lesion_and_with_lesions(checkpoint: Path, sample_data: Path, tmp_path: Path) -> None:
+    """``--preview`` writes a preview for every scan: one per lesion, or one saying no lesion was
+    found at the threshold; drawn on the original grid (176 × 144 voxels of 0.9 mm here, not the
+    card's 6 mm grid)."""
+    from PIL import Image
+
+    scans = tmp_path / "scans"
+    scans.mkdir()
+    shutil.copy(sample_data / "ct_site_a" / "ct_a_0000.nii.gz", scans)
+    base = ["predict", "--checkpoint", str(checkpoint), str(scans), "--device", "cpu", "--overlap", "0",
+            "--no-progress", "--preview"]
+    none = CliRunner().invoke(main, [*base, "-o", str(tmp_path / "none"), "--threshold", "0.999999"])
+    assert none.exit_code == 0, none.output
+    record = json.loads((tmp_path / "none" / "scans" / "ct_a_0000.json").read_text(encoding="utf-8"))
+    assert record["lesions"] == [] and record["outputs"]["previews"] == ["previews/ct_a_0000_no_lesion.png"]
+    with Image.open(tmp_path / "none" / "previews" / "ct_a_0000_no_lesion.png") as im:
+        assert im.size[0] >= 3 * 260 and im.size[1] >= 260
+    some = CliRunner().invoke(main, [*base, "-o", str(tmp_path / "some")])
+    assert some.exit_code == 0, some.output
+    names = sorted(p.name for p in (tmp_path / "some" / "previews").iterdir())
+    assert names == [f"ct_a_0000_lesion{k}.png" for k in range(1, helpers.DECODE["max_lesions"] + 1)]

@@ -457,8 +457,7 @@ def _write_scan(
     if preview:
         from medmtl.engine.preview import save_lesion_previews
 
-        previews = save_lesion_previews(out_dir, ref.scan_id, result.prepared.image, result.affine_ras,
-                                        result.detections)
+        previews = save_lesion_previews(out_dir, scan, result.detections, threshold=predictor.decode.threshold)
     timings = dict(result.timings)
     timings["write"] = time.perf_counter() - t0
     record = {

@@ -1,98 +1,155 @@
-"""PNG previews of predicted lesions: three orthogonal slices through each lesion centre.
+"""PNG previews of predicted lesions: axial, coronal and sagittal slices through each centre.
 
-Each preview shows the axial, coronal and sagittal slices of the preprocessed volume (its
-first channel, e.g. the lung window for CT) through the lesion centre, with an ellipse of the
-predicted diameter (the circle in mm drawn in voxel units of each plane). Rendering uses the
-non-interactive matplotlib ``Agg`` backend; files are written atomically. Display follows the
-radiological convention (patient's right on the viewer's left, anterior/superior up).
+Previews are drawn on the **original scan grid** (the voxels as read, HU for CT; only axis
+permutations and flips, no resampling: :func:`medmtl.io.display.ras_display`), in the
+radiological convention (the patient's right on the image left; see :mod:`medmtl.io.display`),
+with orientation letters on the edges, a 10 mm scale bar, the display window stated, the
+lesion's LPS centre (mm) and its slice index in the original scan. A scan without any lesion
+above the detection threshold still gets one preview: its central slices, saying so.
+Rendering uses matplotlib's object API (no pyplot state, no display); files are written
+atomically.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from medmtl.io import coords
+from medmtl.io.display import (
+    PLANES,
+    DisplayVolume,
+    Window,
+    display_window,
+    draw_plane,
+    fit_text,
+    ras_display,
+    shorten,
+)
 from medmtl.io.types import Detection
 from medmtl.io.writers import atomic_save
 
-#: (title, axis held fixed, the two displayed axes (horizontal, vertical)) on a RAS grid.
-_PLANES: tuple[tuple[str, int, tuple[int, int]], ...] = (
-    ("axial", 2, (0, 1)),
-    ("coronal", 1, (0, 2)),
-    ("sagittal", 0, (1, 2)),
-)
+if TYPE_CHECKING:  # pragma: no cover
+    from medmtl.io.types import Scan
+
+#: Longest scan id shown in a title (longer ones keep their ends around an ellipsis).
+TITLE_ID_CHARS = 36
+#: Length of the scale bar (mm).
+SCALE_BAR_MM = 10.0
+_AXIS_NAMES = "ijk"
 
 
-def _slice(vol: np.ndarray, axis: int, index: int) -> np.ndarray:
-    index = int(np.clip(index, 0, vol.shape[axis] - 1))
-    return np.take(vol, index, axis=axis)
-
-
-def render_lesion_preview(
-    path: Path, image: Any, affine_ras: np.ndarray, detection: Detection, *, title: str = ""
-) -> Path:
-    """Write one preview PNG.
-
-    Args:
-        path: output ``.png``.
-        image: ``(C, I, J, K)`` or ``(I, J, K)`` volume on a RAS grid (first channel shown).
-        affine_ras: its voxel→RAS affine.
-        detection: the lesion (LPS mm centre, diameter mm).
-        title: figure title.
-
-    Returns:
-        ``path``.
-    """
+def _figure(vol: DisplayVolume) -> tuple[Any, Any]:
+    """A three-panel figure sized so that a 512² slice is shown at about one pixel per voxel."""
     import matplotlib
 
     matplotlib.use("Agg", force=False)
     from matplotlib.figure import Figure
-    from matplotlib.patches import Ellipse
 
-    arr = image.detach().cpu().numpy() if hasattr(image, "detach") else np.asarray(image)
-    vol = arr[0] if arr.ndim == 4 else arr
-    ijk = coords.lps_to_voxel(detection.center_lps, affine_ras)[0]
-    spacing = coords.spacing_from_affine(affine_ras)
-    lo, hi = np.percentile(vol, [1.0, 99.5])
-    fig = Figure(figsize=(9.0, 3.4), dpi=100)
-    axes = fig.subplots(1, 3)
-    for ax, (name, fixed, (h, v)) in zip(axes, _PLANES):
-        plane = _slice(vol, fixed, int(round(ijk[fixed])))
-        # plane axes are the remaining ones in order; show h horizontally, v vertically (superior/anterior up)
-        ax.imshow(plane.T, cmap="gray", origin="lower", vmin=lo, vmax=hi if hi > lo else lo + 1.0,
-                  aspect=spacing[v] / spacing[h], interpolation="nearest")
-        ax.add_patch(Ellipse((ijk[h], ijk[v]), width=detection.diameter_mm / spacing[h],
-                             height=detection.diameter_mm / spacing[v], fill=False, color="tab:red", lw=1.2))
-        if h == 0:
-            ax.invert_xaxis()  # radiological convention: the patient's right on the viewer's left
-        ax.set_title(name, fontsize=9)
-        ax.set_xticks([])
-        ax.set_yticks([])
-    fig.suptitle(title or (f"p={detection.probability:.2f}  d={detection.diameter_mm:.1f} mm  "
-                           f"malignancy={detection.malignancy_prob:.2f}"), fontsize=9)
-    fig.tight_layout()
+    extent_mm = [n * s for n, s in zip(vol.array.shape, vol.spacing)]
+    finest = min(vol.spacing)
+    panel_px = float(np.clip(max(extent_mm) / finest, 260.0, 512.0))
+    fig = Figure(figsize=(3 * panel_px / 100.0 + 0.6, panel_px / 100.0 + 1.1), dpi=100)
+    return fig, fig.subplots(1, 3)
+
+
+def _plane_caption(vol: DisplayVolume, plane: str, index: int) -> str:
+    """``"axial · slice k = 37 (0…63)"``: the original scan's axis and its (0-based) index."""
+    fixed = PLANES[plane][0]
+    axis = vol.source_axis[fixed]
+    n = vol.source_shape[axis]
+    return f"{plane} · slice {_AXIS_NAMES[axis]} = {vol.source_index(fixed, index)} (0…{n - 1})"
+
+
+def _draw(fig: Any, axes: Any, vol: DisplayVolume, centre: Sequence[float], window: Window,
+          diameter_mm: float | None) -> None:
+    """The three planes through display voxel ``centre``, with a circle of ``diameter_mm``."""
+    from matplotlib.patches import Circle
+
+    for ax, plane in zip(axes, ("axial", "coronal", "sagittal")):
+        fixed, h, v, _ = PLANES[plane]
+        index = int(round(float(np.clip(centre[fixed], 0, vol.array.shape[fixed] - 1))))
+        draw_plane(ax, vol, plane, index, window, scale_mm=SCALE_BAR_MM)
+        if diameter_mm is not None:
+            ax.add_patch(Circle((centre[h] * vol.spacing[h], centre[v] * vol.spacing[v]), diameter_mm / 2.0,
+                                fill=False, color="tab:red", lw=1.2))
+        ax.set_title(_plane_caption(vol, plane, index), fontsize=8)
+
+
+def _titles(fig: Any, lines: Sequence[str]) -> None:
+    """Title lines above the panels, shrunk until each fits the figure's width."""
+    titles = [fig.text(0.5, 1.0 - (i + 0.6) * 0.055, line, ha="center", va="center",
+                       fontsize=10 if i == 0 else 8.5) for i, line in enumerate(lines)]
+    fig.subplots_adjust(left=0.01, right=0.99, bottom=0.02, top=1.0 - 0.055 * (len(lines) + 0.9), wspace=0.04)
+    fit_text(fig, titles)
+
+
+def preview_figure(scan: Scan, detection: Detection | None, *, title: str = "", threshold: float | None = None) -> Any:
+    """The preview of ``scan`` on its own grid, as a matplotlib ``Figure`` (see :func:`render_lesion_preview`)."""
+    affine = np.asarray(scan.image.affine.detach().cpu().numpy() if hasattr(scan.image.affine, "detach")
+                        else scan.image.affine, dtype=np.float64)
+    vol = ras_display(scan.image, affine)
+    window = display_window(scan.modality, vol.array)
+    fig, axes = _figure(vol)
+    head = title or shorten(scan.scan_id, TITLE_ID_CHARS)
+    if detection is None:
+        centre = [(n - 1) / 2.0 for n in vol.array.shape]
+        _draw(fig, axes, vol, centre, window, None)
+        found = "no lesion found" + (f" at threshold {threshold:g}" if threshold is not None else "")
+        lines = [f"{head}: {found}", f"central slices of the scan · {window.text} · patient's right on the image left"]
+    else:
+        src = coords.lps_to_voxel(detection.center_lps, affine)[0]
+        centre = [vol.display_index(a, float(src[vol.source_axis[a]])) for a in range(3)]
+        _draw(fig, axes, vol, centre, window, detection.diameter_mm)
+        x, y, z = (float(c) for c in detection.center_lps)
+        lines = [head, f"centre LPS ({x:.1f}, {y:.1f}, {z:.1f}) mm · Ø {detection.diameter_mm:.1f} mm · "
+                       f"p = {detection.probability:.2f} · malignancy {detection.malignancy_prob:.2f}",
+                 f"{window.text} · patient's right on the image left"]
+    _titles(fig, lines)
+    return fig
+
+
+def render_lesion_preview(path: Path, scan: Scan, detection: Detection | None, *, title: str = "",
+                          threshold: float | None = None) -> Path:
+    """Write one preview PNG of ``scan`` on its own grid.
+
+    Args:
+        path: output ``.png``.
+        scan: the scan as read (image ``(1, I, J, K)``, voxel→RAS affine, HU for CT).
+        detection: the lesion (LPS mm centre, diameter mm); ``None`` draws the scan's central
+            slices and says that no lesion was found at ``threshold``.
+        title: first title line (default: the scan id, shortened).
+        threshold: the detection threshold, stated when ``detection`` is ``None``.
+
+    Returns:
+        ``path``.
+    """
+    fig = preview_figure(scan, detection, title=title, threshold=threshold)
     return atomic_save(path, lambda tmp: fig.savefig(tmp, format="png"))
 
 
-def save_lesion_previews(
-    out_dir: Path, scan_id: str, image: Any, affine_ras: np.ndarray, detections: Sequence[Detection]
-) -> list[str]:
-    """Write ``out_dir/previews/<id>_lesion<k>.png`` for each detection (k from 1, by probability).
+def save_lesion_previews(out_dir: Path, scan: Scan, detections: Sequence[Detection], *,
+                         threshold: float | None = None) -> list[str]:
+    """Write ``out_dir/previews/<id>_lesion<k>.png`` for each detection (k from 1, by probability),
+    or ``out_dir/previews/<id>_no_lesion.png`` when there is none.
 
     Returns:
         Paths relative to ``out_dir``.
     """
     from medmtl.engine.predict_io import safe_name
 
+    sid = scan.scan_id
+    if not detections:
+        rel = f"previews/{safe_name(sid)}_no_lesion.png"
+        render_lesion_preview(out_dir / rel, scan, None, threshold=threshold)
+        return [rel]
     written: list[str] = []
     for k, det in enumerate(detections, start=1):
-        rel = f"previews/{safe_name(scan_id)}_lesion{k}.png"
-        title = (f"{scan_id} lesion {k}: p={det.probability:.2f}, d={det.diameter_mm:.1f} mm, "
-                 f"malignancy={det.malignancy_prob:.2f}")
-        render_lesion_preview(out_dir / rel, image, affine_ras, det, title=title[:110])
+        rel = f"previews/{safe_name(sid)}_lesion{k}.png"
+        head = f"{shorten(sid, TITLE_ID_CHARS)} · lesion {k} of {len(detections)}"
+        render_lesion_preview(out_dir / rel, scan, det, title=head)
         written.append(rel)
     return written
