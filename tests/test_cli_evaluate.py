@@ -94,3 +94,58 @@ def test_evaluate_json_carries_the_numbers_of_metrics_json(tmp_path: Path, sampl
     printed = json.loads(res.stdout)
     written = json.loads((tmp_path / "e" / "metrics.json").read_text(encoding="utf-8"))
     assert printed["overall"]["cpm"]["value"] == written["overall"]["cpm"]["value"] == 1.0
+
+
+def test_one_lesion_shows_n_and_no_interval(tmp_path: Path) -> None:
+    """With a single lesion every metric says n = 1 and that no interval can be estimated; no
+    Bland-Altman plot is drawn (a note instead), and the reliability diagram counts its bins."""
+    from PIL import Image
+
+    (tmp_path / "ann.csv").write_text("seriesuid,coordX,coordY,coordZ,diameter_mm,malignancy\nA,0,0,0,10,1\n",
+                                      encoding="utf-8")
+    (tmp_path / "pred.csv").write_text("seriesuid,coordX,coordY,coordZ,probability,diameter_mm,malignancy_prob\n"
+                                       "A,1,0,0,0.9,8,0.8\nB,40,0,0,0.4,5,0.1\n", encoding="utf-8")
+    out = tmp_path / "eval"
+    r = CliRunner().invoke(main, ["evaluate", "--predictions", str(tmp_path / "pred.csv"), "--annotations",
+                                  str(tmp_path / "ann.csv"), "-o", str(out), "--n-bootstrap", "50"])
+    assert r.exit_code == 0, r.output
+    lines = r.output.splitlines()
+    assert lines[0] == "CPM 1.000 (n = 1 lesion; interval not estimable (n = 1))", r.output
+    assert lines[1] == "diameter MAE 2.000 mm (n = 1 detected lesion; interval not estimable (n = 1))"
+    assert lines[2] == "malignancy AUC n/a (n = 1 detected lesion with a malignancy label)"
+    m = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
+    for key in ("cpm", "diameter_mae_mm", "malignancy_ece"):
+        entry = m["overall"][key]
+        assert entry["n"] == 1 and entry["ci95"] is None and entry["ci_note"] == "interval not estimable (n = 1)"
+    assert m["bland_altman"]["note"].startswith("Bland-Altman plot not drawn: n = 1 detected lesion")
+    md = (out / "metrics.md").read_text(encoding="utf-8")
+    assert "| cpm | 1.000 (interval not estimable (n = 1)) | 1 lesion |" in md and m["bland_altman"]["note"] in md
+    with Image.open(out / "bland_altman.png") as im:  # the note, not a plot of one point
+        assert im.size[1] < 250
+
+
+def test_n_beside_each_metric_and_intervals_when_estimable(tables: tuple[Path, Path], tmp_path: Path) -> None:
+    pred, ann = tables
+    r = CliRunner().invoke(main, ["evaluate", "--predictions", str(pred), "--annotations", str(ann),
+                                  "-o", str(tmp_path / "e"), "--n-bootstrap", "50"])
+    assert r.exit_code == 0, r.output
+    cpm_line = r.output.splitlines()[0]
+    assert cpm_line.startswith("CPM 0.524 [") and cpm_line.endswith("(n = 3 lesions)"), cpm_line
+    # both detected lesions lie in scan A: resampling scans cannot vary them
+    assert ("diameter MAE 1.000 mm (n = 2 detected lesions; interval not estimable (all n = 2 in one scan))"
+            in r.output)
+    assert "3 scans, 3 lesions, 5 detections; report in" in r.output
+
+
+def test_plots_count_bins_and_refuse_degenerate_bland_altman() -> None:
+    from medmtl.engine import plots
+    from medmtl.metrics import bland_altman, reliability_bins
+
+    probs, labels = [0.02, 0.05, 0.08, 0.55, 0.9], [0, 0, 1, 1, 1]
+    fig = plots.reliability_figure(reliability_bins(probs, labels), ece=0.1)
+    texts = sorted(t.get_text() for t in fig.axes[0].texts)
+    assert texts == ["n=1", "n=1", "n=3"] and "(n = 5 lesions)" in fig.axes[0].get_title()
+    two = plots.bland_altman_figure([5.0, 6.0], [5.5, 6.5], bland_altman([5.0, 6.0], [5.5, 6.5]))
+    assert not two.axes and "n = 2 detected lesions" in two.texts[0].get_text()
+    three = plots.bland_altman_figure([5.0, 6.0, 7.0], [5.5, 6.5, 7.0], bland_altman([5.0, 6.0, 7.0], [5.5, 6.5, 7.0]))
+    assert three.axes and "(n = 3)" in three.axes[0].get_title()

@@ -118,20 +118,12 @@ def evaluate_cmd(predictions: Path, annotations: Path, out_dir: Path, n_bootstra
 
     m = api.evaluate(predictions=predictions, annotations=annotations, out_dir=out_dir,
                      n_bootstrap=n_bootstrap, seed=seed)
-    head = m["overall"]
     if as_json:
         echo_json(m)
         return
+    from medmtl.engine.evaluate import summary_text
 
-    def fmt(key: str) -> str:
-        v = head.get(key, {}).get("value")
-        return "n/a" if v is None else f"{v:.3f}"
-
-    click.echo(
-        f"CPM {fmt('cpm')}, diameter MAE {fmt('diameter_mae_mm')} mm, malignancy AUC {fmt('malignancy_auc')},"
-        f" ECE {fmt('malignancy_ece')} ({m['counts']['n_scans']} scans, {m['counts']['n_lesions']} lesions);"
-        f" report in {Path(out_dir) / 'metrics.md'}"
-    )
+    click.echo(summary_text(m, Path(out_dir) / "metrics.md"))
 
 
 COMMANDS: list[click.Command] = [predict_cmd, evaluate_cmd]

@@ -141,13 +141,47 @@ def _scan_ids(dets: list[Detection], lesions: list[Any], predictions: Path, anno
     return sorted(ann_ids | pred_ids)
 
 
+def _units(n: int | None, unit: str) -> str:
+    """``"lesions"`` → ``"lesion"`` when ``n`` is 1."""
+    return unit.replace("lesions", "lesion") if n == 1 else unit
+
+
+def metric_text(entry: dict[str, Any], digits: int = 3, unit: str = "") -> str:
+    """``"0.812 [0.701, 0.903] (n = 12 lesions)"``: a metric with its interval (or why there is
+    none) and the number of lesions it is computed over."""
+    v = entry.get("value")
+    n = entry.get("n")
+    count = f"n = {n} {_units(n, entry.get('n_unit', 'lesions'))}" if n is not None else ""
+    if v is None:
+        return f"n/a ({count})" if count else "n/a"
+    ci = entry.get("ci95")
+    text = f"{v:.{digits}f}{unit}"
+    if ci:
+        text += f" [{ci[0]:.{digits}f}, {ci[1]:.{digits}f}]"
+    note = entry.get("ci_note")
+    inner = "; ".join(x for x in (count, note) if x)
+    return f"{text} ({inner})" if inner else text
+
+
+def summary_text(result: dict[str, Any], report: Path) -> str:
+    """The lines ``medmtl evaluate`` prints: each headline metric with n, then the counts."""
+    head, c = result["overall"], result["counts"]
+    names = (("cpm", "CPM", ""), ("diameter_mae_mm", "diameter MAE", " mm"), ("malignancy_auc", "malignancy AUC", ""),
+             ("malignancy_ece", "malignancy ECE", ""))
+    lines = [f"{label} {metric_text(head[key], unit=unit)}" for key, label, unit in names if key in head]
+    lines.append(f"{c['n_scans']} scans, {c['n_lesions']} lesions, {c['n_predictions']} detections; "
+                 f"report in {report}")
+    return "\n".join(lines)
+
+
 def _metrics_markdown(result: dict[str, Any]) -> str:
     def cell(entry: dict[str, Any], digits: int = 3) -> str:
         v = entry.get("value")
         if v is None:
             return "n/a"
         ci = entry.get("ci95")
-        return f"{v:.{digits}f}" + (f" [{ci[0]:.{digits}f}, {ci[1]:.{digits}f}]" if ci else "")
+        note = entry.get("ci_note")
+        return f"{v:.{digits}f}" + (f" [{ci[0]:.{digits}f}, {ci[1]:.{digits}f}]" if ci else f" ({note})" if note else "")
 
     c = result["counts"]
     lines = [
@@ -162,11 +196,13 @@ def _metrics_markdown(result: dict[str, Any]) -> str:
         f"Values with 95% bootstrap intervals ({result['settings']['n_bootstrap']} scan-level replicates, "
         f"seed {result['settings']['seed']}).",
         "",
-        "| metric | value [95% CI] |",
-        "|---|---|",
+        "| metric | value [95% CI] | n |",
+        "|---|---|---|",
     ]
     for key, entry in result["overall"].items():
-        lines.append(f"| {key} | {cell(entry)} |")
+        lines.append(f"| {key} | {cell(entry)} | {entry.get('n', '')} {_units(entry.get('n'), entry.get('n_unit', ''))} |")
+    if (result.get("bland_altman") or {}).get("note"):
+        lines += ["", result["bland_altman"]["note"]]
     if result.get("per_site"):
         keys = ["n_scans", "n_lesions", "cpm", "diameter_mae_mm", "malignancy_auc", "malignancy_ece"]
         lines += ["", "## Per site", "", "| site | " + " | ".join(keys) + " |",
@@ -221,7 +257,8 @@ def evaluate_files(
     fr = metrics.froc_from_matches(matches)
     arr = metrics.lesion_level_arrays(matches)
     overall = bootstrap_metrics(matches, n_bootstrap=n_bootstrap, seed=seed)
-    ba = metrics.bland_altman(arr["pred_diameter_mm"], arr["true_diameter_mm"])
+    ba_stats = metrics.bland_altman(arr["pred_diameter_mm"], arr["true_diameter_mm"])
+    ba: dict[str, Any] = {**ba_stats, "note": plots.bland_altman_note(int(ba_stats["n"] or 0))}
     rel = metrics.reliability_bins(arr["malignancy_prob"], arr["malignancy_label"])
     scan_site = {les.seriesuid: les.site for les in lesions if les.site}
     result: dict[str, Any] = {
