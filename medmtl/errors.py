@@ -51,6 +51,10 @@ class PathEscapeError(MedmtlError):
     """A path in a manifest resolves outside its root folder."""
 
 
+class ExportError(MedmtlError):
+    """Predictions cannot be exported in the asked format (no source DICOM, a missing value, a missing extra)."""
+
+
 def did_you_mean(value: str, allowed: Iterable[str]) -> str:
     """Return a ``" Did you mean 'x'?"`` suffix (or ``""``) for an unknown name.
 
