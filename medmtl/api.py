@@ -345,6 +345,24 @@ def merge_predictions(*, input_dir: str | Path, out_dir: str | Path) -> dict[str
     return merge_folder(input_dir=Path(input_dir), out_dir=Path(out_dir))
 
 
+def export_predictions(
+    *, pred_dir: str | Path, out_dir: str | Path, formats: Sequence[str], scans_dir: str | Path | None = None
+) -> dict[str, Any]:
+    """Convert a prediction folder's lesions into DICOM SEG / SR or MONAI detection JSON, without the model.
+
+    ``formats``: any of ``"dicom-seg"``, ``"dicom-sr"`` (DICOM inputs only; needs
+    ``medmtl[dicom]``) and ``"monai-json"``. Sources are found from the per-scan records, or
+    under ``scans_dir`` when given. See :mod:`medmtl.engine.export`.
+
+    Example:
+        >>> export_predictions(pred_dir="preds", out_dir="dicom_out", formats=["dicom-seg", "dicom-sr"])  # doctest: +SKIP
+    """
+    from medmtl.engine.export import export_predictions as _export
+
+    return _export(pred_dir=Path(pred_dir), out_dir=Path(out_dir), formats=list(formats),
+                   scans_dir=Path(scans_dir) if scans_dir is not None else None)
+
+
 def evaluate(
     *,
     predictions: str | Path,

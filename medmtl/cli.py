@@ -42,6 +42,7 @@ def _register_commands() -> None:
     for module in (data, models, training, inference, classical, shift):
         for cmd in module.COMMANDS:
             main.add_command(cmd)
+    main.add_command(__import__("medmtl.commands.export", fromlist=["export_cmd"]).export_cmd)  # medmtl export
 
 
 _register_commands()
