@@ -363,6 +363,34 @@ def export_predictions(
                    scans_dir=Path(scans_dir) if scans_dir is not None else None)
 
 
+def export_bundle(*, checkpoint: str | Path, out_dir: str | Path) -> dict[str, Any]:
+    """Write a checkpoint as a MONAI bundle (``configs/``, ``models/model.pt``, ``docs/``) that
+    ``python -m monai.bundle run`` executes on a scan folder. See :mod:`medmtl.engine.bundle`.
+
+    Example:
+        >>> export_bundle(checkpoint="runs/tiny/checkpoint", out_dir="bundle")  # doctest: +SKIP
+    """
+    from medmtl.engine.bundle import export_bundle as _export
+
+    return _export(checkpoint=Path(checkpoint), out_dir=Path(out_dir))
+
+
+def predict_bundle(
+    *, bundle_root: str | Path, input_dir: str | Path, out_dir: str | Path, device: str = "auto", overlap: float = 0.5
+) -> dict[str, Any]:
+    """:func:`predict_folder` with the model of a bundle written by :func:`export_bundle` (the
+    entry point of its ``configs/inference.json``); the same lesions as the checkpoint gives.
+
+    Example:
+        >>> predict_bundle(bundle_root="bundle", input_dir="sample_data/ct_site_b", out_dir="preds")  # doctest: +SKIP
+    """
+    from medmtl.engine.bundle import bundle_checkpoint
+
+    with bundle_checkpoint(Path(bundle_root)) as checkpoint:
+        return predict_folder(checkpoint=checkpoint, input_dir=input_dir, out_dir=out_dir, device=device,
+                              overlap=overlap, progress=False)
+
+
 def evaluate(
     *,
     predictions: str | Path,

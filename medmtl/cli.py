@@ -37,12 +37,11 @@ def main(verbose: int) -> None:
 
 def _register_commands() -> None:
     """Attach the command groups (each module keeps its heavy imports inside its commands)."""
-    from medmtl.commands import classical, data, inference, models, shift, training
+    from medmtl.commands import classical, data, export, inference, models, shift, training
 
-    for module in (data, models, training, inference, classical, shift):
+    for module in (data, models, training, inference, classical, shift, export):
         for cmd in module.COMMANDS:
             main.add_command(cmd)
-    main.add_command(__import__("medmtl.commands.export", fromlist=["export_cmd"]).export_cmd)  # medmtl export
 
 
 _register_commands()

@@ -99,3 +99,85 @@ def test_usage_errors(tmp_path: Path) -> None:
     assert empty.exit_code == 1 and empty.stderr.strip() == (
         f"Error: '{tmp_path}' holds no predictions.csv; pass the output folder of `medmtl predict` (or `medmtl classical`)")
     assert "export" in runner.invoke(main, ["--help"]).output
+
+
+# --------------------------------------------------------------------------- MONAI bundle
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    checkpoint = predict_helpers.session_checkpoint(tmp_path_factory)
+    out = tmp_path_factory.mktemp("bundle") / "bundle"
+    res = CliRunner().invoke(main, ["export-bundle", str(checkpoint), "-o", str(out), "--json"])
+    assert res.exit_code == 0, res.output
+    summary = json.loads(res.stdout)
+    assert summary["files"] == ["configs/metadata.json", "configs/inference.json", "configs/model_card.json",
+                                "models/model.pt", "docs/README.md"]
+    return out
+
+
+def test_bundle_files_hold_the_checkpoint(bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> None:
+    import torch
+    from safetensors.torch import load_file
+
+    checkpoint = predict_helpers.session_checkpoint(tmp_path_factory)
+    state = torch.load(str(bundle / "models" / "model.pt"), map_location="cpu", weights_only=True)
+    ref = load_file(str(checkpoint / "model.safetensors"))
+    assert state.keys() == ref.keys() and all(torch.equal(state[k], ref[k]) for k in ref)
+    assert (bundle / "configs" / "model_card.json").read_bytes() == (checkpoint / "model_card.json").read_bytes()
+    meta = json.loads((bundle / "configs" / "metadata.json").read_text(encoding="utf-8"))
+    for key in ("version", "changelog", "monai_version", "pytorch_version", "numpy_version", "task", "description",
+                "authors", "copyright", "network_data_format"):
+        assert key in meta, key
+    card = json.loads((checkpoint / "model_card.json").read_text(encoding="utf-8"))
+    assert meta["medmtl"]["weights_sha256"] == card["provenance"]["weights_sha256"]
+
+
+def test_monai_bundle_run_gives_the_lesions_of_medmtl_predict(bundle: Path, predicted: Path, tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    pytest.importorskip("fire", reason="MONAI's bundle CLI needs fire (pip install 'medmtl[bundle]')")
+    out = tmp_path / "bundle_pred"
+    env = dict(os.environ, PYTHONPATH=str(export_helpers.REPO), OMP_NUM_THREADS="1")
+    res = subprocess.run([sys.executable, "-m", "monai.bundle", "run", "--config_file",
+                          str(bundle / "configs" / "inference.json"), "--bundle_root", str(bundle),
+                          "--dataset_dir", str(export_helpers.DICOM_EXAMPLE), "--output_dir", str(out),
+                          "--device", "cpu"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert (out / "predictions.csv").read_text(encoding="utf-8") == (predicted / "predictions.csv").read_text(encoding="utf-8")
+
+
+def test_bundle_with_replaced_weights_is_refused(bundle: Path, tmp_path: Path) -> None:
+    import shutil
+
+    import torch
+
+    from medmtl import api
+    from medmtl.errors import CheckpointError
+
+    copy = tmp_path / "b"
+    shutil.copytree(bundle, copy)
+    state = torch.load(str(copy / "models" / "model.pt"), weights_only=True)
+    first = next(iter(state))
+    state[first] = state[first] + 1
+    torch.save(state, str(copy / "models" / "model.pt"))
+    with pytest.raises(CheckpointError, match=r"do not match the card's SHA-256.*re-export the bundle"):
+        api.predict_bundle(bundle_root=copy, input_dir=export_helpers.DICOM_EXAMPLE, out_dir=tmp_path / "o", device="cpu")
+    assert not (tmp_path / "o").exists()
+    torch.save({"weights": _NotATensor()}, str(copy / "models" / "model.pt"))  # a pickled object: never run
+    with pytest.raises(CheckpointError, match=r"cannot be read as a state dict \(UnpicklingError\)"):
+        api.predict_bundle(bundle_root=copy, input_dir=export_helpers.DICOM_EXAMPLE, out_dir=tmp_path / "o", device="cpu")
+
+
+class _NotATensor:
+    """An arbitrary object: ``torch.load(weights_only=True)`` must refuse to unpickle it."""
+
+
+def test_export_bundle_never_replaces_a_foreign_file(tmp_path: Path, tmp_path_factory: pytest.TempPathFactory) -> None:
+    checkpoint = predict_helpers.session_checkpoint(tmp_path_factory)
+    (tmp_path / "b" / "docs").mkdir(parents=True)
+    (tmp_path / "b" / "docs" / "README.md").write_text("mine")
+    res = CliRunner().invoke(main, ["export-bundle", str(checkpoint), "-o", str(tmp_path / "b")])
+    assert res.exit_code == 1 and "already holds 'docs/README.md'" in res.stderr
+    assert (tmp_path / "b" / "docs" / "README.md").read_text() == "mine"
+    assert not (tmp_path / "b" / "models").exists()

@@ -53,4 +53,35 @@ def export_cmd(pred_dir: Path, formats: tuple[str, ...], out_dir: Path, scans_di
                f"{summary['n_scans']} scan(s), {summary['n_lesions']} lesion(s){note}")
 
 
-COMMANDS: list[click.Command] = [export_cmd]
+@click.command("export-bundle")
+@click.argument("checkpoint", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("-o", "--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
+              callback=check_out_path, help="Bundle folder to write (files medmtl did not write are never replaced).")
+@json_option
+@handle_errors
+def export_bundle_cmd(checkpoint: Path, out_dir: Path, as_json: bool) -> None:
+    """Write CHECKPOINT as a MONAI bundle that `python -m monai.bundle run` executes.
+
+    \b
+    OUT/configs/metadata.json, OUT/configs/inference.json, OUT/configs/model_card.json,
+    OUT/models/model.pt (a state dict) and OUT/docs/README.md. Running it (medmtl installed)
+    writes the same predictions.csv as `medmtl predict` with the checkpoint:
+      python -m monai.bundle run --config_file OUT/configs/inference.json --bundle_root OUT \\
+          --dataset_dir SCANS --output_dir PREDS
+
+    \b
+    Example:
+      medmtl export-bundle runs/tiny/checkpoint -o bundles/tiny
+    """
+    from medmtl import api
+
+    summary = api.export_bundle(checkpoint=checkpoint, out_dir=out_dir)
+    if as_json:
+        echo_json(summary)
+        return
+    click.echo(f"MONAI bundle of {checkpoint} ({summary['n_tensors']} tensors, weights {summary['weights_sha256'][:12]}) "
+               f"written into {out_dir}; run it with: python -m monai.bundle run --config_file "
+               f"{Path(out_dir) / 'configs' / 'inference.json'} --bundle_root {out_dir} --dataset_dir SCANS --output_dir OUT")
+
+
+COMMANDS: list[click.Command] = [export_cmd, export_bundle_cmd]
