@@ -120,14 +120,7 @@ def build_targets(image: Any, lesions: Sequence[Lesion]) -> dict[str, torch.Tens
         sigma = np.maximum(radius / 2.0 / spacing, _MIN_SIGMA_VOX)  # voxels per axis
         nearest = np.clip(np.rint(ijk).astype(int), 0, np.asarray(shape) - 1)
 
-        # gaussian in a 3σ box, normalised so the nearest voxel is exactly 1
-        sl = tuple(slice(*_window(float(ijk[a]), 3.0 * float(sigma[a]), shape[a])) for a in range(3))
-        grids = np.meshgrid(*[np.arange(s.start, s.stop, dtype=np.float64) for s in sl], indexing="ij")
-        g = np.exp(-sum((grids[a] - ijk[a]) ** 2 / (2.0 * sigma[a] ** 2) for a in range(3)))
-        peak = math.exp(-sum(float((nearest[a] - ijk[a]) ** 2 / (2.0 * sigma[a] ** 2)) for a in range(3)))
-        g = np.minimum(g / peak, 1.0).astype(np.float32)
-        heat[sl] = np.maximum(heat[sl], g)
-        heat[tuple(nearest)] = 1.0
+        _splat_gaussian(heat, ijk, sigma, nearest)
 
         # size / malignancy ellipsoid: radius max(r/2 mm, 1 voxel) per axis
         rad = np.maximum(radius / 2.0 / spacing, 1.0)
@@ -160,6 +153,18 @@ def build_targets(image: Any, lesions: Sequence[Lesion]) -> dict[str, torch.Tens
             ("malig_mask", malig_mask),
         )
     }
+
+
+def _splat_gaussian(heat: np.ndarray, ijk: np.ndarray, sigma: np.ndarray, nearest: np.ndarray) -> None:
+    """Max a gaussian (σ in voxels per axis) into ``heat`` in a 3σ box, exactly 1 at ``nearest``."""
+    shape = heat.shape
+    sl = tuple(slice(*_window(float(ijk[a]), 3.0 * float(sigma[a]), shape[a])) for a in range(3))
+    grids = np.meshgrid(*[np.arange(s.start, s.stop, dtype=np.float64) for s in sl], indexing="ij")
+    g = np.exp(-sum((grids[a] - ijk[a]) ** 2 / (2.0 * sigma[a] ** 2) for a in range(3)))
+    peak = math.exp(-sum(float((nearest[a] - ijk[a]) ** 2 / (2.0 * sigma[a] ** 2)) for a in range(3)))
+    g = np.minimum(g / peak, 1.0).astype(np.float32)
+    heat[sl] = np.maximum(heat[sl], g)
+    heat[tuple(nearest)] = 1.0
 
 
 def _per_lesion_weights(owner: np.ndarray, *masks: np.ndarray) -> None:
