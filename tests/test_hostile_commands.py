@@ -220,9 +220,12 @@ CASES: dict[str, Case] = {
                                               "adabn", "-o", _under_a_file(e), "--device", "cpu"], 2,
                                    ["is a file, so no folder can be created under it"]),
     # ------------------------------------------------------------------ diagnose
-    "diagnose: one target scan": Case(
-        lambda e: ["diagnose", "--source", SITE_A, "--target", e.scans(1), "-o", e.out, "--n-permutations", "20"], 1,
-        ["the target cohort has 1 scan", "at least 2 scans per cohort", "add scans to the target"]),
+    "diagnose: --n-permutations 0": Case(
+        lambda e: ["diagnose", "--source", SITE_A, "--target", e.scans(2), "-o", e.out, "--n-permutations", "0"], 2,
+        ["--n-permutations", "0 is not in the range x>=1"]),
+    "diagnose: target folder without scans": Case(
+        lambda e: ["diagnose", "--source", SITE_A, "--target", e.file("docs/readme.txt", "x").parent, "-o", e.out], 1,
+        ["no scans found", "expected .nii/.nii.gz/.mha/.mhd/.nrrd"]),
     "diagnose: -o under a file": Case(
         lambda e: ["diagnose", "--source", SITE_A, "--target", SITE_B, "-o", _under_a_file(e)], 2,
         ["is a file, so no folder can be created under it"]),
@@ -258,3 +261,32 @@ def test_hostile_command(tmp_path: Path, tiny_checkpoint: Path, hostile, name: s
     watch = [tmp_path / "in"] + ([env.out] if existed else [])
     absent = [] if case.out_made or existed else [env.out, tmp_path / LONG]
     hostile(args, code=case.code, words=case.words, stdout_words=case.stdout_words, watch=watch, absent=absent)
+
+
+def test_a_full_disk_is_one_error_line(tmp_path: Path, hostile, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An OSError while writing (here: no space left) is one ``Error:`` line naming the file and the fix."""
+    import errno
+
+    from medmtl import api
+
+    def full(**kwargs: object) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "out" / "metrics.json"))
+
+    monkeypatch.setattr(api, "evaluate", full)
+    table = tmp_path / "in" / "p.csv"
+    table.parent.mkdir()
+    table.write_text(f"{HEAD}\nct_b_0000,1,2,3,0.5\n", encoding="utf-8")
+    hostile(["evaluate", "--predictions", table, "--annotations", SITE_B / "annotations.csv", "-o", tmp_path / "out"],
+            words=["metrics.json", "No space left on device", "free disk space"], watch=[tmp_path / "in"])
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root may write into any folder")
+def test_an_unwritable_output_parent_is_refused_before_any_work(tmp_path: Path, hostile) -> None:
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    os.chmod(locked, 0o555)
+    try:
+        hostile(["sample-data", locked / "set", "--n", "1"], code=2, words=["is not writable (permission denied)"],
+                watch=[locked], absent=[locked / "set"])
+    finally:
+        os.chmod(locked, 0o755)
