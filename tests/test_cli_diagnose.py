@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import re
+from html.parser import HTMLParser
 from pathlib import Path
 
 import numpy as np
@@ -48,6 +49,44 @@ def cohorts(sample_data: Path, tmp_path_factory: pytest.TempPathFactory) -> dict
     }
 
 
+class _Page(HTMLParser):
+    """The parts of a report page a reader sees: text (outside ``<style>``), ``<code>`` spans,
+    images' ``alt`` texts and table cells by their CSS class."""
+
+    def __init__(self, page: str) -> None:
+        super().__init__()
+        self.text: list[str] = []
+        self.code: list[str] = []
+        self.alts: list[str | None] = []
+        self.red_cells: list[str] = []
+        self._stack: list[tuple[str, dict[str, str | None]]] = []
+        self.feed(page)
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag == "img":
+            self.alts.append(dict(attrs).get("alt"))
+            return
+        self._stack.append((tag, dict(attrs)))
+
+    def handle_endtag(self, tag: str) -> None:
+        if self._stack and self._stack[-1][0] == tag:
+            self._stack.pop()
+
+    def handle_data(self, data: str) -> None:
+        tags = [t for t, _ in self._stack]
+        if "style" in tags:
+            return
+        self.text.append(data)
+        if "code" in tags:
+            self.code.append(data)
+        if self._stack and "sig" in (self._stack[-1][1].get("class") or ""):
+            self.red_cells.append(data)
+
+    @property
+    def visible(self) -> str:
+        return " ".join(self.text)
+
+
 def test_report_is_self_contained(cohorts: dict[str, Path], tmp_path: Path) -> None:
     out = tmp_path / "rep"
     code, text = _run(["diagnose", "--source", str(cohorts["a"]), "--target", str(cohorts["b"]), "-o", str(out),
@@ -59,14 +98,50 @@ def test_report_is_self_contained(cohorts: dict[str, Path], tmp_path: Path) -> N
     assert "<script" not in page and "<link" not in page
     srcs = re.findall(r'src="([^"]*)"', page)
     assert srcs and all(s.startswith("data:image/png;base64,") for s in srcs)
-    assert len(srcs) >= 4  # histogram, spacing, embedding, BN shift
+    assert len(srcs) >= 5  # example slices, histogram, spacing, embedding, BN shift
     names = [t["name"] for t in report["tests"]]
     assert any("MMD" in n for n in names) and any("classifier" in n for n in names)
     for t in report["tests"]:
         assert t["p_value"] is not None
-        assert t["name"].split(" (")[0] in page
+    for t in report["tests"]:
+        if t["family"] == "feature":
+            assert t["name"].split(" (")[0] in page
     assert page.count("<tr>") >= len(report["tests"])
     assert "verdict" in report and isinstance(report["verdict"]["shift"], bool)
+    check_readable_page(page, report)
+
+
+def check_readable_page(page: str, report: dict) -> None:
+    """What a radiologist reads (issue #14): no literal markdown, real alt texts, named PCA axes,
+    human field names with units, descriptive rows never coloured as decisions, capped effect
+    sizes said as such, p-values never below what the permutations can reach, a BN reading."""
+    seen = _Page(page)
+    assert "`" not in seen.visible  # code spans are rendered, not shown as backticks
+    assert seen.alts and all(a and a != "figure" and len(a) > 40 for a in seen.alts), seen.alts
+    assert any(a.startswith("Middle axial slice of the source scan") and "W 1500 / L -600 HU" in a
+               for a in seen.alts if a)
+    axes = report["embedding"]["axes"]
+    assert re.fullmatch(r"PC1 \(\d+\.\d% of the variance\)", axes[0]) and axes[1].startswith("PC2 (")
+    assert any(axes[0] in a and axes[1] in a for a in seen.alts if a)
+    rows = report["fingerprint_table"]
+    labels = {r["field"]: r["label"] for r in rows}
+    assert labels["p0_5"] == "0.5th percentile intensity (HU)" and labels["fov_i_mm"] == "field of view, i axis (mm)"
+    assert labels["slice_thickness"] == "slice spacing (mm)"  # NIfTI: no SliceThickness tag
+    for field, label in labels.items():
+        assert label in seen.visible
+        if "_" in field or any(c.isdigit() for c in field):  # p0_5, fov_i_mm …: never shown raw
+            assert not re.search(rf"\b{field}\b", seen.visible), field
+    decision = [f"{t['adjusted_p']:.3g}" for t in report["tests"] if t["family"] == "feature"]
+    assert all(cell in decision for cell in seen.red_cells), seen.red_cells  # only decision p-values in red
+    floor = report["fingerprint_p"]["smallest_p"]
+    assert floor == report["shift_test"]["smallest_p"]
+    assert all(r["holm_p"] >= floor - 1e-12 for r in rows) and all(
+        t["p_value"] >= floor - 1e-12 for t in report["tests"] if t.get("descriptive"))
+    assert "99" not in " ".join(r["g_text"] for r in rows)
+    assert all(r["g_text"] in ("constant in each cohort", "> 10", "< −10") for r in rows
+               if r["hedges_g"] is not None and abs(r["hedges_g"]) > 10)
+    assert "descriptive effect sizes: the verdict does not use them" in seen.visible
+    assert "Reading: the target's activations are" in seen.visible
 
 
 def test_another_modality_is_outside_the_training_domain(cohorts: dict[str, Path], tmp_path: Path) -> None:
@@ -84,21 +159,41 @@ def test_another_modality_is_outside_the_training_domain(cohorts: dict[str, Path
     assert res.exit_code == 0 and json.loads(res.stdout)["verdict"]["kind"] == "outside_domain"
 
 
-def test_cohorts_too_small_to_reach_alpha_are_refused(cohorts: dict[str, Path], tmp_path: Path) -> None:
-    code, text = _run(["diagnose", "--source", str(cohorts["b3"]), "--target", str(cohorts["b3"]),
-                       "-o", str(tmp_path / "r")])
-    assert code != 0
-    errs = _error_lines(text)
-    assert len(errs) == 1 and "with 3 source and 3 target scans" in errs[0] and "at least 4 per side" in errs[0]
-    assert "Traceback" not in text and not (tmp_path / "r").exists()
+def test_cohorts_too_small_to_reach_alpha_get_a_fingerprint_only_report(cohorts: dict[str, Path],
+                                                                        tmp_path: Path) -> None:
+    """3 vs 3 scans can never reach p <= 0.05: the test is refused (said in the verdict), the
+    descriptive part is written."""
+    out = tmp_path / "r"
+    code, text = _run(["diagnose", "--source", str(cohorts["b3"]), "--target", str(cohorts["b3"]), "-o", str(out)])
+    assert code == 0, text
+    assert text.startswith("NOT TESTED: ") and "with 3 source and 3 target scans" in text
+    assert "at least 4 per side" in text and "Traceback" not in text
+    report = json.loads((out / "report.json").read_text(encoding="utf-8"))
+    assert report["verdict"]["kind"] == "not_tested" and report["verdict"]["shift"] is None
+    assert report["tests"] == [] and report["shift_test"] is None and report["fingerprint_table"]
 
 
-def test_one_scan_cohort_is_refused(cohorts: dict[str, Path], tmp_path: Path) -> None:
-    code, text = _run(["diagnose", "--source", str(cohorts["a"]), "--target", str(cohorts["one"]),
-                       "-o", str(tmp_path / "r")])
-    assert code != 0
-    errs = _error_lines(text)
-    assert len(errs) == 1 and "1 scan" in errs[0] and "at least 2" in errs[0] and "3 for the domain-classifier" in errs[0]
+def test_one_scan_target_gets_a_fingerprint_only_report(cohorts: dict[str, Path], tmp_path: Path) -> None:
+    out = tmp_path / "r"
+    code, text = _run(["diagnose", "--source", str(cohorts["a"]), "--target", str(cohorts["one"]), "-o", str(out)])
+    assert code == 0, text
+    report = json.loads((out / "report.json").read_text(encoding="utf-8"))
+    v = report["verdict"]
+    assert v["kind"] == "not_tested" and v["p_value"] is None
+    assert v["reasons"] == ["No shift test was run: the target cohort has 1 scan; shift tests need at least 2 scans "
+                            "per cohort (3 for the domain-classifier test); add scans to the target."]
+    assert report["tests"] == [] and report["mmd"] is None and report["classifier"] is None
+    rows = {r["field"]: r for r in report["fingerprint_table"]}
+    assert rows["noise"]["target_sd"] is None and rows["noise"]["source_sd"] is not None  # one scan: no SD
+    assert rows["spacing_k"]["n_target_outside_source_range"] == 1  # site B's 5 mm slices vs site A's 1.25 mm
+    page = (out / "report.html").read_text(encoding="utf-8")
+    seen = _Page(page)
+    assert "Not tested: fingerprint only." in seen.visible and "No shift test was run" in seen.visible
+    assert "Decision: feature-level tests" not in seen.visible and "`" not in seen.visible
+    assert "slice spacing (mm)" in seen.visible and "Hedges' g" in seen.visible
+    assert seen.alts and all(a and len(a) > 40 for a in seen.alts)
+    assert any(a.startswith("Middle axial slice of the source scan") and "target scan ct_b_0000" in a
+               for a in seen.alts if a)
 
 
 def test_checkpoint_without_reference_stats(cohorts: dict[str, Path], tmp_path: Path) -> None:

@@ -52,7 +52,8 @@ def diagnose_cmd(source: Path, target: Path, out_dir: Path, checkpoint: Path | N
         echo_json({"verdict": verdict, "shift_test": rep.get("shift_test"), "report": str(Path(out_dir) / "report.html"),
                    "source": rep["source"], "target": rep["target"]})
         return
-    label = {"no_shift": "no shift", "shift": "SHIFT", "outside_domain": "OUTSIDE THE TRAINING DOMAIN"}
+    label = {"no_shift": "no shift", "shift": "SHIFT", "outside_domain": "OUTSIDE THE TRAINING DOMAIN",
+             "not_tested": "NOT TESTED"}
     click.echo(f"{label.get(verdict.get('kind'), 'SHIFT' if verdict['shift'] else 'no shift')}: {verdict['text']}")
     click.echo(f"report: {Path(out_dir) / 'report.html'}")
 

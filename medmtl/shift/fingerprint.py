@@ -62,6 +62,34 @@ NUMERIC_FIELDS: tuple[str, ...] = (
 )
 
 
+#: Human name of each numeric field, with ``{u}`` standing for the intensity unit (HU for CT,
+#: a.u. for MR); intensities are measured inside the body mask.
+FIELD_LABELS: dict[str, str] = {
+    "spacing_i": "voxel spacing, i axis (mm)",
+    "spacing_j": "voxel spacing, j axis (mm)",
+    "spacing_k": "voxel spacing, k axis (mm)",
+    "slice_thickness": "slice thickness (mm)",
+    "fov_i_mm": "field of view, i axis (mm)",
+    "fov_j_mm": "field of view, j axis (mm)",
+    "fov_k_mm": "field of view, k axis (mm)",
+    "p0_5": "0.5th percentile intensity ({u})",
+    "p10": "10th percentile intensity ({u})",
+    "p50": "median intensity ({u})",
+    "p90": "90th percentile intensity ({u})",
+    "p99_5": "99.5th percentile intensity ({u})",
+    "noise": "noise SD in homogeneous tissue ({u})",
+    "body_fraction": "body fraction of the volume (0–1)",
+}
+#: Where ``slice_thickness`` comes from: the DICOM tag, or the spacing between slices.
+THICKNESS_FROM_DICOM = "dicom"
+THICKNESS_FROM_SPACING = "spacing"
+
+
+def field_label(name: str, modality: str) -> str:
+    """Human name and unit of a fingerprint field, e.g. ``p0_5`` → "0.5th percentile intensity (HU)"."""
+    return FIELD_LABELS.get(name, name).format(u="HU" if modality == "CT" else "a.u.")
+
+
 def _pkey(p: float) -> str:
     """Field name of a percentile: 0.5 → ``p0_5``, 10 → ``p10``."""
     text = f"{p:g}".replace(".", "_")
@@ -196,7 +224,9 @@ def scan_fingerprint(scan: Scan) -> dict[str, Any]:
 
     Returns:
         Dict with ``scan_id``, ``modality``, ``shape``, ``spacing_i/j/k`` (mm),
-        ``slice_thickness`` (mm; the DICOM tag when present, else the k spacing),
+        ``slice_thickness`` (mm; the DICOM SliceThickness tag (0018,0050) when the scan came
+        from DICOM, else the k spacing), ``slice_thickness_source`` (``"dicom"`` or
+        ``"spacing"``), ``slice_spacing`` (the k spacing, mm),
         ``fov_i/j/k_mm``, ``orientation``, percentiles ``p0_5 … p99_5`` inside the body,
         ``noise``, ``body_fraction``, ``hu_calibration`` (CT) and ``acquisition`` tags.
     """
@@ -206,7 +236,9 @@ def scan_fingerprint(scan: Scan) -> dict[str, Any]:
     inside = arr[mask]
     pct = np.percentile(inside, PERCENTILES) if inside.size else np.full(len(PERCENTILES), np.nan)
     acq = {k: v for k, v in (scan.acquisition or {}).items() if v is not None}
-    thick = acq.get("slice_thickness")
+    tag = acq.get("slice_thickness_mm", acq.get("slice_thickness"))  # DICOM SliceThickness (0018,0050)
+    thick = float(tag) if isinstance(tag, (int, float)) else math.nan
+    from_tag = math.isfinite(thick) and thick > 0
     fp: dict[str, Any] = {
         "scan_id": scan.scan_id,
         "modality": scan.modality,
@@ -214,7 +246,9 @@ def scan_fingerprint(scan: Scan) -> dict[str, Any]:
         "spacing_i": sp[0],
         "spacing_j": sp[1],
         "spacing_k": sp[2],
-        "slice_thickness": float(thick) if isinstance(thick, (int, float)) else sp[2],
+        "slice_thickness": thick if from_tag else sp[2],
+        "slice_thickness_source": THICKNESS_FROM_DICOM if from_tag else THICKNESS_FROM_SPACING,
+        "slice_spacing": sp[2],
         "fov_i_mm": sp[0] * arr.shape[0],
         "fov_j_mm": sp[1] * arr.shape[1],
         "fov_k_mm": sp[2] * arr.shape[2],

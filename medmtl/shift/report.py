@@ -75,6 +75,19 @@ def check_sizes(n_source: int, n_target: int) -> None:
             )
 
 
+def untestable(n_source: int, n_target: int, n_permutations: int) -> str | None:
+    """Why the shift test cannot run at these sizes (:func:`check_sizes`, then
+    :func:`medmtl.shift.verdict.check_resolvable`), or ``None`` when it can."""
+    from medmtl.shift.verdict import check_resolvable
+
+    try:
+        check_sizes(n_source, n_target)
+        check_resolvable(n_source, n_target, n_permutations)
+    except ShiftError as exc:
+        return str(exc)
+    return None
+
+
 def default_spec(modality: str) -> InputSpec:
     """The default preprocessing spec of a modality."""
     from medmtl.transforms.presets import default_ct_spec, default_mri_spec
@@ -82,8 +95,9 @@ def default_spec(modality: str) -> InputSpec:
     return default_ct_spec() if modality == "CT" else default_mri_spec()
 
 
-def embedding(features: np.ndarray, seed: int) -> tuple[np.ndarray, str]:
-    """2D embedding of standardised features: t-SNE with ≥ 30 scans, else PCA."""
+def embedding(features: np.ndarray, seed: int) -> tuple[np.ndarray, str, list[str]]:
+    """2D embedding of standardised features: t-SNE with ≥ 30 scans, else PCA; with the axis
+    names (PCA: the share of the variance each component explains)."""
     from medmtl.shift.two_sample import pca_reduce, standardise
 
     z = standardise(features.astype(np.float64))
@@ -92,32 +106,41 @@ def embedding(features: np.ndarray, seed: int) -> tuple[np.ndarray, str]:
 
         pts = TSNE(n_components=2, perplexity=min(15.0, (len(z) - 1) / 3.0), random_state=seed,
                    init="pca").fit_transform(pca_reduce(z, 20))
-        return pts, "t-SNE"
+        return pts, "t-SNE", ["t-SNE 1 (no unit; distances not preserved)", "t-SNE 2"]
     pts = pca_reduce(z, 2)
+    zc = z - z.mean(axis=0)
+    total = float((zc ** 2).sum())
+    share = [float((pts[:, i] ** 2).sum()) / total if total > 0 else 0.0 for i in range(pts.shape[1])]
     if pts.shape[1] < 2:
         pts = np.concatenate([pts, np.zeros((len(pts), 1))], axis=1)
-    return pts, "PCA"
+        share.append(0.0)
+    return pts, "PCA", [f"PC{i + 1} ({100.0 * v:.1f}% of the variance)" for i, v in enumerate(share[:2])]
 
 
 def _bn_inputs(extractor: FeatureExtractor, scans: Sequence[Scan]) -> list[Any]:
     return [extractor.prepare(s) for s in scans]
 
 
-def _g_text(g: float) -> str:
-    """Hedges' g for the verdict text; the cap means the field is constant within each cohort."""
-    from medmtl.shift.fingerprint import G_CAP
+def _g_phrase(text: str) -> str:
+    """``"1.85"`` → ``"g = 1.85"``, ``"> 10"`` → ``"g > 10"``; words stay as they are."""
+    if text[:1] in "<>":
+        return f"g {text}"
+    return f"g = {text}" if text[:1].isdigit() or text[:1] in "-−" else text
 
-    return "constant within each cohort" if abs(g) >= G_CAP else f"g = {g:.2f}"
 
-
-def _details(kind: str, effects: list[dict[str, Any]], hu_rows: list[dict[str, Any]]) -> list[str]:
+def _details(kind: str, effects: list[dict[str, Any]], hu_rows: list[dict[str, Any]],
+             modality: str = "CT") -> list[str]:
     """Sentences beside the verdict: the largest fingerprint differences, the HU check and, for an
     adaptable shift to a coarser or noisier acquisition, the re-simulation option."""
+    from medmtl.shift.descriptive import g_text
+    from medmtl.shift.fingerprint import field_label
+
     parts = []
     big = sorted((e for e in effects if e["large"]), key=lambda e: -abs(e["hedges_g"]))[:4]
     if big:
-        parts.append("Largest fingerprint differences (descriptive): " + ", ".join(
-            f"{e['field']} ({e['source_mean']:.3g} → {e['target_mean']:.3g}, {_g_text(e['hedges_g'])})" for e in big) + ".")
+        parts.append("Largest fingerprint differences (descriptive, not part of the decision): " + ", ".join(
+            f"{e.get('label') or field_label(e['field'], modality)} {e['source_mean']:.3g} → {e['target_mean']:.3g} "
+            f"({_g_phrase(g_text(e['hedges_g'], e.get('source_sd'), e.get('target_sd')))})" for e in big) + ".")
     tgt_hu = next((h for h in hu_rows if h["cohort"] == "target"), None)
     if tgt_hu and tgt_hu["n_flagged"]:
         parts.append(
@@ -127,7 +150,9 @@ def _details(kind: str, effects: list[dict[str, Any]], hu_rows: list[dict[str, A
     coarser = sorted({e["field"] for e in effects if e["large"] and e["target_mean"] > e["source_mean"]
                       and str(e["field"]).startswith(("spacing", "slice_thickness", "noise"))})
     if kind == "shift" and coarser:
-        parts.append(f"The target acquisition is coarser or noisier ({', '.join(coarser)}): `medmtl adapt --method "
+        labels = {e["field"]: e.get("label") for e in effects}
+        named = ", ".join(labels.get(f) or field_label(f, modality) for f in coarser)
+        parts.append(f"The target acquisition is coarser or noisier ({named}): `medmtl adapt --method "
                      "resim --source <labelled source scans>` fine-tunes on source scans re-simulated at it.")
     return parts
 
@@ -140,7 +165,7 @@ def _verdict(test: dict[str, Any] | None, sides: _Sides, src_fps: list[dict[str,
     v = decide(test, source_fps=src_fps, target_fps=tgt_fps, source_modality=sides.src_modality,
                target_modality=sides.modality)
     out = v.to_dict()
-    details = _details(v.kind, effects, hu_rows)
+    details = _details(v.kind, effects, hu_rows, sides.modality)
     out["details"] = details
     out["text"] = " ".join([out["text"], *details])
     out["min_p"] = v.p_value
@@ -190,9 +215,7 @@ def _load_sides(source: Path, target: Path) -> _Sides:
     else:
         src_scans = load_cohort(source, "source")
         src_modality, kind = src_scans[0].modality, "folder"
-    sides = _Sides(tgt_scans, src_scans, ref, kind, modality, src_modality)
-    check_sizes(sides.n_src, len(tgt_scans))
-    return sides
+    return _Sides(tgt_scans, src_scans, ref, kind, modality, src_modality)
 
 
 def _extractor(sides: _Sides, ckpt_path: Path | None, notes: list[str]) -> tuple[FeatureExtractor, Any, InputSpec]:
@@ -220,7 +243,8 @@ def _extractor(sides: _Sides, ckpt_path: Path | None, notes: list[str]) -> tuple
 def _feature_tests(xs: np.ndarray, xt: np.ndarray, effects: list[dict[str, Any]], n_permutations: int,
                    seed: int) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """The combined shift test (:func:`medmtl.shift.verdict.shift_test`) as report rows, then one
-    descriptive (uncorrected, not part of the decision) Mann-Whitney row per fingerprint field."""
+    descriptive row (not part of the decision; Holm-adjusted permutation p, see
+    :mod:`medmtl.shift.descriptive`) per fingerprint field."""
     from medmtl.shift.verdict import shift_test
 
     test = shift_test(xs, xt, n_permutations=n_permutations, seed=seed)
@@ -233,9 +257,11 @@ def _feature_tests(xs: np.ndarray, xt: np.ndarray, effects: list[dict[str, Any]]
                       "statistic": clf["accuracy"], "p_value": clf["p_value"], "adjusted_p": clf["adjusted_p"],
                       "detail": f"proxy A-distance {clf['proxy_a_distance']:.2f}, AUC {clf['auc']:.2f}"})
     for e in effects:
-        tests.append({"name": f"fingerprint: {e['field']} (Mann-Whitney)", "family": "fingerprint",
-                      "descriptive": True, "statistic": e["hedges_g"], "p_value": e["mann_whitney_p"],
-                      "detail": "descriptive; statistic = Hedges' g"})
+        if e.get("holm_p") is None:
+            continue
+        tests.append({"name": f"fingerprint: {e['label']} (rank-sum permutation test)", "family": "fingerprint",
+                      "descriptive": True, "statistic": e["hedges_g"], "p_value": e["holm_p"],
+                      "detail": "descriptive; Holm-adjusted p; statistic = Hedges' g"})
     return tests, test
 
 
@@ -264,21 +290,32 @@ def _target_scores(clf: dict[str, Any] | None, src_ids: Sequence[str], tgt_scans
                      for s, v in zip(tgt_scans, clf["target_score_target"])]
 
 
-def _write_report(out_dir: Path, report: dict[str, Any]) -> None:
+def _figures(report: dict[str, Any], sides: _Sides) -> dict[str, str]:
+    """The report's figures (``<img>`` tags with alt texts), by section key."""
+    from medmtl.shift import report_figures as rf
+    from medmtl.shift.descriptive import slice_label
+
+    fps = report["fingerprints"]
+    emb, bn = report["embedding"], report["bn_shift"]
+    figures = {"spacing": rf.spacing_figure({"source": fps["source"], "target": fps["target"]},
+                                            slice_label([*fps["source"], *fps["target"]]))}
+    examples = [("source", sides.src_scans[0])] if sides.src_scans else []
+    figures["examples"] = rf.example_slices_figure([*examples, ("target", sides.tgt_scans[0])])
+    if report["histograms"] is not None:
+        figures["histogram"] = rf.histogram_figure(report["histograms"], "HU" if report["modality"] == "CT" else "a.u.")
+    if emb is not None:
+        figures["embedding"] = rf.embedding_figure(emb["points"], emb["cohort"], emb["method"], emb["axes"])
+    if bn is not None and bn["target"]:
+        figures["bn"] = rf.bn_figure(bn["target"], bn["source"])
+    return figures
+
+
+def _write_report(out_dir: Path, report: dict[str, Any], sides: _Sides) -> None:
     """Figures, ``report.html`` and ``report.json`` (atomically)."""
     from medmtl.io.writers import atomic_write_json, atomic_write_text
     from medmtl.shift import html as hh
 
-    fps = report["fingerprints"]
-    emb, bn = report["embedding"], report["bn_shift"]
-    figures = {"spacing": hh.spacing_figure({"source": fps["source"], "target": fps["target"]})}
-    if report["histograms"] is not None:
-        figures["histogram"] = hh.histogram_figure(report["histograms"], "HU" if report["modality"] == "CT" else "a.u.")
-    if emb is not None:
-        figures["embedding"] = hh.embedding_figure(emb["points"], emb["cohort"], emb["method"])
-    if bn is not None and bn["target"]:
-        figures["bn"] = hh.bn_figure(bn["target"], bn["source"])
-    page = hh.render_report({**report, "_figures": figures})
+    page = hh.render_report({**report, "_figures": _figures(report, sides)})
     out_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out_dir / "report.json", report)
     atomic_write_text(out_dir / "report.html", page)
@@ -343,9 +380,12 @@ def run_diagnose(
     Returns:
         The report dict (``verdict``, ``tests``, fingerprints, effect sizes, BN shift, ...).
 
+    Cohorts too small for the shift test (fewer than 2 scans, or too few for any p-value to
+    reach alpha) get a fingerprint-only report: the test is refused and the verdict says so
+    (``kind`` ``not_tested``), but the descriptive part is written.
+
     Raises:
-        ShiftError: a cohort with fewer than 2 scans or too few to reach p <= alpha, a
-            checkpoint without reference statistics, unreadable folders.
+        ShiftError: a checkpoint without reference statistics, unreadable folders.
     """
 
     if n_permutations < 1:
@@ -353,11 +393,16 @@ def run_diagnose(
     source, target, out_dir = Path(source), Path(target), Path(out_dir)
     notes: list[str] = []
     sides = _load_sides(source, target)
+    refusal = untestable(sides.n_src, len(sides.tgt_scans), n_permutations)
     if sides.src_modality != sides.modality:
         report = _other_modality_report(sides, source, target, n_permutations, seed)
+    elif refusal is not None:
+        from medmtl.shift.report_small import fingerprint_only_report
+
+        report = fingerprint_only_report(sides, source, target, n_permutations, seed, refusal)
     else:
         report = _feature_report(sides, source, target, checkpoint, rank_encoders, n_permutations, seed, notes)
-    _write_report(out_dir, report)
+    _write_report(out_dir, report, sides)
     logger.info("diagnose: %s", report["verdict"]["text"])
     return report
 
@@ -387,7 +432,9 @@ def _other_modality_report(sides: _Sides, source: Path, target: Path, n_permutat
         "feature_extractor": None, "tests": [], "mmd": None, "classifier": None, "shift_test": None,
         "fingerprints": {"source": src_fps, "target": tgt_fps,
                          "source_summary": cohort_summary(src_fps), "target_summary": cohort_summary(tgt_fps)},
-        "effect_sizes": [], "hu_calibration": [], "histograms": None, "embedding": None, "bn_shift": None,
+        "effect_sizes": [], "fingerprint_table": _geometry_rows(src_fps, tgt_fps, sides.modality),
+        "fingerprint_p": {"n_rows": 0, "reason": "no p-values across modalities; intensities are not comparable."},
+        "hu_calibration": [], "histograms": None, "embedding": None, "bn_shift": None,
         "prediction_shift": [], "target_scores": [], "encoder_ranking": None,
         "notes": [f"The source is {sides.src_modality} and the target {sides.modality}: the feature tests, "
                   "the embedding and the BN statistics are not computed across modalities."],
@@ -395,25 +442,34 @@ def _other_modality_report(sides: _Sides, source: Path, target: Path, n_permutat
     }
 
 
+def _geometry_rows(src_fps: list[dict[str, Any]], tgt_fps: list[dict[str, Any]], modality: str) -> list[dict[str, Any]]:
+    """The fingerprint rows comparable across modalities: spacing, field of view, body fraction."""
+    from medmtl.shift.descriptive import fingerprint_rows
+
+    rows = fingerprint_rows(src_fps, tgt_fps, [], {}, modality)
+    return [r for r in rows if not (r["field"].startswith("p") or r["field"] == "noise")]
+
+
 def _feature_report(sides: _Sides, source: Path, target: Path, checkpoint: Path | None, rank_encoders: bool,
                     n_permutations: int, seed: int, notes: list[str]) -> dict[str, Any]:
     """Same modality: fingerprints, the combined feature test and its verdict, BN and prediction shift."""
-    from medmtl.shift import bn_shift as bns
-    from medmtl.shift.fingerprint import cohort_summary, effect_sizes
+    from medmtl.shift.descriptive import describe_fingerprints, prediction_rows
+    from medmtl.shift.fingerprint import cohort_summary
 
     tgt_scans, src_scans = sides.tgt_scans, sides.src_scans
     extractor, model, spec = _extractor(sides, checkpoint if checkpoint is not None else
                                         (source if sides.ref is not None else None), notes)
     tgt_fps, src_fps, hists = _fingerprints(sides)
-    effects = effect_sizes(src_fps, tgt_fps)
+    effects, fp_table, fp_note = describe_fingerprints(src_fps, tgt_fps, sides.modality, n_permutations, seed)
     xs, xt, pred_s, pred_t, src_ids = _cohort_features(sides, model, extractor)
     tests, test = _feature_tests(xs, xt, effects, n_permutations, seed)
-    pred_rows = bns.prediction_shift(pred_s, pred_t) if pred_s and pred_t else []
+    pred_rows = prediction_rows(pred_s, pred_t, n_permutations, seed)
     for r in pred_rows:
         tests.append({"name": f"prediction: {r['field']} (KS)", "family": "prediction", "descriptive": True,
-                      "statistic": r["ks"], "p_value": r["p_value"],
-                      "detail": f"descriptive; median {r['source_median']:.3g} → {r['target_median']:.3g}"})
-    pts, emb_method = embedding(np.concatenate([xs, xt]), seed)
+                      "statistic": r["ks"], "p_value": r["holm_p"] if r["holm_p"] is not None else r["scipy_p"],
+                      "detail": f"descriptive; Holm-adjusted p; median {r['source_median']:.3g} → "
+                                f"{r['target_median']:.3g}"})
+    pts, emb_method, emb_axes = embedding(np.concatenate([xs, xt]), seed)
     hu_rows = _hu_rows({"source": src_fps, "target": tgt_fps})
     return {
         **_header(sides, source, target, n_permutations, seed, src_ids),
@@ -423,8 +479,10 @@ def _feature_report(sides: _Sides, source: Path, target: Path, checkpoint: Path 
         "shift_test": {k: test[k] for k in ("p_value", "shift", "alpha", "exact", "n_label_sets", "smallest_p", "rule")},
         "fingerprints": {"source": src_fps, "target": tgt_fps,
                          "source_summary": cohort_summary(src_fps), "target_summary": cohort_summary(tgt_fps)},
-        "effect_sizes": effects, "hu_calibration": hu_rows, "histograms": hists,
-        "embedding": {"method": emb_method, "points": pts.tolist(), "cohort": ["source"] * len(xs) + ["target"] * len(xt)},
+        "effect_sizes": effects, "fingerprint_table": fp_table, "fingerprint_p": fp_note,
+        "hu_calibration": hu_rows, "histograms": hists,
+        "embedding": {"method": emb_method, "points": pts.tolist(), "axes": emb_axes,
+                      "cohort": ["source"] * len(xs) + ["target"] * len(xt)},
         "bn_shift": _bn_report(extractor, model, sides),
         "prediction_shift": pred_rows,
         "target_scores": _target_scores(test["classifier"], src_ids, tgt_scans),

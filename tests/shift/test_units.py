@@ -178,8 +178,83 @@ def test_verdict_points_to_resim_when_the_target_acquisition_is_coarser() -> Non
     coarse = [{"field": "slice_thickness", "source_mean": 3.5, "target_mean": 7.0, "hedges_g": 9.0, "large": True},
               {"field": "noise", "source_mean": 16.0, "target_mean": 40.0, "hedges_g": 5.0, "large": True}]
     text = " ".join(_details("shift", coarse, []))
-    assert "--method resim" in text and "noise, slice_thickness" in text
+    assert "--method resim" in text and "(noise SD in homogeneous tissue (HU), slice thickness (mm))" in text
+    assert "slice thickness (mm) 3.5 → 7 (g = 9.00)" in text
     finer = [{**coarse[0], "source_mean": 7.0, "target_mean": 3.5}]
     assert "resim" not in " ".join(_details("shift", finer, []))
     assert "resim" not in " ".join(_details("no_shift", coarse, []))  # no shift, no advice
     assert "resim" not in " ".join(_details("outside_domain", coarse, []))  # outside the domain: never adapt
+
+
+def test_holm_and_permutation_statistics() -> None:
+    from scipy import stats as st
+
+    from medmtl.shift import descriptive as ds
+    from medmtl.shift.verdict import label_sets
+
+    assert ds.holm([0.01, 0.04, 0.03]) == pytest.approx([0.03, 0.06, 0.06])
+    assert ds.holm([0.5, 0.9]) == pytest.approx([1.0, 1.0])
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(size=5), rng.normal(size=6) + 2.0
+    labels, exact = label_sets(5, 6, 1000, 0)
+    assert exact and len(labels) == 462
+    ks = ds.ks_stats(np.r_[a, b], labels)
+    assert ks[0] == pytest.approx(st.ks_2samp(a, b).statistic)
+    rs = ds.rank_sum_stats(np.r_[a, b], labels)
+    u = st.mannwhitneyu(b, a).statistic  # U of the target = rank sum − n_t(n_t + 1)/2
+    assert rs[0] == pytest.approx(abs(u + 6 * 7 / 2 - 6 * 12 / 2))
+    p = ds.permutation_p(rs)
+    assert p == pytest.approx(2 / 462) and p >= 1 / len(labels)  # all-target-high and all-target-low
+
+
+def test_effect_size_text_never_shows_the_cap() -> None:
+    from medmtl.shift.descriptive import g_text
+    from medmtl.shift.fingerprint import G_CAP
+
+    assert g_text(1.234) == "1.23" and g_text(-0.5) == "-0.50" and g_text(None) == "–"
+    assert g_text(G_CAP, 0.0, 0.0) == "constant in each cohort"
+    assert g_text(42.0, 1.0, 2.0) == "> 10" and g_text(-G_CAP, 0.5, 0.0) == "< −10"
+
+
+def test_slice_thickness_is_the_dicom_tag_when_the_scan_is_dicom(sample_data, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """A DICOM series with SliceThickness 3.0 mm on a 1.25 mm slice grid reports 3.0 mm (and says
+    it is the tag); a NIfTI scan reports its slice spacing and says so."""
+    import shutil
+
+    import pydicom
+
+    from medmtl.io.read import load_folder
+    from medmtl.shift.descriptive import slice_label
+
+    series = tmp_path / "dcm" / "series"
+    shutil.copytree(sample_data / "dicom_example" / "ct_a_0000", series)
+    for f in series.iterdir():
+        ds = pydicom.dcmread(f)
+        ds.SliceThickness = "3.0"
+        ds.save_as(f)
+    dcm = fingerprint.scan_fingerprint(load_folder(tmp_path / "dcm", progress=False)[0][0])
+    assert dcm["slice_thickness"] == pytest.approx(3.0) and dcm["slice_spacing"] == pytest.approx(1.25)
+    assert dcm["slice_thickness_source"] == "dicom"
+    nii_dir = tmp_path / "nii"
+    nii_dir.mkdir()
+    shutil.copy(sample_data / "ct_site_a" / "ct_a_0000.nii.gz", nii_dir)
+    nii = fingerprint.scan_fingerprint(load_folder(nii_dir, progress=False)[0][0])
+    assert nii["slice_thickness"] == pytest.approx(1.25) and nii["slice_thickness_source"] == "spacing"
+    assert slice_label([dcm]) == "slice thickness, DICOM tag (mm)" and slice_label([nii]) == "slice spacing (mm)"
+    assert slice_label([dcm, nii]) == "slice thickness (DICOM tag) or spacing (mm)"
+
+
+def test_report_page_renders_code_spans_and_descriptive_rows_plainly() -> None:
+    from medmtl.shift.html import render_report
+
+    rows = [{"field": "p0_5", "label": "0.5th percentile intensity (HU)", "source_mean": -930.0, "source_sd": 1.5,
+             "source_min": -932.0, "source_max": -928.0, "target_mean": -886.0, "target_sd": 2.3, "hedges_g": 20.0,
+             "g_text": "> 10", "holm_p": 0.004, "n_target_outside_source_range": 4}]
+    page = render_report({"verdict": {"kind": "shift", "reasons": ["p = 0.002."], "advice": "run `medmtl adapt`.",
+                                      "details": [], "rule": "the `rule`"},
+                          "tests": [], "fingerprint_table": rows, "fingerprint_p": {"n_rows": 1, "smallest_p": 0.001},
+                          "alpha": 0.05})
+    assert "<code>medmtl adapt</code>" in page and "<code>rule</code>" in page and "`" not in page
+    assert "0.5th percentile intensity (HU)" in page and "&gt; 10</td>" in page
+    assert "sig" not in page.split("<h2>Fingerprints")[1]  # descriptive p-values are never red
+    assert "not part of the decision" in page or "the verdict does not use them" in page
