@@ -236,3 +236,16 @@ def test_rank_encoders(shared: dict[str, Path], cohorts: dict[str, Path], tmp_pa
     means = [r["logme_mean"] for r in scored]
     assert all(m is not None and np.isfinite(m) for m in means) and means == sorted(means, reverse=True)
     assert all(r["n_lesions"] >= 2 and np.isfinite(r["logme_size"]) for r in scored)
+
+
+def test_checkpoint_source_and_one_target_scan(cohorts: dict[str, Path], tmp_path: Path) -> None:
+    """A checkpoint's reference statistics against one target scan: fingerprint-only, said plainly."""
+    ckpt = make_checkpoint(tmp_path / "ckpt", cohorts["a"])
+    out = tmp_path / "r"
+    code, text = _run(["diagnose", "--source", str(ckpt), "--target", str(cohorts["one"]), "-o", str(out)])
+    assert code == 0, text
+    v = json.loads((out / "report.json").read_text(encoding="utf-8"))["verdict"]
+    assert v["kind"] == "not_tested" and "the target scan lies outside the source's range in" in v["text"]
+    assert "slice spacing (mm)" in v["text"]
+    seen = _Page((out / "report.html").read_text(encoding="utf-8"))
+    assert any(a and a.startswith("Middle axial slice of the target scan") for a in seen.alts)  # no source scan

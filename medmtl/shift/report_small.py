@@ -28,8 +28,11 @@ def not_tested_verdict(refusal: str, rows: list[dict[str, Any]], ranges: list[di
     reasons = [f"No shift test was run: {_sentence(refusal)}"]
     outside = [r for r in rows if r["n_target_outside_source_range"]]
     details = []
-    if outside:
-        details.append("Descriptive only: outside the source's range in " + ", ".join(
+    if outside and n_target == 1:
+        details.append(f"Descriptive only: the target scan lies outside the source's range in {len(outside)} of "
+                       f"{len(rows)} fingerprint fields: " + "; ".join(r["label"] for r in outside) + ".")
+    elif outside:
+        details.append("Descriptive only: outside the source's range in " + "; ".join(
             f"{r['label']} ({r['n_target_outside_source_range']} of {n_target} target scans)" for r in outside) + ".")
     else:
         details.append("Descriptive only: every fingerprint field of the target lies within the source's range.")
