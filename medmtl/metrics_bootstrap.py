@@ -72,6 +72,7 @@ def bootstrap_metrics(
     seed: int = 0,
     groups: Mapping[str, str] | None = None,
     alpha: float = 0.05,
+    progress: bool = False,
 ) -> dict[str, dict[str, Any]]:
     """Point estimates and percentile bootstrap intervals of :func:`~medmtl.metrics.summarize_matches`.
 
@@ -82,6 +83,7 @@ def bootstrap_metrics(
         groups: scan id → patient id; patients are resampled with all their scans. Default:
             every scan is its own group.
         alpha: 1 − coverage (0.05 → 95% intervals).
+        progress: a progress bar over the replicates (:func:`medmtl.progress.bar`).
 
     Returns:
         ``{metric: {"value": float | None, "ci95": [low, high] | None, "n_valid": int, "n": int,
@@ -103,7 +105,9 @@ def bootstrap_metrics(
     keys = sorted(by_group)
     rng = np.random.default_rng(seed)
     samples: dict[str, list[float]] = {k: [] for k in point}
-    for _ in range(n_bootstrap):
+    from medmtl.progress import bar
+
+    for _ in bar(range(n_bootstrap), desc="bootstrap", unit="replicate", enabled=progress, leave=False):
         pick = rng.integers(0, len(keys), size=len(keys))
         resampled = [m for g in pick for m in by_group[keys[int(g)]]]
         rep = summarize_matches(resampled)

@@ -37,6 +37,7 @@ from medmtl.data.phantom_ct import CT_SITES, CT_TISSUES, generate_ct
 from medmtl.data.phantom_mri import MRI_TISSUES, generate_mri
 from medmtl.data.render import Phantom
 from medmtl.errors import ConfigError, MedmtlError
+from medmtl.progress import bar
 
 __all__ = [
     "ANNOTATION_COLUMNS", "CT_SITES", "CT_TISSUES", "MRI_TISSUES", "Phantom", "generate_ct",
@@ -258,8 +259,6 @@ def write_phantom_set(
         ConfigError: a bad ``kind``, ``site``, ``n``, ``seed`` or ``shape``.
         MedmtlError: ``out`` already holds a data set and ``overwrite`` is false.
     """
-    from tqdm import tqdm
-
     from medmtl.data.malignancy import bayes_auc
 
     shp = _check_set_args(kind, site, n, seed, shape)
@@ -276,8 +275,8 @@ def write_phantom_set(
     targets = [(out, not dicom)] + ([(twin, True)] if twin is not None else [])
     rows: list[dict[str, Any]] = []
     scans: list[dict[str, Any]] = []
-    for i, (name, sseed) in enumerate(tqdm(list(zip(ids, scan_seeds)), desc=f"{prefix} phantoms",
-                                           unit="scan", disable=not progress)):
+    for i, (name, sseed) in enumerate(bar(list(zip(ids, scan_seeds)), desc=f"{prefix} phantoms",
+                                          unit="scan", enabled=progress)):
         uid = make_uid(f"medmtl-series:{kind}:{site}:{seed}:{i}") if dicom else None
         scan_id = uid if uid is not None else name
         ph = generate_ct(sseed, site, shp, scan_id=scan_id) if kind == "ct" else generate_mri(

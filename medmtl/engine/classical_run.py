@@ -29,6 +29,7 @@ from medmtl.engine import predict_io as pio
 from medmtl.engine.classical import ClassicalParams, detect_volume
 from medmtl.errors import ConfigError, MedmtlError, ScanReadError
 from medmtl.io.types import ScanRef
+from medmtl.progress import bar as progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -143,8 +144,6 @@ def detect_folder(*, input_dir: Path, out_dir: Path, max_lesions: int = 50, prog
         ConfigError: a bad ``max_lesions`` or ``out_dir`` (see :func:`prepare_out_dir`).
         ScanReadError: the folder holds no scan. ModalityError: it holds MR scans only.
     """
-    from tqdm import tqdm
-
     from medmtl import __version__
     from medmtl.engine.predict import discover
 
@@ -165,7 +164,7 @@ def detect_folder(*, input_dir: Path, out_dir: Path, max_lesions: int = 50, prog
         totals = dict.fromkeys(STAGES, 0.0)
         failures: list[dict[str, Any]] = []
         not_ct = 0
-        for ref in tqdm(pending, unit="scan", desc="classical", disable=not progress):
+        for ref in progress_bar(pending, unit="scan", desc="classical", enabled=progress):
             try:
                 for stage, sec in _detect_scan(ref, out_dir, params, key, provenance).items():
                     totals[stage] += sec

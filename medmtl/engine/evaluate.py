@@ -219,7 +219,8 @@ def _metrics_markdown(result: dict[str, Any]) -> str:
 
 
 def evaluate_files(
-    *, predictions: Path, annotations: Path, out_dir: Path, n_bootstrap: int = 1000, seed: int = 0
+    *, predictions: Path, annotations: Path, out_dir: Path, n_bootstrap: int = 1000, seed: int = 0,
+    progress: bool = False,
 ) -> dict[str, Any]:
     """Score a predictions CSV against an annotations table and write the report.
 
@@ -230,6 +231,7 @@ def evaluate_files(
             ``reliability.png``.
         n_bootstrap: scan-level bootstrap replicates (0: no intervals).
         seed: bootstrap seed.
+        progress: a progress bar over the bootstrap replicates.
 
     Returns:
         The metrics dict (as in ``metrics.json``): ``overall`` (value + ``ci95`` per metric),
@@ -256,7 +258,7 @@ def evaluate_files(
     matches = metrics.match_all(dets, lesions, scan_ids=scan_ids)
     fr = metrics.froc_from_matches(matches)
     arr = metrics.lesion_level_arrays(matches)
-    overall = bootstrap_metrics(matches, n_bootstrap=n_bootstrap, seed=seed)
+    overall = bootstrap_metrics(matches, n_bootstrap=n_bootstrap, seed=seed, progress=progress)
     ba_stats = metrics.bland_altman(arr["pred_diameter_mm"], arr["true_diameter_mm"])
     ba: dict[str, Any] = {**ba_stats, "note": plots.bland_altman_note(int(ba_stats["n"] or 0))}
     rel = metrics.reliability_bins(arr["malignancy_prob"], arr["malignancy_label"])

@@ -407,9 +407,9 @@ class _Batch:
 
     def run(self, pending: Sequence[ScanRef], workers: int, progress: bool) -> None:
         """Predict every scan of ``pending``."""
-        from tqdm import tqdm
+        from medmtl.progress import bar as progress_bar
 
-        bar = tqdm(total=len(pending), unit="scan", desc="predict", disable=not progress)
+        bar = progress_bar(total=len(pending), unit="scan", desc="predict", enabled=progress)
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="medmtl-prefetch") as loader, \
                 ThreadPoolExecutor(max_workers=1, thread_name_prefix="medmtl-write") as writer:
             loads: deque[Future[PreparedScan]] = deque(loader.submit(self.load, r) for r in pending[:workers])

@@ -69,6 +69,7 @@ class TrainingSession:
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp == "fp16" and self.device.type == "cuda")
         self.steps_per_epoch = self._steps_per_epoch()
         self.total_steps = self.steps_per_epoch * cfg.train.epochs
+        self._t_started = time.perf_counter()  # for the time left after each epoch
 
     # ------------------------------------------------------------------ set-up
     def _build_data(self) -> None:
@@ -279,7 +280,7 @@ class TrainingSession:
                 _reseed(cfg.seed, epoch)
                 batches = patch_batches(self._passes(epoch), cfg.train.batch_size, self.steps_per_epoch)
                 stats, step = train_epoch(self._context(), batches, steps=self.steps_per_epoch, epoch=epoch,
-                                          global_step=step, progress=self.progress)
+                                          global_step=step, progress=self.progress, epochs=cfg.train.epochs)
                 ddp.broadcast_module(self.model, self.dist)
                 stats.losses = ddp.all_mean(stats.losses, self.dist)
                 self.weighting.on_epoch_end({t: stats.losses[t] for t in TASKS})
@@ -308,9 +309,8 @@ class TrainingSession:
                         save_checkpoint(self.out / "checkpoint", self.model, card)
                     self._save_last(epoch, step, meta)
                 ddp.barrier(self.dist)
-                logger.info("epoch %d/%d: loss %.4f%s", epoch + 1, cfg.train.epochs, row["loss"],
-                            f", cpm {row['cpm']:.3f}" if row.get("cpm") is not None else "")
                 done_here += 1
+                self._report_epoch(epoch, row, done_here)
                 self._trained_epoch = epoch
                 epoch += 1
                 if stop:
@@ -324,6 +324,18 @@ class TrainingSession:
             self._finish(meta.get("best_epoch"))
         ddp.barrier(self.dist)
         return self.out / "checkpoint"
+
+    def _report_epoch(self, epoch: int, row: dict[str, Any], done_here: int) -> None:
+        """The epoch's line: logged, and above the progress bars (task losses, validation CPM, time left)."""
+        from medmtl.progress import format_duration, note
+
+        epochs = self.cfg.train.epochs
+        cpm = f", validation CPM {row['cpm']:.3f}" if row.get("cpm") is not None else ""
+        logger.info("epoch %d/%d: loss %.4f%s", epoch + 1, epochs, row["loss"], cpm)
+        tasks = ", ".join(f"{t} {row[f'loss_{t}']:.4f}" for t in TASKS if row.get(f"loss_{t}") is not None)
+        left = (time.perf_counter() - self._t_started) / done_here * (epochs - epoch - 1)
+        note(f"epoch {epoch + 1}/{epochs}: loss {row['loss']:.4f} ({tasks}){cpm}; "
+             f"{format_duration(left)} left", enabled=self.progress)
 
     def _row(self, epoch: int, step: int, stats: EpochStats) -> dict[str, Any]:
         row: dict[str, Any] = {

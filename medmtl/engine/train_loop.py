@@ -332,13 +332,15 @@ def train_epoch(
     epoch: int,
     global_step: int,
     progress: bool,
+    epochs: int | None = None,
 ) -> tuple[EpochStats, int]:
-    """Run ``steps`` optimisation steps.
+    """Run ``steps`` optimisation steps (``progress``: a bar per epoch with ETA and the task losses;
+    ``epochs``, the run's total, only names the bar).
 
     Returns:
         ``(stats, global_step)`` after the epoch.
     """
-    from tqdm import tqdm
+    from medmtl.progress import bar as progress_bar
 
     if ctx.train_mode is not None:
         ctx.train_mode(ctx.model)
@@ -353,7 +355,8 @@ def train_epoch(
                 m.eval()
     stats = EpochStats()
     start = time.perf_counter()
-    bar = tqdm(total=steps, desc=f"epoch {epoch + 1}", leave=False, disable=not progress or not ctx.dist.is_main)
+    bar = progress_bar(total=steps, desc=f"epoch {epoch + 1}" + (f"/{epochs}" if epochs else ""), unit="step",
+                       leave=False, enabled=progress and ctx.dist.is_main)
     try:
         t_data = time.perf_counter()
         for batch in batches:
@@ -367,7 +370,8 @@ def train_epoch(
             global_step += 1
             stats.add(losses, weights, norm, global_step)
             bar.update(1)
-            bar.set_postfix(loss=f"{losses['total']:.4f}")
+            bar.set_postfix({"loss": f"{losses['total']:.4f}",
+                             **{t: f"{v:.4f}" for t, v in losses.items() if t != "total"}}, refresh=False)
     finally:
         bar.close()
     stats.seconds = time.perf_counter() - start

@@ -153,14 +153,13 @@ def validate(
         device: forward device.
         amp: ``bf16``, ``fp16`` or ``off``.
         decode: how maps become lesions (threshold, NMS radius in mm, cap, temperature).
-        progress: tqdm bar over volumes.
+        progress: a progress bar over the volumes (:func:`medmtl.progress.bar`).
 
     Returns:
         A :class:`ValidationResult`.
     """
-    from tqdm import tqdm
-
     from medmtl.engine.decode import decode_lesions
+    from medmtl.progress import bar
 
     was_training = model.training
     model.eval()
@@ -170,7 +169,7 @@ def validate(
     all_logits: list[float] = []
     all_labels: list[float] = []
     try:
-        for vol in tqdm(volumes, desc="validate", leave=False, disable=not progress):
+        for vol in bar(volumes, desc="validate", unit="scan", leave=False, enabled=progress):
             maps = _volume_maps(model, vol, patch_size=patch_size, overlap=overlap, sw_batch_size=sw_batch_size,
                                 device=device, amp=amp)
             _add_losses(losses, maps, vol)

@@ -83,10 +83,10 @@ def inspect_folder(
     """Describe every scan under a folder, and optionally validate an annotation table.
 
     Args:
-        folder: scan folder.
+        folder: scan folder, or one scan file.
         resample_nonuniform: resample DICOM series with non-uniform spacing or gantry tilt.
         annotations: optional CSV / datalist JSON whose lesions must lie inside their scans.
-        progress: show a progress bar when the folder has many scans.
+        progress: a progress bar over the scans (on stderr).
 
     Returns:
         ``{"folder": str, "scans": [row, ...], "skipped": [{"path", "reason", "failed"}],
@@ -105,20 +105,21 @@ def inspect_folder(
     root = Path(folder)
     lesions = read_annotations(annotations) if annotations is not None else None
     refs, skipped = discover_scans(root)
+    base = root if root.is_dir() else root.parent  # paths are shown relative to the folder (of a file)
     rows: list[dict[str, Any]] = []
     geometry: dict[str, tuple[Any, Sequence[int]]] = {}
     for item in iter_scans(refs, resample_nonuniform=resample_nonuniform, progress=progress):
         if isinstance(item, Skipped):
             skipped.append(item)
             continue
-        rows.append(scan_row(item, root))
+        rows.append(scan_row(item, base))
         geometry[item.scan_id] = (np.asarray(item.image.affine, dtype=np.float64), tuple(item.image.shape[-3:]))
     if not rows:
         raise no_scan_read_error(root, skipped)
     result: dict[str, Any] = {
         "folder": str(root),
         "scans": rows,
-        "skipped": [_skipped_row(s, root) for s in skipped],
+        "skipped": [_skipped_row(s, base) for s in skipped],
         "n_failed": sum(1 for s in skipped if s.failed),
     }
     if lesions is not None:

@@ -32,8 +32,6 @@ from medmtl.io.types import Scan, ScanRef, Skipped
 
 log = logging.getLogger(__name__)
 
-#: Show a progress bar from this many scans on.
-PROGRESS_MIN_SCANS = 8
 _MAX_HEURISTIC_SAMPLES = 2_000_000
 
 
@@ -318,15 +316,14 @@ def iter_scans(
     Args:
         refs: scan references.
         resample_nonuniform: see :func:`read_scan`.
-        progress: show a tqdm bar (on stderr) when there are at least ``PROGRESS_MIN_SCANS``.
+        progress: a progress bar over the scans, on stderr (:func:`medmtl.progress.bar`).
 
     Yields:
         A :class:`Scan` or a :class:`Skipped` per reference, in order.
     """
-    from tqdm import tqdm
+    from medmtl.progress import bar
 
-    bar = tqdm(refs, desc="reading scans", unit="scan", disable=not progress or len(refs) < PROGRESS_MIN_SCANS)
-    for ref in bar:
+    for ref in bar(refs, desc="reading scans", unit="scan", enabled=progress):
         try:
             yield read_scan(ref, resample_nonuniform=resample_nonuniform)
         except MedmtlError as exc:

@@ -66,6 +66,7 @@ class AdaptContext:
         seed: random seed.
         steps: optimisation steps (``None``: the method's default).
         lr: learning rate (``None``: the method's default).
+        progress: show a progress bar over the optimisation steps.
     """
 
     model: nn.Module
@@ -75,6 +76,7 @@ class AdaptContext:
     seed: int
     steps: int | None
     lr: float | None
+    progress: bool = False
 
     @property
     def modality(self) -> str:
@@ -196,7 +198,8 @@ def _tent(ctx: AdaptContext) -> AdaptResult:
     from medmtl.shift.tent import tent
 
     steps, lr = ctx.steps or TENT_STEPS, ctx.lr or TENT_LR
-    losses = tent(ctx.model, prepare_volumes(ctx.scans, ctx.card), ctx.patch, steps=steps, lr=lr, seed=ctx.seed)
+    losses = tent(ctx.model, prepare_volumes(ctx.scans, ctx.card), ctx.patch, steps=steps, lr=lr, seed=ctx.seed,
+                  progress=ctx.progress)
     return AdaptResult({"steps": steps, "lr": lr, "entropy_first": losses[0], "entropy_last": losses[-1],
                         "note": "BN running statistics unchanged; affine parameters adapted under batch statistics"})
 
@@ -212,7 +215,7 @@ def _dann(ctx: AdaptContext) -> AdaptResult:
     src_items = [labelled_item(s, by_scan[s.scan_id], ctx.card.input_spec) for s in src_scans]
     steps, lr = ctx.steps or DANN_STEPS, ctx.lr or DANN_LR
     history = dann(ctx.model, src_items, prepare_volumes(ctx.scans, ctx.card), ctx.patch, steps=steps, lr=lr,
-                   seed=ctx.seed)
+                   seed=ctx.seed, progress=ctx.progress)
     return AdaptResult({"steps": steps, "lr": lr, "source_scans": [s.scan_id for s in src_scans],
                         "final_domain_loss": history[-1]["domain"], "final_task_loss": history[-1]["task"]})
 
@@ -227,7 +230,7 @@ def _resim(ctx: AdaptContext) -> AdaptResult:
     src_acq = estimate_acquisition(src_scans)
     items, sims = resim_items(src_scans, lesions, ctx.card.input_spec, source=src_acq, target=tgt_acq, seed=ctx.seed)
     steps, lr = ctx.steps or RESIM_STEPS, ctx.lr or RESIM_LR
-    losses = resim_finetune(ctx.model, items, ctx.patch, steps=steps, lr=lr, seed=ctx.seed)
+    losses = resim_finetune(ctx.model, items, ctx.patch, steps=steps, lr=lr, seed=ctx.seed, progress=ctx.progress)
     return AdaptResult({"steps": steps, "lr": lr, "source_scans": [s.scan_id for s in src_scans],
                         "source_acquisition": src_acq.as_dict(), "target_acquisition": tgt_acq.as_dict(),
                         "simulations": sims, "task_loss_first": losses[0], "task_loss_last": losses[-1]})
@@ -289,6 +292,7 @@ def run_adapt(
     device: str = "cpu",
     steps: int | None = None,
     lr: float | None = None,
+    progress: bool = False,
 ) -> Path:
     """Adapt a checkpoint to unlabelled target scans and save the result as a new checkpoint.
 
@@ -307,6 +311,8 @@ def run_adapt(
             :data:`RESIM_STEPS`). Ignored by the others.
         lr: Adam learning rate of ``tent`` / ``dann`` / ``resim`` (defaults :data:`TENT_LR` /
             :data:`DANN_LR` / :data:`RESIM_LR`).
+        progress: progress bars: one over the stages (reading, adapting, saving) and, for
+            ``tent`` / ``dann`` / ``resim``, one over the optimisation steps.
 
     Returns:
         The new checkpoint folder.
@@ -320,31 +326,36 @@ def run_adapt(
 
     from medmtl.engine.card import AdaptationRecord
     from medmtl.engine.checkpoint import load_checkpoint, save_checkpoint
+    from medmtl.progress import Stages
     from medmtl.shift.report import load_cohort
 
     checkpoint, target, out = Path(checkpoint), Path(target), Path(out)
     _check_args(method, out, steps, lr)
     torch.manual_seed(seed)
-    model, card = load_checkpoint(checkpoint, device=device)
-    scans = load_cohort(target, "target")
-    if scans[0].modality != card.input_spec.modality:
-        raise ShiftError(f"target scans are {scans[0].modality} but the checkpoint was trained on "
-                         f"{card.input_spec.modality}; adapt with scans of the same modality.")
-    before = {k: v.clone() for k, v in model.state_dict().items()}
-    result = _REGISTRY[method](AdaptContext(model, card, scans, source, seed, steps, lr))
-    changed = changed_tensors(before, model)
-    record = AdaptationRecord(
-        method=method,
-        parameters_changed=tuple(changed) if result.card is None else ("card.harmonisation",),
-        n_tensors_changed=len(changed),
-        params=result.params,
-        target_scans=tuple(s.scan_id for s in scans),
-        n_target_scans=len(scans),
-        target_folder=str(target),
-        source_checkpoint=str(checkpoint),
-        seed=seed,
-        date=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-    )
-    folder = save_checkpoint(out, model.cpu(), (result.card or card).adapted(record))
+    with Stages(["reading", method, "saving"], desc="adapt", enabled=progress) as stage:
+        stage("reading")
+        model, card = load_checkpoint(checkpoint, device=device)
+        scans = load_cohort(target, "target")
+        if scans[0].modality != card.input_spec.modality:
+            raise ShiftError(f"target scans are {scans[0].modality} but the checkpoint was trained on "
+                             f"{card.input_spec.modality}; adapt with scans of the same modality.")
+        stage(method)
+        before = {k: v.clone() for k, v in model.state_dict().items()}
+        result = _REGISTRY[method](AdaptContext(model, card, scans, source, seed, steps, lr, progress))
+        changed = changed_tensors(before, model)
+        record = AdaptationRecord(
+            method=method,
+            parameters_changed=tuple(changed) if result.card is None else ("card.harmonisation",),
+            n_tensors_changed=len(changed),
+            params=result.params,
+            target_scans=tuple(s.scan_id for s in scans),
+            n_target_scans=len(scans),
+            target_folder=str(target),
+            source_checkpoint=str(checkpoint),
+            seed=seed,
+            date=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        )
+        stage("saving")
+        folder = save_checkpoint(out, model.cpu(), (result.card or card).adapted(record))
     logger.info("adapt %s: %d tensors changed, saved %s", method, len(changed), folder)
     return folder

@@ -86,6 +86,7 @@ def dann(
     lr: float = 1e-4,
     domain_weight: float = 1.0,
     seed: int = 0,
+    progress: bool = False,
 ) -> list[dict[str, float]]:
     """Fine-tune ``model`` (in place) with the task losses on source and a reversed domain loss.
 
@@ -99,6 +100,7 @@ def dann(
         lr: Adam learning rate.
         domain_weight: weight of the domain loss.
         seed: sampling seed.
+        progress: a progress bar over the steps with the losses (:func:`medmtl.progress.bar`).
 
     Returns:
         Per-step losses (``task``, ``domain``, ``lambda``).
@@ -106,6 +108,7 @@ def dann(
     import torch.nn.functional as F
 
     from medmtl.mtl.losses import task_losses
+    from medmtl.progress import bar
     from medmtl.shift.adabn import tile_patches
 
     gen = torch.Generator().manual_seed(seed)
@@ -122,7 +125,7 @@ def dann(
     patches = LabelledPatches(source, patch_size)
     model.train()
     try:
-        for step in range(steps):
+        for step in (steps_bar := bar(range(steps), desc="dann", unit="step", enabled=progress)):
             xs, tmaps = patches.sample(gen)
             ts = {k: v.to(dev) for k, v in tmaps.items()}
             xt = tgt_patches[int(torch.randint(0, len(tgt_patches), (1,), generator=gen))]
@@ -143,6 +146,7 @@ def dann(
             loss.backward()  # type: ignore[union-attr]
             opt.step()
             history.append({"task": float(l_task.detach()), "domain": float(l_dom.detach()), "lambda": lam})
+            steps_bar.set_postfix(task=f"{history[-1]['task']:.4f}", domain=f"{history[-1]['domain']:.4f}", refresh=False)
     finally:
         hook.remove()
         model.eval()

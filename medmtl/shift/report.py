@@ -21,7 +21,7 @@ scans, so a site can be checked without the training data.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from medmtl.errors import ShiftError
+from medmtl.progress import Stages
 from medmtl.shift.verdict import ALPHA
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -41,6 +42,10 @@ if TYPE_CHECKING:  # pragma: no cover
 logger = logging.getLogger(__name__)
 
 TSNE_MIN_SCANS = 30
+#: The stages of :func:`run_diagnose`, as its progress bar names them (a fingerprint-only report
+#: goes from "fingerprints" to "report"; "encoder ranking" only with ``rank_encoders``).
+STAGES = ("reading scans", "network", "fingerprints", "features", "tests", "BatchNorm statistics",
+          "encoder ranking", "report")
 
 
 def is_checkpoint(path: Path) -> bool:
@@ -49,11 +54,11 @@ def is_checkpoint(path: Path) -> bool:
 
 
 def load_cohort(folder: Path, role: str) -> list[Scan]:
-    """Load every scan of a folder; a folder without readable scans is a :class:`ShiftError`."""
+    """Load every scan of a folder (or the one scan of a file); none readable is a :class:`ShiftError`."""
     from medmtl.io.read import load_folder
 
-    if not folder.is_dir():
-        raise ShiftError(f"--{role} folder '{folder}' does not exist; pass a folder of scans.")
+    if not folder.is_dir() and not folder.is_file():
+        raise ShiftError(f"--{role} '{folder}' does not exist; pass a folder of scans or one scan file.")
     scans, skipped = load_folder(folder, progress=False)
     for s in skipped:  # unreadable files matter; label masks skipped on purpose do not
         (logger.warning if s.failed else logger.debug)("%s: skipped %s (%s)", role, s.path, s.reason)
@@ -361,6 +366,7 @@ def run_diagnose(
     rank_encoders: bool = False,
     n_permutations: int = 1000,
     seed: int = 0,
+    progress: bool = False,
 ) -> dict[str, Any]:
     """Measure domain shift between a source and a target cohort; write the report.
 
@@ -376,6 +382,7 @@ def run_diagnose(
             the source folder, or else in the target folder).
         n_permutations: permutations per test (≥ 200 to reach p < 0.01).
         seed: random seed.
+        progress: a progress bar over the stages (:data:`STAGES`) on stderr.
 
     Returns:
         The report dict (``verdict``, ``tests``, fingerprints, effect sizes, BN shift, ...).
@@ -392,17 +399,24 @@ def run_diagnose(
         raise ShiftError(f"--n-permutations must be >= 1, got {n_permutations}; use 1000 (>= 200 to reach p < 0.01).")
     source, target, out_dir = Path(source), Path(target), Path(out_dir)
     notes: list[str] = []
-    sides = _load_sides(source, target)
-    refusal = untestable(sides.n_src, len(sides.tgt_scans), n_permutations)
-    if sides.src_modality != sides.modality:
-        report = _other_modality_report(sides, source, target, n_permutations, seed)
-    elif refusal is not None:
-        from medmtl.shift.report_small import fingerprint_only_report
+    with Stages([s for s in STAGES if rank_encoders or s != "encoder ranking"], desc="diagnose",
+                enabled=progress) as stage:
+        stage("reading scans")
+        sides = _load_sides(source, target)
+        refusal = untestable(sides.n_src, len(sides.tgt_scans), n_permutations)
+        if sides.src_modality != sides.modality or refusal is not None:
+            stage("fingerprints")  # no network, no test: straight to the report
+        if sides.src_modality != sides.modality:
+            report = _other_modality_report(sides, source, target, n_permutations, seed)
+        elif refusal is not None:
+            from medmtl.shift.report_small import fingerprint_only_report
 
-        report = fingerprint_only_report(sides, source, target, n_permutations, seed, refusal)
-    else:
-        report = _feature_report(sides, source, target, checkpoint, rank_encoders, n_permutations, seed, notes)
-    _write_report(out_dir, report, sides)
+            report = fingerprint_only_report(sides, source, target, n_permutations, seed, refusal)
+        else:
+            report = _feature_report(sides, source, target, checkpoint, rank_encoders, n_permutations, seed, notes,
+                                     stage)
+        stage("report")
+        _write_report(out_dir, report, sides)
     logger.info("diagnose: %s", report["verdict"]["text"])
     return report
 
@@ -451,17 +465,23 @@ def _geometry_rows(src_fps: list[dict[str, Any]], tgt_fps: list[dict[str, Any]],
 
 
 def _feature_report(sides: _Sides, source: Path, target: Path, checkpoint: Path | None, rank_encoders: bool,
-                    n_permutations: int, seed: int, notes: list[str]) -> dict[str, Any]:
-    """Same modality: fingerprints, the combined feature test and its verdict, BN and prediction shift."""
+                    n_permutations: int, seed: int, notes: list[str],
+                    stage: Callable[[str], None] = lambda name: None) -> dict[str, Any]:
+    """Same modality: fingerprints, the combined feature test and its verdict, BN and prediction shift
+    (``stage`` is told each of :data:`STAGES` as it starts)."""
     from medmtl.shift.descriptive import describe_fingerprints, prediction_rows
     from medmtl.shift.fingerprint import cohort_summary
 
     tgt_scans, src_scans = sides.tgt_scans, sides.src_scans
+    stage("network")
     extractor, model, spec = _extractor(sides, checkpoint if checkpoint is not None else
                                         (source if sides.ref is not None else None), notes)
+    stage("fingerprints")
     tgt_fps, src_fps, hists = _fingerprints(sides)
     effects, fp_table, fp_note = describe_fingerprints(src_fps, tgt_fps, sides.modality, n_permutations, seed)
+    stage("features")
     xs, xt, pred_s, pred_t, src_ids = _cohort_features(sides, model, extractor)
+    stage("tests")
     tests, test = _feature_tests(xs, xt, effects, n_permutations, seed)
     pred_rows = prediction_rows(pred_s, pred_t, n_permutations, seed)
     for r in pred_rows:
@@ -471,6 +491,10 @@ def _feature_report(sides: _Sides, source: Path, target: Path, checkpoint: Path 
                                 f"{r['target_median']:.3g}"})
     pts, emb_method, emb_axes = embedding(np.concatenate([xs, xt]), seed)
     hu_rows = _hu_rows({"source": src_fps, "target": tgt_fps})
+    stage("BatchNorm statistics")
+    bn = _bn_report(extractor, model, sides)
+    if rank_encoders:
+        stage("encoder ranking")
     return {
         **_header(sides, source, target, n_permutations, seed, src_ids),
         "feature_extractor": extractor.identity,
@@ -483,7 +507,7 @@ def _feature_report(sides: _Sides, source: Path, target: Path, checkpoint: Path 
         "hu_calibration": hu_rows, "histograms": hists,
         "embedding": {"method": emb_method, "points": pts.tolist(), "axes": emb_axes,
                       "cohort": ["source"] * len(xs) + ["target"] * len(xt)},
-        "bn_shift": _bn_report(extractor, model, sides),
+        "bn_shift": bn,
         "prediction_shift": pred_rows,
         "target_scores": _target_scores(test["classifier"], src_ids, tgt_scans),
         "encoder_ranking": _rank(src_scans, source, tgt_scans, target, spec) if rank_encoders else None,

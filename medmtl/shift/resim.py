@@ -227,7 +227,7 @@ def resim_items(scans: Sequence[Scan], lesions: Sequence[Lesion], spec: Any, *, 
 
 
 def resim_finetune(model: nn.Module, items: Sequence[SourceItem], patch_size: Sequence[int], *, steps: int = 100,
-                   lr: float = 1e-4, batch_size: int = 4, seed: int = 0) -> list[float]:
+                   lr: float = 1e-4, batch_size: int = 4, seed: int = 0, progress: bool = False) -> list[float]:
     """Fine-tune ``model`` (in place, all parameters, BatchNorm in training mode) on re-simulated scans.
 
     Args:
@@ -238,6 +238,7 @@ def resim_finetune(model: nn.Module, items: Sequence[SourceItem], patch_size: Se
         lr: Adam learning rate.
         batch_size: patches per step (at least 2: BatchNorm of a 1×1×1 deepest level needs 2).
         seed: sampling seed.
+        progress: a progress bar over the steps with the loss (:func:`medmtl.progress.bar`).
 
     Returns:
         The summed task loss per step.
@@ -245,6 +246,7 @@ def resim_finetune(model: nn.Module, items: Sequence[SourceItem], patch_size: Se
     import torch
 
     from medmtl.mtl.losses import task_losses
+    from medmtl.progress import bar
     from medmtl.shift.source_patches import LabelledPatches
 
     if batch_size < 2:
@@ -256,7 +258,7 @@ def resim_finetune(model: nn.Module, items: Sequence[SourceItem], patch_size: Se
     history: list[float] = []
     model.train()
     try:
-        for _ in range(steps):
+        for _ in (steps_bar := bar(range(steps), desc="resim", unit="step", enabled=progress)):
             x, t = patches.sample(gen, batch_size)
             out = model(x.to(dev))
             loss = torch.stack(list(task_losses(out, {k: v.to(dev) for k, v in t.items()}).values())).sum()
@@ -264,6 +266,7 @@ def resim_finetune(model: nn.Module, items: Sequence[SourceItem], patch_size: Se
             loss.backward()
             opt.step()
             history.append(float(loss.detach()))
+            steps_bar.set_postfix(loss=f"{history[-1]:.4f}", refresh=False)
     finally:
         model.eval()
     logger.info("resim: %d steps, task loss %.4f -> %.4f", steps, history[0] if history else 0, history[-1] if history else 0)

@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import copy
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING
+
+from medmtl.progress import bar
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -31,6 +33,16 @@ def binary_entropy(logits: torch.Tensor) -> torch.Tensor:
     return (F.binary_cross_entropy_with_logits(logits, p, reduction="none")).mean()
 
 
+def _shuffled_batches(n: int, passes: int, batch_size: int, gen: torch.Generator) -> Iterator[list[int]]:
+    """``passes`` passes over the indices ``0..n-1``, each in a fresh random order, ``batch_size`` at a time."""
+    import torch
+
+    for _ in range(passes):
+        order = torch.randperm(n, generator=gen).tolist()
+        for i in range(0, len(order), batch_size):
+            yield order[i : i + batch_size]
+
+
 def tent(
     model: nn.Module,
     volumes: Sequence[torch.Tensor],
@@ -41,6 +53,7 @@ def tent(
     batch_size: int = 2,
     episodic: bool = False,
     seed: int = 0,
+    progress: bool = False,
 ) -> list[float]:
     """Adapt BN affine parameters by entropy minimisation (modified in place).
 
@@ -54,6 +67,7 @@ def tent(
         batch_size: patches per step.
         episodic: reset the affine parameters before every batch.
         seed: shuffling seed.
+        progress: a progress bar over the optimisation steps (:func:`medmtl.progress.bar`).
 
     Returns:
         The entropy loss of every optimisation step.
@@ -83,22 +97,23 @@ def tent(
     patches = [p for v in volumes for p in tile_patches(v, patch_size)]
     gen = torch.Generator().manual_seed(seed)
     losses: list[float] = []
+    steps_bar = bar(_shuffled_batches(len(patches), steps, batch_size, gen), desc="tent", unit="step",
+                    total=steps * -(-len(patches) // batch_size), enabled=progress)
     try:
-        for _ in range(steps):
-            order = torch.randperm(len(patches), generator=gen).tolist()
-            for i in range(0, len(order), batch_size):
-                if episodic:
-                    with torch.no_grad():
-                        for p, p0 in zip(params, initial):
-                            p.copy_(p0)
-                batch = torch.cat([patches[j] for j in order[i : i + batch_size]]).to(dev)
-                out = model(batch)
-                loss = binary_entropy(out["heatmap"]) + binary_entropy(out["malignancy"])
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                losses.append(float(loss.detach()))
+        for idx in steps_bar:
+            if episodic:
+                with torch.no_grad():
+                    for p, p0 in zip(params, initial):
+                        p.copy_(p0)
+            out = model(torch.cat([patches[j] for j in idx]).to(dev))
+            loss = binary_entropy(out["heatmap"]) + binary_entropy(out["malignancy"])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            losses.append(float(loss.detach()))
+            steps_bar.set_postfix(entropy=f"{losses[-1]:.4f}", refresh=False)
     finally:
+        steps_bar.close()
         for m, mom, count in zip(layers, saved_mom, saved_count):
             m.momentum = mom
             if count is not None and m.num_batches_tracked is not None:
