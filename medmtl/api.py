@@ -94,7 +94,7 @@ def inspect(
     """Describe every scan of a folder (geometry in LPS mm, modality, intensity percentiles).
 
     Args:
-        folder: scan folder.
+        folder: scan folder, or one scan file.
         annotations: optional annotation table whose lesions must lie inside their scans.
         resample_nonuniform: resample DICOM series with non-uniform spacing or gantry tilt.
         progress: show a progress bar.
@@ -137,6 +137,8 @@ def train(
     overrides: Sequence[str] = (),
     resume: bool = False,
     overwrite: bool = False,
+    progress: bool | None = None,
+    device: str | None = None,
 ) -> Path:
     """Train the multi-task model from a YAML config; returns the checkpoint folder.
 
@@ -146,6 +148,9 @@ def train(
         overrides: ``key=value`` strings, e.g. ``("train.epochs=2", "data.root=...")``.
         resume: continue from ``out_dir``'s last checkpoint.
         overwrite: replace medmtl's files in an existing, non-empty run folder (default: refuse).
+        progress: progress bars per epoch (steps, task losses, time left) in place of the
+            config's ``train.progress`` (``None``: the config's).
+        device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N`` in place of the config's ``train.device``.
 
     Example:
         >>> ckpt = train(config="configs/tiny.yaml", out_dir="runs/tiny")  # doctest: +SKIP
@@ -153,7 +158,9 @@ def train(
     from medmtl.config import load_config
     from medmtl.engine.trainer import run_training
 
-    cfg = load_config(Path(config), overrides=list(overrides))
+    extra = ([f"train.progress={str(progress).lower()}"] if progress is not None else []) + (
+        [f"train.device={device}"] if device is not None else [])
+    cfg = load_config(Path(config), overrides=[*overrides, *extra])
     checkpoint = run_training(cfg, Path(out_dir), resume=resume, overwrite=overwrite)
     if int(os.environ.get("RANK", "0")) == 0:  # under torchrun, rank 0 owns the checkpoint
         add_reference_stats(checkpoint=checkpoint, scan_dir=cfg.data.root, max_scans=cfg.data.reference_scans,
@@ -268,6 +275,50 @@ def predict_folder(
         prefetch=prefetch,
         threshold=threshold,
     )
+
+
+def torchrun_shard() -> tuple[int, int] | None:
+    """``(rank, world_size)`` when this process is one of several started by ``torchrun``
+    (``RANK`` / ``WORLD_SIZE`` in the environment, ``WORLD_SIZE > 1``), else ``None``.
+
+    Raises:
+        MedmtlError: ``RANK`` / ``WORLD_SIZE`` are not valid integers.
+    """
+    from medmtl.engine.predict_dist import torchrun_shard as _shard
+
+    return _shard()
+
+
+def predict_distributed(*, input_dir: str | Path, out_dir: str | Path, shard: tuple[int, int] | None = None,
+                        device: str = "auto", progress: bool = True, **options: Any) -> dict[str, Any]:
+    """:func:`predict_folder` as one of the ``torchrun`` processes: this rank's share of the scans, then
+    rank 0 merges every rank's records into the tables (see :mod:`medmtl.engine.predict_dist`).
+
+    Args:
+        input_dir: scan folder (or file).
+        out_dir: the output folder every rank shares.
+        shard: ``(rank, world_size)``; default :func:`torchrun_shard`.
+        device: ``auto`` / ``cuda`` become ``cuda:LOCAL_RANK`` where there is a GPU.
+        progress: show the bar (on rank 0 only).
+        **options: the other keywords of :func:`predict_folder` (``checkpoint`` required).
+
+    Returns:
+        This rank's summary with ``shard`` and ``merged``; on rank 0 after a merge, the totals of
+        all ranks (``n_done``, ``n_failed``, ``outputs`` with the tables...).
+
+    Example:
+        >>> # torchrun --nproc_per_node 2 -m medmtl.cli predict --checkpoint ckpt scans -o preds
+        >>> predict_distributed(checkpoint="runs/tiny/checkpoint", input_dir="scans", out_dir="preds")  # doctest: +SKIP
+    """
+    from medmtl.engine.predict_dist import predict_sharded
+    from medmtl.errors import ConfigError
+
+    where = shard if shard is not None else torchrun_shard()
+    if where is None:
+        raise ConfigError("predict_distributed needs a shard: run it under torchrun (RANK and WORLD_SIZE set, "
+                          "WORLD_SIZE > 1) or pass shard=(rank, world_size)")
+    return predict_sharded(predict=predict_folder, merge=merge_predictions, shard=where, input_dir=input_dir,
+                           out_dir=out_dir, device=device, progress=progress, **options)
 
 
 def detect_classical(
@@ -398,11 +449,12 @@ def evaluate(
     out_dir: str | Path,
     n_bootstrap: int = 1000,
     seed: int = 0,
+    progress: bool = False,
 ) -> dict[str, Any]:
     """Score predictions against annotations (LUNA16 CPM/FROC, diameter MAE, malignancy AUC/ECE).
 
     Writes ``metrics.json``, ``metrics.md`` and plots (FROC, Bland-Altman, reliability) to
-    ``out_dir``; returns the metrics dict.
+    ``out_dir``; returns the metrics dict. ``progress``: a bar over the bootstrap replicates.
 
     Example:
         >>> m = evaluate(predictions="preds/predictions.csv",
@@ -417,6 +469,7 @@ def evaluate(
         out_dir=Path(out_dir),
         n_bootstrap=n_bootstrap,
         seed=seed,
+        progress=progress,
     )
 
 
@@ -429,11 +482,13 @@ def diagnose(
     rank_encoders: bool = False,
     n_permutations: int = 1000,
     seed: int = 0,
+    progress: bool = False,
 ) -> dict[str, Any]:
-    """Measure domain shift between a source (scan folder or checkpoint) and a target folder.
+    """Measure domain shift between a source (scan folder or file, or a checkpoint) and a target
+    folder (or file).
 
     Writes ``report.json`` and a self-contained ``report.html``; returns the report dict
-    (fingerprints, tests with p-values, BN shift, verdict).
+    (fingerprints, tests with p-values, BN shift, verdict). ``progress``: a bar over the stages.
 
     Example:
         >>> rep = diagnose(source="sample_data/ct_site_a", target="sample_data/ct_site_b",
@@ -453,6 +508,7 @@ def diagnose(
         rank_encoders=rank_encoders,
         n_permutations=n_permutations,
         seed=seed,
+        progress=progress,
     )
     record_outputs(Path(out_dir), report_files)  # (written at the very end of run_diagnose)
     return report
@@ -494,6 +550,7 @@ def adapt(
     device: str = "auto",
     steps: int | None = None,
     lr: float | None = None,
+    progress: bool = False,
 ) -> Path:
     """Adapt a checkpoint to an unlabelled target site; returns the new checkpoint folder.
 
@@ -510,6 +567,7 @@ def adapt(
         steps: ``tent`` passes over the target patches / ``dann`` and ``resim`` optimisation
             steps (default: the method's own, see :mod:`medmtl.shift.adapt`).
         lr: ``tent`` / ``dann`` / ``resim`` Adam learning rate (default: the method's own).
+        progress: progress bars over the stages and the optimisation steps (on stderr).
 
     Example:
         >>> adapt(checkpoint="runs/tiny/checkpoint", target="sample_data/ct_site_b",
@@ -528,6 +586,7 @@ def adapt(
         device=str(resolve_device(device)),
         steps=steps,
         lr=lr,
+        progress=progress,
     )
 
 

@@ -1,10 +1,12 @@
-"""Shared pieces of the CLI commands: error handling and click context settings."""
+"""Shared pieces of the CLI commands: error handling, click context settings and the options every
+command spells the same way (``-o/--out`` checks, ``--device``, ``--json``, ``-q/--quiet``)."""
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 import click
@@ -83,3 +85,63 @@ def echo_json(obj: Any) -> None:
     from medmtl.io.writers import _jsonable
 
     click.echo(json.dumps(_jsonable(obj), default=str, allow_nan=True))
+
+
+DEVICE_HELP = "auto (CUDA if available, else CPU), cpu, cuda or cuda:N."
+
+
+def check_device(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """click callback of every ``--device``: ``auto``, ``cpu``, ``cuda`` or ``cuda:N`` (lower-cased)."""
+    if value is None:
+        return None
+    v = value.strip().lower()
+    if v in ("auto", "cpu", "cuda") or (v.startswith("cuda:") and v[5:].isdigit()):
+        return v
+    raise click.BadParameter(f"'{value}' is not allowed; use auto, cpu, cuda or cuda:N")
+
+
+def device_option(func: F) -> F:
+    """``--device`` with the same default (``auto``) and the same check on every command."""
+    return click.option("--device", default="auto", show_default=True, callback=check_device,
+                        help=DEVICE_HELP)(func)
+
+
+@contextlib.contextmanager
+def _only_errors() -> Iterator[None]:
+    """Within the block: no log record below ERROR and no Python warning reaches stderr."""
+    import logging
+    import warnings
+
+    logging.disable(logging.WARNING)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        logging.disable(logging.NOTSET)
+
+
+def progress_options(func: F) -> F:
+    """``-q/--quiet`` and ``--no-progress`` on a command that can take more than a few seconds.
+
+    The command function receives ``progress: bool`` in their place: progress bars with ETA on
+    stderr when stderr is a terminal (:func:`medmtl.progress.show_progress`), unless
+    ``--no-progress`` (bars only, the option's old meaning) or ``--quiet``, which also keeps
+    warnings and log lines off stderr, so it carries errors only.
+    """
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, quiet: bool = False, no_progress: bool = False, **kwargs: Any) -> Any:
+        from medmtl.progress import show_progress
+
+        if not quiet:
+            return func(*args, progress=show_progress(no_progress), **kwargs)
+        with _only_errors():
+            return func(*args, progress=False, **kwargs)
+
+    opts = [click.option("-q", "--quiet", is_flag=True,
+                         help="Errors only on stderr: no progress bars (shown on a terminal only), no warnings."),
+            click.option("--no-progress", is_flag=True, help="No progress bars (warnings still shown).")]
+    for opt in reversed(opts):
+        wrapper = opt(wrapper)
+    return wrapper  # type: ignore[return-value]

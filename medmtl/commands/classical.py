@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from medmtl.commands._common import check_out_path, handle_errors
+from medmtl.commands._common import check_out_path, echo_json, handle_errors, json_option, progress_options
 
 
 @click.command("classical")
@@ -17,10 +17,13 @@ from medmtl.commands._common import check_out_path, handle_errors
 @click.option("--max-lesions", type=click.IntRange(min=1), default=50, show_default=True,
               help="At most this many detections per scan.")
 @click.option("--overwrite", is_flag=True, help="Replace the predictions already in OUT (default: refuse).")
-@click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
+@progress_options
+@json_option
 @handle_errors
-def classical_cmd(input_dir: Path, out_dir: Path, max_lesions: int, overwrite: bool, no_progress: bool) -> None:
-    """Detect lung nodules in every CT of INPUT_DIR without training (the floor of every table).
+def classical_cmd(input_dir: Path, out_dir: Path, max_lesions: int, overwrite: bool, progress: bool,
+                  as_json: bool) -> None:
+    """Detect lung nodules in every CT of INPUT_DIR, a folder or one scan file, without training (the
+    floor of every table).
 
     \b
     Multi-scale Hessian dot filter in the lungs (Li, Sone & Doi, Med. Phys. 2003), diameters from
@@ -35,12 +38,15 @@ def classical_cmd(input_dir: Path, out_dir: Path, max_lesions: int, overwrite: b
     from medmtl import api
 
     summary = api.detect_classical(input_dir=input_dir, out_dir=out_dir, max_lesions=max_lesions,
-                                   progress=not no_progress, overwrite=overwrite)
+                                   progress=progress, overwrite=overwrite)
     t = summary["timings"]
-    click.echo(
-        f"{summary['n_done']} detected, {summary['n_skipped']} already complete, {summary['n_failed']} failed"
-        f" ({t['scans_per_s']:.2f} scans/s, classical); tables in {out_dir}"
-    )
+    if as_json:
+        echo_json(summary)
+    else:
+        click.echo(
+            f"{summary['n_done']} detected, {summary['n_skipped']} already complete, {summary['n_failed']} failed"
+            f" ({t['scans_per_s']:.2f} scans/s, classical); tables in {out_dir}"
+        )
     if summary["n_failed"]:
         total = summary["n_scans"] + sum(1 for f in summary["failures"] if f.get("stage") == "discovery")
         click.echo(f"Error: {summary['n_failed']} of {total} scans failed; see {Path(out_dir) / 'failures.json'}",

@@ -10,7 +10,16 @@ from pathlib import Path
 
 import click
 
-from medmtl.commands._common import check_in_file, check_out_path, echo_json, handle_errors, json_option
+from medmtl.commands._common import (
+    DEVICE_HELP,
+    check_device,
+    check_in_file,
+    check_out_path,
+    echo_json,
+    handle_errors,
+    json_option,
+    progress_options,
+)
 
 
 @click.command("train")
@@ -39,16 +48,20 @@ from medmtl.commands._common import check_in_file, check_out_path, echo_json, ha
 )
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its last/ checkpoint.")
 @click.option("--overwrite", is_flag=True, help="Replace the medmtl files of an existing, non-empty run folder.")
+@click.option("--device", default=None, callback=check_device,
+              help=DEVICE_HELP.rstrip(".") + " [default: the config's train.device, auto].")
+@progress_options
 @json_option
 @handle_errors
 def train_cmd(config: Path, out_dir: Path, overrides: tuple[str, ...], resume: bool, overwrite: bool,
-              as_json: bool) -> None:
+              device: str | None, progress: bool, as_json: bool) -> None:
     """Train the shared-backbone detection / size / malignancy model from a YAML config.
 
     Writes the resolved config, metrics.csv (per epoch: task losses and weights, LR, time,
     validation CPM / diameter MAE mm / malignancy AUC), TensorBoard events (tb/),
     gradient_conflict.csv/.json, last/ (resumable) and checkpoint/ (the best model with its
-    model card). Under torchrun it trains data-parallel; only rank 0 writes files.
+    model card). Under torchrun it trains data-parallel; only rank 0 writes files. On a
+    terminal a bar per epoch shows the steps, the task losses and the time left (not with --quiet).
 
     \b
     Examples:
@@ -62,7 +75,8 @@ def train_cmd(config: Path, out_dir: Path, overrides: tuple[str, ...], resume: b
 
     if resume and overwrite:
         raise ConfigError("--resume and --overwrite exclude each other; pass one of them")
-    ckpt = api.train(config=config, out_dir=out_dir, overrides=list(overrides), resume=resume, overwrite=overwrite)
+    ckpt = api.train(config=config, out_dir=out_dir, overrides=list(overrides), resume=resume, overwrite=overwrite,
+                     progress=progress, device=device)
     if os.environ.get("RANK", "0") != "0":
         return
     if as_json:
