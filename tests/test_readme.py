@@ -1,8 +1,10 @@
 """Every command and code block of README.md runs (``make`` lines are run by CI / ``make demo``).
 
-The bash blocks' ``medmtl`` and ``torchrun`` lines run in order in a scratch folder that links
-the repository's ``configs/``, ``sample_data/`` and ``pipelines/``; then the Python blocks run
-there too. Each must succeed.
+The bash blocks' ``medmtl`` and ``torchrun`` lines run in order in a scratch folder outside the
+repository that links its ``configs/`` and ``sample_data/`` (the files the commands name) and
+nothing else: no ``pipelines/``, no ``PYTHONPATH``, so a command that needs the repository on the
+import path fails here as it would for a user. Then the Python blocks run there too. Each must
+succeed.
 """
 
 from __future__ import annotations
@@ -45,13 +47,19 @@ def test_readme_lists_the_two_setup_commands() -> None:
 
 @pytest.fixture()
 def scratch(tmp_path: Path) -> Path:
-    for name in ("configs", "sample_data", "pipelines"):
+    for name in ("configs", "sample_data"):
         (tmp_path / name).symlink_to(REPO / name, target_is_directory=True)
     return tmp_path
 
 
+def _outside_env() -> dict[str, str]:
+    """The environment of a user's shell: no ``PYTHONPATH`` pointing into the repository."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    return dict(env, OMP_NUM_THREADS="2", MPLBACKEND="Agg")
+
+
 def _run(argv: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
-    env = dict(os.environ, PYTHONPATH=str(cwd), OMP_NUM_THREADS="2", MPLBACKEND="Agg")
+    env = _outside_env()
     return subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True, encoding="utf-8", timeout=900)
 
 
@@ -79,3 +87,48 @@ def test_readme_commands_and_code_blocks_run(scratch: Path) -> None:
     assert (scratch / "shift/report.html").is_file()
     assert (scratch / "runs/tiny_adabn/model_card.json").is_file()
     assert (scratch / "preds/ddp/predictions.csv").is_file()
+
+
+def test_readme_commands_need_no_repository_on_the_path() -> None:
+    """No README command runs a module of the repository (``-m pipelines...``): after ``make install``
+    they must work from any folder, through the installed ``medmtl`` package."""
+    for cmd in _commands():
+        argv = shlex.split(cmd)
+        modules = [argv[i + 1] for i, a in enumerate(argv[:-1]) if a == "-m"]
+        assert all(m.split(".")[0] == "medmtl" for m in modules), cmd
+
+
+def test_installed_cli_runs_from_another_folder(tmp_path: Path) -> None:
+    """``cd /tmp && medmtl ...``: the installed entry point and ``python -m medmtl.cli`` (what ``torchrun -m``
+    runs) work outside the repository, on a scan given by its absolute path."""
+    import json
+
+    scan = REPO / "sample_data" / "ct_site_b" / "ct_b_0000.nii.gz"
+    bindir = Path(sys.executable).parent
+    for argv in ([str(bindir / "medmtl"), "inspect", str(scan), "--json", "-q"],
+                 [sys.executable, "-m", "medmtl.cli", "inspect", str(scan), "--json", "-q"]):
+        proc = _run(argv, tmp_path)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        assert proc.stderr == ""
+        (row,) = json.loads(proc.stdout)["scans"]
+        assert row["id"] == "ct_b_0000" and row["path"] == "ct_b_0000.nii.gz"
+
+
+def test_jupyter_nbconvert_executes_a_notebook(tmp_path: Path) -> None:
+    """``jupyter nbconvert --to notebook --execute`` (nbconvert from the dev extras) runs a notebook with
+    this venv's kernel, outside the repository, importing the installed medmtl."""
+    import json
+
+    import nbformat
+
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell("import medmtl\nprint('medmtl', medmtl.__version__)")]
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(nb, tmp_path / "check.ipynb")
+    jupyter = Path(sys.executable).parent / "jupyter"
+    proc = _run([str(jupyter), "nbconvert", "--to", "notebook", "--execute", "check.ipynb", "--output", "done"], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    done = json.loads((tmp_path / "done.ipynb").read_text(encoding="utf-8"))
+    from medmtl import __version__
+
+    assert "".join(done["cells"][0]["outputs"][0]["text"]) == f"medmtl {__version__}\n"
