@@ -388,8 +388,13 @@ def test_one_corrupt_among_good_json_is_complete(tmp_path, hostile):
     assert info["n_failed"] == 1 and info["skipped"][0]["path"] == "bad.nii.gz" and info["skipped"][0]["failed"]
 
 
-@pytest.mark.parametrize(("args", "words"), [(["nope"], "does not exist"), (["file.txt"], "is a file")])
-def test_bad_folder_argument_is_a_usage_error(tmp_path, monkeypatch, hostile, args, words):
+def test_bad_folder_argument_is_a_usage_error(tmp_path, monkeypatch, hostile):
+    monkeypatch.chdir(tmp_path)
+    hostile(["inspect", "nope"], code=2, words=["does not exist"], watch=[tmp_path])
+
+
+def test_a_file_that_is_not_a_scan_is_named(tmp_path, monkeypatch, hostile):
+    """inspect takes one scan file as well as a folder (issue #14); a file that is no scan is one Error: line."""
     (tmp_path / "file.txt").write_text("x", encoding="utf-8")
     monkeypatch.chdir(tmp_path)
-    hostile(["inspect", *args], code=2, words=[words], watch=[tmp_path])
+    hostile(["inspect", "file.txt"], code=1, words=["file.txt is not a scan file", ".nii.gz"], watch=[tmp_path])

@@ -305,7 +305,6 @@ def discover_scans(root: str | Path) -> tuple[list[ScanRef], list[Skipped]]:
     unique = _unique_ids(refs, skipped)
     if not unique:
         detail = f" ({len(skipped)} skipped; first: {skipped[0].path.name}: {skipped[0].reason})" if skipped else ""
-        raise ScanReadError(
-            f"no scans found in {root}{detail}; expected .nii/.nii.gz/.mha/.mhd/.nrrd files or DICOM series"
-        )
+        where = f"{root} is not a scan file" if root.is_file() else f"no scans found in {root}"
+        raise ScanReadError(f"{where}{detail}; expected .nii/.nii.gz/.mha/.mhd/.nrrd files or DICOM series")
     return unique, skipped
