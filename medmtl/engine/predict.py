@@ -170,7 +170,7 @@ def predict_folder(
     refs = shard_refs(all_refs, shard)
     opts = _Options(checkpoint=Path(checkpoint), out_dir=Path(out_dir), device=device, amp=amp, overlap=overlap,
                     sw_batch_size=sw_batch_size, tta=tta, save_maps=save_maps, preview=preview, adapt=adapt,
-                    threshold=threshold, shard=shard, stamp=pio.resume_stamp(Path(checkpoint), adapt, threshold))
+                    threshold=threshold, shard=shard, stamp=pio.resume_stamp(Path(checkpoint), adapt, threshold, _window(overlap, tta)))
     done = _noop_rerun(opts, refs, skipped, t_start)
     if done is not None:
         return done
@@ -225,7 +225,7 @@ def _predict(opts: _Options, refs: Sequence[ScanRef], skipped: Sequence[Skipped]
     out_dir = opts.out_dir
     with opts.lock():
         (out_dir / "scans").mkdir(parents=True, exist_ok=True)
-        resume = pio.resume_key(predictor.card, opts.adapt, predictor.decode)  # adaptation, harmonisation, --threshold
+        resume = pio.resume_key(predictor.card, opts.adapt, predictor.decode, _window(opts.overlap, opts.tta))
         pending = [r for r in refs if not pio.is_complete(out_dir, r.scan_id, predictor.weights_sha256,
                                                            need_maps=opts.save_maps, need_previews=opts.preview,
                                                            resume=resume)]
@@ -242,6 +242,11 @@ def _predict(opts: _Options, refs: Sequence[ScanRef], skipped: Sequence[Skipped]
 #: :func:`medmtl.engine.inference.resolve_amp` on the CPU, without importing torch (a test holds
 #: the two together).
 CPU_AMP = {"auto": "off", "bf16": "bf16", "fp16": "fp16", "off": "off"}
+
+
+def _window(overlap: float, tta: bool) -> dict[str, Any]:
+    """The sliding-window settings that change a scan's lesions (part of the resume key)."""
+    return {"overlap": float(overlap), "tta": bool(tta)}
 
 
 def _device_and_amp(device: str, amp: str) -> tuple[str, str] | None:

@@ -162,12 +162,16 @@ def check_output_folder(input_dir: Path, out_dir: Path) -> None:
     check_outputs(Path(out_dir), OUTPUT_NAMES)
 
 
-def resume_key(card: ModelCard, adapt: str, decode: DecodeSettings | None = None) -> str:
+def resume_key(card: ModelCard, adapt: str, decode: DecodeSettings | None = None,
+               window: Mapping[str, Any] | None = None) -> str:
     """Hash of what, besides the weights, changes a scan's predictions: the card's
-    ``adaptation`` and ``harmonisation`` records, the ``--adapt`` mode and decode settings that
-    differ from the card's (``--threshold``) (SHA-256, 16 hex).
+    ``adaptation`` and ``harmonisation`` records, the ``--adapt`` mode, decode settings that
+    differ from the card's (``--threshold``) and the sliding-window settings that change which
+    windows are averaged (``window``: ``--overlap`` and ``--tta``) (SHA-256, 16 hex).
 
-    A rerun reuses a scan's record only when this key matches too (see :func:`is_complete`).
+    Device, ``--amp`` and ``--sw-batch-size`` change only the float rounding, not the lesions,
+    and are left out. A rerun reuses a scan's record only when this key matches too (see
+    :func:`is_complete`).
     """
     from medmtl.io.hashing import sha256_bytes
 
@@ -177,6 +181,8 @@ def resume_key(card: ModelCard, adapt: str, decode: DecodeSettings | None = None
                              "adapt": adapt}
     if decode is not None and decode != card.decode:  # e.g. --threshold: other lesions
         state["decode"] = decode.to_dict()
+    if window is not None:  # --overlap / --tta: other windows averaged, other lesions
+        state["window"] = dict(window)
     return sha256_bytes(json.dumps(state, sort_keys=True, default=str).encode())[:16]
 
 
@@ -200,12 +206,14 @@ def is_complete(out_dir: Path, scan_id: str, weights_sha256: str, *, need_maps: 
     return all((out_dir / f).is_file() for f in files)
 
 
-def resume_stamp(checkpoint: Path, adapt: str, threshold: float | None) -> str | None:
+def resume_stamp(checkpoint: Path, adapt: str, threshold: float | None,
+                 window: Mapping[str, Any] | None = None) -> str | None:
     """A cheap key of what fixes a call's :func:`resume_key` and weights hash (SHA-256, 16 hex).
 
     It hashes the bytes of the checkpoint's ``model_card.json`` (the card holds the weights
     hash, the adaptation and harmonisation records and the decode settings), the ``--adapt``
-    mode, the ``--threshold`` override (type and value) and the medmtl version — without
+    mode, the ``--threshold`` override (type and value), the sliding-window settings of
+    :func:`resume_key` and the medmtl version — without
     reading the card into a :class:`~medmtl.engine.card.ModelCard` (which imports torch and
     MONAI). Calls with the same stamp have the same resume key, so a record written under this
     stamp tells a rerun its weights hash and resume key (:func:`stamped_provenance`). A
@@ -223,7 +231,8 @@ def resume_stamp(checkpoint: Path, adapt: str, threshold: float | None) -> str |
         card_sha256 = sha256_file(Path(checkpoint) / CARD_FILE)
     except OSError:
         return None
-    state = {"card_sha256": card_sha256, "adapt": adapt, "threshold": threshold, "medmtl_version": __version__}
+    state = {"card_sha256": card_sha256, "adapt": adapt, "threshold": threshold, "medmtl_version": __version__,
+             "window": dict(window) if window is not None else None}
     # ``repr`` for anything JSON has no type for (a numpy float threshold stamps apart from a float)
     return sha256_bytes(json.dumps(state, sort_keys=True, default=repr).encode())[:16]
 

@@ -1,7 +1,7 @@
 """A rerun of ``medmtl predict`` over a finished folder is decided from the records alone (issue #15).
 
 It loads no model and, on ``--device cpu``, imports neither torch nor MONAI; it writes exactly
-what a full call writes; a changed threshold, checkpoint, card or requested output still
+what a full call writes; a changed threshold, overlap, TTA, checkpoint, card or requested output still
 recomputes, and changed weights are still refused. ``medmtl --help`` imports no torch either.
 """
 
@@ -136,6 +136,12 @@ def test_changed_settings_still_recompute(checkpoint: Path, scans: Path, tmp_pat
     assert full_run([*args, "--threshold", "0.5"]).startswith("2 predicted, 0 already complete")
     assert full_run([*args, "--threshold", "0.5"]).startswith("0 predicted, 2 already complete")
     assert full_run(args).startswith("2 predicted, 0 already complete")  # back to the card's threshold
+    at = args.index("--overlap") + 1
+    other_overlap = [*args[:at], "0.5", *args[at + 1:]]
+    assert full_run(other_overlap).startswith("2 predicted, 0 already complete")  # other windows averaged
+    assert full_run([*other_overlap, "--tta"]).startswith("2 predicted, 0 already complete")
+    assert full_run([*other_overlap, "--tta"]).startswith("0 predicted, 2 already complete")
+    assert full_run(args).startswith("2 predicted, 0 already complete")
     assert full_run([*args, "--save-maps"]).startswith("2 predicted, 0 already complete")  # maps not there yet
     other = helpers.make_checkpoint(tmp_path / "other", seed=1)
     assert full_run(predict_args(other, scans, out)).startswith("2 predicted, 0 already complete")
