@@ -4,7 +4,8 @@ cohort-to-cohort effect sizes.
 A fingerprint is what a physicist would check first when a model trained at one site is used
 at another: voxel spacing and slice thickness, field of view, orientation, the intensity
 distribution *inside the body*, the noise level, and (CT) whether the Hounsfield scale is
-calibrated (air ≈ −1000 HU, fat ≈ −100 HU, water/soft tissue ≈ 0–40 HU). The idea follows the
+calibrated (air ≈ −1000 HU, fat ≈ −100 HU, water/soft tissue ≈ 0–40 HU) — and whether a bright soft
+tissue is a scale offset (air and fat move too) or contrast enhancement (they do not). The idea follows the
 dataset fingerprint of nnU-Net (Isensee et al., "nnU-Net: a self-configuring method for deep
 learning-based biomedical image segmentation", Nature Methods 2021), extended with the HU and
 noise checks used in multi-site radiomics harmonisation studies.
@@ -36,8 +37,13 @@ PERCENTILES: tuple[float, ...] = (0.5, 10.0, 50.0, 90.0, 99.5)
 HU_EXPECTED: dict[str, tuple[float, tuple[float, float]]] = {
     "air": (-1000.0, (-1100.0, -850.0)),
     "fat": (-100.0, (-220.0, -20.0)),
-    "soft_tissue": (20.0, (-20.0, 140.0)),
+    "soft_tissue": (20.0, (-20.0, 260.0)),  # up to 260 HU: contrast-enhanced tissue and blood pool
 }
+#: Unenhanced soft tissue (muscle, organs, water) lies in this band (HU).
+SOFT_TISSUE_BAND = (0.0, 40.0)
+#: What :func:`hu_status` can say about a CT scan.
+HU_STATUSES = ("calibrated", "miscalibrated", "contrast_enhanced", "soft_tissue_atypical", "unverified",
+               "not_measurable")
 G_CAP = 99.0
 """|Hedges' g| is capped here (constant cohorts)."""
 HU_TOLERANCE = 20.0
@@ -172,47 +178,83 @@ def _mode_in(values: NDArray[np.floating[Any]], lo: float, hi: float) -> float |
     return float(0.5 * (edges[i] + edges[i + 1]))
 
 
-def hu_calibration(arr: NDArray[np.floating[Any]], mask: NDArray[np.bool_]) -> dict[str, Any]:
-    """Check a CT scan's Hounsfield calibration against air, fat and soft tissue.
-
-    Air is measured (median) at least 3 voxels outside the body, fat and soft tissue (histogram
-    modes) inside; each measured mode is
-    compared with its expected value and flagged when it is off by more than
-    :data:`HU_TOLERANCE` HU. A tissue with too few voxels in its window is reported as
-    ``None`` (not measurable, no flag).
-
-    Returns:
-        ``{"<tissue>": {"expected", "measured", "offset", "flag"}, "offset_hu": median offset,
-        "flag": any tissue flagged}``.
-    """
-    out: dict[str, Any] = {}
-    offsets: list[float] = []
-    flags: list[bool] = []
+def _tissue_modes(arr: NDArray[np.floating[Any]], mask: NDArray[np.bool_]) -> dict[str, float | None]:
+    """Measured HU of each tissue of :data:`HU_EXPECTED` (``None`` when not measurable): air is the
+    median at least 3 voxels outside the body, fat and soft tissue the histogram modes inside."""
     far = ~ndimage.binary_dilation(mask, iterations=3)
     outside = arr[far] if far.sum() >= 50 else arr[~mask]
     inside = arr[mask]
-    for tissue, (expected, (lo, hi)) in HU_EXPECTED.items():
-        values = outside if tissue == "air" else inside
+    out: dict[str, float | None] = {}
+    for tissue, (_, (lo, hi)) in HU_EXPECTED.items():
         if tissue == "air":  # background is flat: its median is the most robust estimate
-            in_win = values[(values >= lo) & (values <= hi)]
-            measured = float(np.median(in_win)) if in_win.size >= 50 else None
+            in_win = outside[(outside >= lo) & (outside <= hi)]
+            out[tissue] = float(np.median(in_win)) if in_win.size >= 50 else None
         else:
-            measured = _mode_in(values, lo, hi)
+            out[tissue] = _mode_in(inside, lo, hi)
+    return out
+
+
+def _soft_tissue_deviation(measured: float) -> float:
+    """How far (HU) a soft-tissue mode lies outside its 0–40 HU band (0 inside it)."""
+    lo, hi = SOFT_TISSUE_BAND
+    return 0.0 if lo <= measured <= hi else min(abs(measured - lo), abs(measured - hi))
+
+
+def hu_status(tissues: Mapping[str, Mapping[str, Any]]) -> str:
+    """What the tissue checks say about the scan (one of :data:`HU_STATUSES`).
+
+    A miscalibration moves the whole Hounsfield scale, so air and fat move with soft tissue;
+    iodinated contrast brightens perfused soft tissue and blood (to about 100–200 HU) and
+    leaves air and fat where they were. Hence: ``miscalibrated`` when air or fat is off,
+    ``contrast_enhanced`` when soft tissue is brighter than its band while the measured air
+    and fat are at their usual values, ``soft_tissue_atypical`` when soft tissue is darker than its band
+    with air and fat in place (not a scale offset), ``unverified`` when soft tissue is off and
+    neither air nor fat can be measured (offset and enhancement cannot be told apart),
+    ``not_measurable`` when no tissue is, else ``calibrated``.
+    """
+    refs = [tissues[t] for t in ("air", "fat") if tissues.get(t, {}).get("measured") is not None]
+    soft = tissues.get("soft_tissue", {})
+    if any(r["flag"] for r in refs):
+        return "miscalibrated"
+    if soft.get("measured") is None:
+        return "calibrated" if refs else "not_measurable"
+    if not soft["flag"]:
+        return "calibrated"
+    if not refs:
+        return "unverified"
+    return "contrast_enhanced" if soft["measured"] > SOFT_TISSUE_BAND[1] else "soft_tissue_atypical"
+
+
+def hu_calibration(arr: NDArray[np.floating[Any]], mask: NDArray[np.bool_]) -> dict[str, Any]:
+    """Check a CT scan's Hounsfield calibration against air, fat and soft tissue, telling a
+    scale offset from contrast enhancement (:func:`hu_status`).
+
+    Each measured tissue (:func:`_tissue_modes`) is compared with its expected value and marked
+    when it is off by more than :data:`HU_TOLERANCE` HU (soft tissue: outside its 0–40 HU band
+    by more than that). A tissue with too few voxels in its window is ``None`` (not measurable).
+
+    Returns:
+        ``{"<tissue>": {"expected", "measured", "offset", "flag"}, "status": hu_status,
+        "offset_hu": median offset of the measured tissues (soft tissue left out when the scan
+        is contrast-enhanced: its brightness is not an offset), "flag": status is
+        "miscalibrated", "contrast_enhanced": status is "contrast_enhanced"}``.
+    """
+    out: dict[str, Any] = {}
+    for tissue, measured in _tissue_modes(arr, mask).items():
+        expected = HU_EXPECTED[tissue][0]
         if measured is None:
             out[tissue] = {"expected": expected, "measured": None, "offset": None, "flag": False}
             continue
         offset = measured - expected
-        # soft tissue spans 0–40 HU: only flag outside that band ± tolerance
-        if tissue == "soft_tissue":
-            dev = 0.0 if 0.0 <= measured <= 40.0 else min(abs(measured), abs(measured - 40.0))
-        else:
-            dev = abs(offset)
-        flag = bool(dev > HU_TOLERANCE)
-        out[tissue] = {"expected": expected, "measured": measured, "offset": offset, "flag": flag}
-        offsets.append(offset)
-        flags.append(flag)
+        dev = _soft_tissue_deviation(measured) if tissue == "soft_tissue" else abs(offset)
+        out[tissue] = {"expected": expected, "measured": measured, "offset": offset, "flag": bool(dev > HU_TOLERANCE)}
+    status = hu_status(out)
+    offsets = [out[t]["offset"] for t in HU_EXPECTED if out[t]["offset"] is not None
+               and not (t == "soft_tissue" and status == "contrast_enhanced")]
+    out["status"] = status
     out["offset_hu"] = float(np.median(offsets)) if offsets else None
-    out["flag"] = bool(any(flags))
+    out["flag"] = status == "miscalibrated"
+    out["contrast_enhanced"] = status == "contrast_enhanced"
     return out
 
 
@@ -274,7 +316,7 @@ def cohort_summary(fingerprints: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
 
     Returns:
         JSON-safe summary dict (``n`` scans, ``fields``, ``orientation``, ``modality``,
-        ``acquisition``, ``hu_flagged``).
+        ``acquisition``, ``hu_flagged`` (miscalibrated), ``hu_contrast_enhanced``).
     """
     fields: dict[str, dict[str, float]] = {}
     for name in NUMERIC_FIELDS:
@@ -306,6 +348,7 @@ def cohort_summary(fingerprints: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         "modality": _counts([fp.get("modality") for fp in fingerprints]),
         "acquisition": {k: _counts([(fp.get("acquisition") or {}).get(k) for fp in fingerprints]) for k in acq_keys},
         "hu_flagged": int(sum(1 for h in hu if h.get("flag"))),
+        "hu_contrast_enhanced": int(sum(1 for h in hu if h.get("contrast_enhanced"))),
         "hu_offset_median": float(np.median(offsets)) if offsets else None,
     }
 

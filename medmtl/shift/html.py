@@ -27,7 +27,7 @@ th{background:#f3f3f3}td.l,th.l{text-align:left}.verdict{padding:.8em 1em;border
 .outside{background:#fff3e0;border:1px solid #f0b070}.untested{background:#eef2f7;border:1px solid #b8c4d6}
 code{background:#f3f3f3;padding:0 .25em;border-radius:3px;font-size:.95em}
 .sig{font-weight:bold;color:#b00020}img{max-width:100%;margin:.4em 0}.muted{color:#777;font-size:.9em}
-.reading{font-size:.95em;margin:.2em 0 1em 0}
+.reading{font-size:.95em;margin:.2em 0 1em 0}.summary{font-size:1.1em;line-height:1.45;margin:.8em 0}
 """
 
 _CODE = re.compile(r"`([^`]+)`")
@@ -174,8 +174,12 @@ def _lower_sections(report: Mapping[str, Any], figs: Mapping[str, str]) -> list[
     hu = report.get("hu_calibration")
     if hu:
         parts += ["<h3>HU calibration (CT)</h3>", table(hu, [
-            ("cohort", "cohort"), ("n_flagged", "scans flagged"), ("n_scans", "scans"),
-            ("median_offset_hu", "median offset (HU)")])]
+            ("cohort", "cohort"), ("n_scans", "scans"), ("n_flagged", "miscalibrated (air/fat off)"),
+            ("n_contrast_enhanced", "contrast-enhanced"), ("median_offset_hu", "median offset (HU)"),
+            ("median_soft_tissue_hu", "median soft-tissue mode (HU)")]),
+            "<p class='muted'>A miscalibration shifts the whole scale, air (−1000 HU) and fat (−100 HU) with soft "
+            "tissue; contrast enhancement brightens soft tissue and blood (about 100–200 HU) and leaves air and fat "
+            "where they were, so it is reported as enhancement, not as miscalibration.</p>"]
     bn = report.get("bn_shift")
     if bn and bn.get("target"):
         parts += ["<h2>BatchNorm statistics shift</h2>", figs.get("bn", ""),
@@ -208,7 +212,10 @@ def render_report(report: Mapping[str, Any]) -> str:
     """Render a :func:`medmtl.shift.report.run_diagnose` report dict as a standalone HTML page."""
     alpha = float(report.get("alpha", 0.05))
     figs = report.get("_figures", {})
-    parts = [*_header(report), _verdict_block(report.get("verdict", {}))]
+    parts = [*_header(report)]
+    if report.get("reading"):
+        parts.append(f"<p class='summary'><b>Reading.</b> {inline(report['reading'])}</p>")
+    parts.append(_verdict_block(report.get("verdict", {})))
     decision = [t for t in report.get("tests", []) if not t.get("descriptive")]
     if decision or report.get("shift_test"):
         parts += ["<h2>Decision: feature-level tests</h2>",

@@ -13,7 +13,9 @@ The report combines (see each module for its method and paper):
 * optionally LogME transferability of encoders × adapters (You et al. 2021,
   :mod:`medmtl.shift.logme`).
 
-It writes ``report.json`` and a self-contained ``report.html`` (:mod:`medmtl.shift.html`).
+It writes ``report.json``, a self-contained ``report.html`` (:mod:`medmtl.shift.html`) and
+``report.md`` (:mod:`medmtl.shift.report_md`), both opening with a plain-language reading
+(:mod:`medmtl.shift.reading`).
 When the source is a checkpoint, its stored reference statistics stand in for the training
 scans, so a site can be checked without the training data.
 """
@@ -146,12 +148,7 @@ def _details(kind: str, effects: list[dict[str, Any]], hu_rows: list[dict[str, A
         parts.append("Largest fingerprint differences (descriptive, not part of the decision): " + ", ".join(
             f"{e.get('label') or field_label(e['field'], modality)} {e['source_mean']:.3g} → {e['target_mean']:.3g} "
             f"({_g_phrase(g_text(e['hedges_g'], e.get('source_sd'), e.get('target_sd')))})" for e in big) + ".")
-    tgt_hu = next((h for h in hu_rows if h["cohort"] == "target"), None)
-    if tgt_hu and tgt_hu["n_flagged"]:
-        parts.append(
-            f"{tgt_hu['n_flagged']} of {tgt_hu['n_scans']} target scans have an HU calibration off by > 20 HU "
-            f"(median offset {tgt_hu['median_offset_hu']:+.0f} HU)."
-        )
+    parts += hu_sentences(hu_rows)
     coarser = sorted({e["field"] for e in effects if e["large"] and e["target_mean"] > e["source_mean"]
                       and str(e["field"]).startswith(("spacing", "slice_thickness", "noise"))})
     if kind == "shift" and coarser:
@@ -178,15 +175,45 @@ def _verdict(test: dict[str, Any] | None, sides: _Sides, src_fps: list[dict[str,
 
 
 def _hu_rows(cohorts: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """Per cohort: scans checked, miscalibrated (a global offset: air and fat moved too), contrast-
+    enhanced (soft tissue brighter, air and fat in place), unverified, and the median offset."""
     rows = []
     for name, fps in cohorts.items():
         hu = [fp["hu_calibration"] for fp in fps if "hu_calibration" in fp]
         if not hu:
             continue
         offs = [h["offset_hu"] for h in hu if h.get("offset_hu") is not None]
+        soft = [h["soft_tissue"]["measured"] for h in hu if (h.get("soft_tissue") or {}).get("measured") is not None]
         rows.append({"cohort": name, "n_scans": len(hu), "n_flagged": int(sum(bool(h["flag"]) for h in hu)),
-                     "median_offset_hu": float(np.median(offs)) if offs else None})
+                     "n_contrast_enhanced": int(sum(bool(h.get("contrast_enhanced")) for h in hu)),
+                     "n_unverified": int(sum(h.get("status") == "unverified" for h in hu)),
+                     "median_offset_hu": float(np.median(offs)) if offs else None,
+                     "median_soft_tissue_hu": float(np.median(soft)) if soft else None})
     return rows
+
+
+def hu_sentences(hu_rows: list[dict[str, Any]]) -> list[str]:
+    """The HU check of the target in words: miscalibration, contrast enhancement or neither."""
+    from medmtl.shift.fingerprint import HU_TOLERANCE
+
+    tgt = next((h for h in hu_rows if h["cohort"] == "target"), None)
+    if not tgt:
+        return []
+    out = []
+    if tgt["n_flagged"]:
+        out.append(f"HU miscalibration: {tgt['n_flagged']} of {tgt['n_scans']} target scans have air or fat off their "
+                   f"usual values by > {HU_TOLERANCE:g} HU, a shift of the whole Hounsfield scale (median offset "
+                   f"{tgt['median_offset_hu']:+.0f} HU).")
+    if tgt.get("n_contrast_enhanced"):
+        soft = tgt.get("median_soft_tissue_hu")
+        at = f" (median soft-tissue mode {soft:.0f} HU)" if soft is not None else ""
+        out.append(f"Contrast enhancement, not miscalibration: {tgt['n_contrast_enhanced']} of {tgt['n_scans']} target "
+                   f"scans have soft tissue brighter than the unenhanced 0–40 HU{at} while air and fat sit at their "
+                   "usual −1000 and −100 HU.")
+    if tgt.get("n_unverified"):
+        out.append(f"{tgt['n_unverified']} of {tgt['n_scans']} target scans have soft tissue outside 0–40 HU and no "
+                   "measurable air or fat, so a scale offset cannot be told from contrast enhancement.")
+    return out
 
 
 @dataclass
@@ -316,14 +343,16 @@ def _figures(report: dict[str, Any], sides: _Sides) -> dict[str, str]:
 
 
 def _write_report(out_dir: Path, report: dict[str, Any], sides: _Sides) -> None:
-    """Figures, ``report.html`` and ``report.json`` (atomically)."""
+    """Figures, ``report.html``, ``report.md`` and ``report.json`` (atomically)."""
     from medmtl.io.writers import atomic_write_json, atomic_write_text
     from medmtl.shift import html as hh
+    from medmtl.shift.report_md import render_markdown
 
     page = hh.render_report({**report, "_figures": _figures(report, sides)})
     out_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out_dir / "report.json", report)
     atomic_write_text(out_dir / "report.html", page)
+    atomic_write_text(out_dir / "report.md", render_markdown(report))
 
 
 def _fingerprints(sides: _Sides) -> tuple[list[dict[str, Any]], list[dict[str, Any]], dict[str, Any]]:
@@ -416,6 +445,9 @@ def run_diagnose(
             report = _feature_report(sides, source, target, checkpoint, rank_encoders, n_permutations, seed, notes,
                                      stage)
         stage("report")
+        from medmtl.shift.reading import plain_reading
+
+        report["reading"] = plain_reading(report)
         _write_report(out_dir, report, sides)
     logger.info("diagnose: %s", report["verdict"]["text"])
     return report
