@@ -487,8 +487,9 @@ def diagnose(
     """Measure domain shift between a source (scan folder or file, or a checkpoint) and a target
     folder (or file).
 
-    Writes ``report.json`` and a self-contained ``report.html``; returns the report dict
-    (fingerprints, tests with p-values, BN shift, verdict). ``progress``: a bar over the stages.
+    Writes ``report.json``, a self-contained ``report.html`` and ``report.md`` (both open with a
+    plain-language reading, ``report["reading"]``); returns the report dict (fingerprints, tests
+    with p-values, BN shift, verdict). ``progress``: a bar over the stages.
 
     Example:
         >>> rep = diagnose(source="sample_data/ct_site_a", target="sample_data/ct_site_b",
@@ -498,7 +499,7 @@ def diagnose(
     from medmtl.io.outputs import check_outputs, record_outputs
     from medmtl.shift.report import run_diagnose
 
-    report_files = ("report.json", "report.html")
+    report_files = ("report.json", "report.html", "report.md")
     check_outputs(Path(out_dir), report_files)  # before any work: never replace the user's files
     report = run_diagnose(
         source=Path(source),

@@ -109,6 +109,15 @@ def test_report_is_self_contained(cohorts: dict[str, Path], tmp_path: Path) -> N
     assert page.count("<tr>") >= len(report["tests"])
     assert "verdict" in report and isinstance(report["verdict"]["shift"], bool)
     check_readable_page(page, report)
+    reading = report["reading"]  # the plain-language reading opens both pages (tests/shift/test_reading.py)
+    assert reading.split(":")[0] in ("No shift", "Shift that adaptation can address", "Outside the training domain")
+    assert "HU-miscalibrated: air and fat are shifted" in reading  # site B's scale offset, not enhancement
+    assert page.index("<b>Reading.</b>") < page.index("class='verdict")
+    md = (out / "report.md").read_text(encoding="utf-8")
+    assert md.startswith("# Domain-shift report") and f"**Reading.** {reading}" in md
+    code, text = _run(["diagnose", "--source", str(cohorts["a"]), "--target", str(cohorts["b"]), "-o", str(out),
+                       "--n-permutations", "50", "-q"])
+    assert code == 0, text  # a rerun replaces medmtl's own report.md
 
 
 def check_readable_page(page: str, report: dict) -> None:

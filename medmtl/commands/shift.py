@@ -30,7 +30,7 @@ _METHODS = tuple(api.list_adaptations())
               help="Target scan folder, or one scan file (the new site).")
 @click.option("-o", "--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
               callback=check_out_path,
-              help="Output folder for report.json and report.html.")
+              help="Output folder for report.json, report.html and report.md.")
 @click.option("--checkpoint", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
               help="Checkpoint whose encoder extracts features and whose heads give prediction shift.")
 @click.option("--rank-encoders", is_flag=True, help="Also rank encoders x adapters by LogME (needs annotations.csv).")
@@ -45,8 +45,9 @@ def diagnose_cmd(source: Path, target: Path, out_dir: Path, checkpoint: Path | N
     """Measure domain shift between a source and a target cohort.
 
     \b
-    Writes OUT/report.json and a self-contained OUT/report.html (fingerprints, MMD and
-    domain-classifier tests with p-values, BatchNorm shift per layer, a verdict).
+    Writes OUT/report.json, a self-contained OUT/report.html and OUT/report.md (a plain-language
+    reading first, then the verdict, fingerprints, MMD and domain-classifier tests with p-values,
+    BatchNorm shift per layer).
 
     \b
     Example:
@@ -58,7 +59,8 @@ def diagnose_cmd(source: Path, target: Path, out_dir: Path, checkpoint: Path | N
                        rank_encoders=rank_encoders, n_permutations=n_permutations, seed=seed, progress=progress)
     verdict = rep["verdict"]
     if as_json:
-        echo_json({"verdict": verdict, "shift_test": rep.get("shift_test"), "report": str(Path(out_dir) / "report.html"),
+        echo_json({"verdict": verdict, "reading": rep.get("reading"), "shift_test": rep.get("shift_test"),
+                   "report": str(Path(out_dir) / "report.html"),
                    "source": rep["source"], "target": rep["target"]})
         return
     label = {"no_shift": "no shift", "shift": "SHIFT", "outside_domain": "OUTSIDE THE TRAINING DOMAIN",

@@ -67,6 +67,11 @@ def largest_differences(rows: Sequence[Mapping[str, Any]]) -> list[Mapping[str, 
     return sorted(big, key=key)[:MAX_NAMED]
 
 
+def _and(items: Sequence[str]) -> str:
+    """``["a", "b", "c"]`` → ``"a; b and c"`` (names that hold commas themselves stay readable)."""
+    return items[0] if len(items) == 1 else "; ".join(items[:-1]) + " and " + items[-1] if items else ""
+
+
 def _target_hu(report: Mapping[str, Any]) -> Mapping[str, Any]:
     return next((h for h in report.get("hu_calibration") or [] if h.get("cohort") == "target"), {})
 
@@ -88,7 +93,7 @@ def recommend_method(report: Mapping[str, Any]) -> tuple[str, str]:
     coarser = [r for r in rows if str(r["field"]).startswith(_ACQUISITION) and r["target_mean"] > r["source_mean"]]
     hu = _target_hu(report)
     if coarser:
-        named = " and ".join(_name_unit(str(r["label"]))[0] for r in coarser if r["field"] != "slice_thickness")
+        named = _and([_name_unit(str(r["label"]))[0] for r in coarser if r["field"] != "slice_thickness"])
         return "resim", (f"the target acquisition is coarser or noisier in {named or 'slice thickness'}, and resim "
                          "fine-tunes on the labelled source scans re-simulated at it")
     if _majority(hu.get("n_contrast_enhanced"), hu.get("n_scans")):
