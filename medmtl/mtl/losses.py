@@ -3,12 +3,11 @@
 * detection — the penalty-reduced pixel-wise focal loss of CornerNet (Law & Deng 2018) as
   used by CenterNet (Zhou, Wang & Krähenbühl 2019), ``α = 2``, ``β = 4``, normalised by the
   number of lesion peaks (``max(1, N)``, so a lesion-free patch is stable);
-* size — smooth-L1 (Girshick 2015) on ``log(diameter_mm)``, the ``size_mask``-weighted mean
-  (per-lesion weights: every lesion counts once, see :mod:`medmtl.transforms.targets`);
+* size — smooth-L1 (Girshick 2015) on ``log(diameter_mm)``, averaged over ``size_mask``;
 * malignancy — binary cross-entropy with logits, averaged over ``malig_mask`` (lesions with
   an empty malignancy label are masked out and contribute exactly zero gradient).
 
-Masked losses divide by ``max(1, mask sum)``: an empty mask gives an exact zero that keeps
+Masked losses divide by ``max(1, mask count)``: an empty mask gives an exact zero that keeps
 the autograd graph (so DDP and gradient methods see every parameter) and never NaN.
 Losses are computed in float32 even under autocast.
 """

@@ -20,12 +20,6 @@ fractional voxel index through :func:`medmtl.io.coords.lps_to_voxel` and the ima
   ``size_mask`` restricted to lesions whose malignancy is known (partial labels are normal:
   the loss is masked there).
 
-The masks are *per-lesion weights*, not 0/1: each voxel a lesion owns holds ``1 / n`` (``n``
-the lesion's voxel count), so every lesion weighs 1 in the masked mean of the size and
-malignancy losses whatever its size. With 0/1 masks a 20 mm nodule (≈ 270 voxels at 1.25 mm)
-outweighed a 4 mm one (≈ 7 voxels) 40 to 1, while the metrics (diameter MAE, malignancy
-AUC) count every lesion once. Zero still means "not supervised".
-
 Lesions whose centre lies outside the volume (e.g. outside a patch) are ignored.
 """
 
@@ -87,7 +81,7 @@ def build_targets(image: Any, lesions: Sequence[Lesion]) -> dict[str, torch.Tens
 
     Returns:
         ``{"heatmap", "log_diameter", "size_mask", "malignancy", "malig_mask"}``, each a float32
-        ``MetaTensor`` ``(1, I, J, K)`` with the image's affine (masks are per-lesion weights, 0 = not supervised).
+        ``MetaTensor`` ``(1, I, J, K)`` with the image's affine (masks are 0/1).
 
     Raises:
         AnnotationError: a lesion with a non-positive or non-finite diameter.
@@ -105,10 +99,9 @@ def build_targets(image: Any, lesions: Sequence[Lesion]) -> dict[str, torch.Tens
     malig = np.zeros(shape, dtype=np.float32)
     malig_mask = np.zeros(shape, dtype=np.float32)
     best = np.full(shape, np.inf, dtype=np.float32)  # normalised distance of the owning lesion
-    owner = np.full(shape, -1, dtype=np.int32)  # index of the lesion owning each voxel
 
     ijk_all, inside = lesion_voxels(lesions, affine, shape)
-    for index, (les, ijk, ok) in enumerate(zip(lesions, ijk_all, inside)):
+    for les, ijk, ok in zip(lesions, ijk_all, inside):
         d = float(les.diameter_mm)
         if not math.isfinite(d) or d <= 0:
             raise AnnotationError(
@@ -131,7 +124,6 @@ def build_targets(image: Any, lesions: Sequence[Lesion]) -> dict[str, torch.Tens
         region[tuple(nearest[a] - sl[a].start for a in range(3))] = True  # always the centre voxel
         own = region & (dist < best[sl])
         best[sl][own] = dist[own]
-        owner[sl][own] = index
         logd[sl][own] = math.log(d)
         size_mask[sl][own] = 1.0
         if les.malignancy is None or (isinstance(les.malignancy, float) and math.isnan(les.malignancy)):
@@ -141,7 +133,6 @@ def build_targets(image: Any, lesions: Sequence[Lesion]) -> dict[str, torch.Tens
             malig[sl][own] = float(les.malignancy)
             malig_mask[sl][own] = 1.0
 
-    _per_lesion_weights(owner, size_mask, malig_mask)
     aff_t = torch.as_tensor(affine, dtype=torch.float64)
     return {
         name: MetaTensor(torch.from_numpy(arr[None].copy()), affine=aff_t.clone())
@@ -165,18 +156,6 @@ def _splat_gaussian(heat: np.ndarray, ijk: np.ndarray, sigma: np.ndarray, neares
     g = np.minimum(g / peak, 1.0).astype(np.float32)
     heat[sl] = np.maximum(heat[sl], g)
     heat[tuple(nearest)] = 1.0
-
-
-def _per_lesion_weights(owner: np.ndarray, *masks: np.ndarray) -> None:
-    """Turn 0/1 masks into per-lesion weights ``1 / n`` in place (see the module docstring)."""
-    owned = owner >= 0
-    if not owned.any():
-        return
-    counts = np.bincount(owner[owned])
-    weight = np.zeros(owner.shape, dtype=np.float32)
-    weight[owned] = 1.0 / counts[owner[owned]]
-    for mask in masks:
-        mask *= weight
 
 
 #: Targets whose labels a lesion without size/malignancy labels does not contribute to.

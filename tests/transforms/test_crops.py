@@ -105,4 +105,4 @@ def test_build_targets_dict_form_wraps_the_array_form() -> None:
         assert torch.equal(item[key], arrays[key])
     # the unlabelled lesion shapes the heatmap but not the size map
     assert arrays["heatmap"][0, 20, 20, 20] == 1.0 and arrays["size_mask"][0, 20, 20, 20] == 0.0
-    assert arrays["size_mask"][0, 8, 9, 10] > 0.0 and int(arrays["pos"].sum()) > 2
+    assert arrays["size_mask"][0, 8, 9, 10] == 1.0 and int(arrays["pos"].sum()) > 2
