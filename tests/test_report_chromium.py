@@ -46,7 +46,7 @@ def chromium(args: list[str], tmp: Path, name: str) -> tuple[str, str, set[str]]
     assert CHROMIUM is not None
     net = tmp / f"{name}_net.json"
     res = subprocess.run([CHROMIUM, *FLAGS, f"--user-data-dir={tmp / (name + '_profile')}", f"--log-net-log={net}",
-                          *args], capture_output=True, text=True, timeout=120, check=False)
+                          *args], capture_output=True, text=True, errors="replace", timeout=120, check=False)
     assert res.returncode == 0, res.stderr[-2000:]
     urls = set(re.findall(r'"url":"(https?://[^"]+)"', net.read_text(encoding="utf-8"))) if net.is_file() else set()
     return res.stdout, res.stderr, urls
