@@ -26,6 +26,18 @@ def rows(path: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(fh))
 
 
+
+def assert_same_lesions(single: Path, multi: Path) -> None:
+    """The sharded run's table holds the single run's lesions (floats up to thread-count rounding)."""
+    a, b = rows(single / "predictions.csv"), rows(multi / "predictions.csv")
+    assert len(a) == len(b) == 3 * helpers.DECODE["max_lesions"]
+    for ra, rb in zip(a, b):
+        assert ra["seriesuid"] == rb["seriesuid"]
+        for col in ("coordX", "coordY", "coordZ", "diameter_mm"):
+            assert float(ra[col]) == pytest.approx(float(rb[col]), abs=1e-3)  # mm (thread counts differ)
+        for col in ("probability", "malignancy_prob"):
+            assert float(ra[col]) == pytest.approx(float(rb[col]), abs=1e-5)
+
 def test_two_gloo_processes_match_one_process(tmp_path_factory: pytest.TempPathFactory, sample_data: Path,
                                               tmp_path: Path) -> None:
     ckpt = helpers.session_checkpoint(tmp_path_factory)
@@ -44,14 +56,7 @@ def test_two_gloo_processes_match_one_process(tmp_path_factory: pytest.TempPathF
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, encoding="utf-8", timeout=240)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "merged 3 scans (0 failed, 0 missing)" in proc.stderr
-    a, b = rows(single / "predictions.csv"), rows(multi / "predictions.csv")
-    assert len(a) == len(b) == 3 * helpers.DECODE["max_lesions"]
-    for ra, rb in zip(a, b):
-        assert ra["seriesuid"] == rb["seriesuid"]
-        for col in ("coordX", "coordY", "coordZ", "diameter_mm"):
-            assert float(ra[col]) == pytest.approx(float(rb[col]), abs=1e-3)  # mm (thread counts differ)
-        for col in ("probability", "malignancy_prob"):
-            assert float(ra[col]) == pytest.approx(float(rb[col]), abs=1e-5)
+    assert_same_lesions(single, multi)
     # each rank did its own round-robin share of the sorted scans
     import json
 
@@ -93,12 +98,7 @@ def test_torchrun_medmtl_cli_predict_from_another_folder(tmp_path_factory: pytes
     summary = json.loads(proc.stdout)  # rank 0 alone prints: one object
     assert summary["merged"] is True and summary["shard"] == [0, 2]
     assert (summary["n_scans"], summary["n_done"], summary["n_failed"]) == (3, 3, 0)
-    a, b = rows(single / "predictions.csv"), rows(multi / "predictions.csv")
-    assert len(a) == len(b) == 3 * helpers.DECODE["max_lesions"]
-    for ra, rb in zip(a, b):
-        assert ra["seriesuid"] == rb["seriesuid"]
-        for col in ("coordX", "coordY", "coordZ", "diameter_mm"):
-            assert float(ra[col]) == pytest.approx(float(rb[col]), abs=1e-3)  # mm (thread counts differ)
+    assert_same_lesions(single, multi)
     shards = {s: json.loads((multi / "scans" / f"{s}.json").read_text(encoding="utf-8"))["provenance"]["shard"]
               for s in ("ct_b_0000", "ct_b_0001", "ct_b_0002")}
     assert shards == {"ct_b_0000": [0, 2], "ct_b_0001": [1, 2], "ct_b_0002": [0, 2]}
