@@ -211,7 +211,8 @@ class ValidationConfig:
         monitor: ``cpm`` (higher is better) or ``loss`` (validation loss, lower is better).
         patience: epochs without improvement before stopping (0 = never stop early).
         min_delta: smallest change counted as an improvement.
-        calibrate: fit a malignancy temperature on validation lesions at the end.
+        calibrate: fit the malignancy temperature and the size calibration on validation lesions
+            at the end.
     """
 
     every: int = 1

@@ -458,7 +458,7 @@ def _write_scan(
     if save_maps:
         maps = pio.save_maps(out_dir, ref.scan_id, result.maps, affine_pre=result.affine_ras,
                              affine_input=affine_in, shape_input=shape_in,
-                             temperature=predictor.decode.temperature)
+                             decode=predictor.decode)
     if preview:
         from medmtl.engine.preview import save_lesion_previews
 

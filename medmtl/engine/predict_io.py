@@ -282,12 +282,17 @@ def write_failure(out_dir: Path, scan_id: str, path: str, reason: str) -> Path:
     return atomic_write_json(failure_path(out_dir, scan_id), {"seriesuid": scan_id, "path": path, "reason": reason, "stage": "predict"})
 
 
-def world_maps(maps: Mapping[str, torch.Tensor], temperature: float) -> dict[str, np.ndarray]:
+def world_maps(maps: Mapping[str, torch.Tensor], decode: DecodeSettings) -> dict[str, np.ndarray]:
     """Network maps → user maps on the preprocessed grid: probabilities and diameter in mm.
 
+    Args:
+        maps: the network's ``heatmap``, ``log_diameter`` and ``malignancy`` maps.
+        decode: the card's decode settings (temperature ``T``, size calibration ``a``, ``b``).
+
     Returns:
-        ``heatmap`` (sigmoid), ``diameter`` (``exp`` of log-diameter, mm), ``malignancy``
-        (``sigmoid(logit / T)``), each ``(I, J, K)`` float32.
+        ``heatmap`` (sigmoid), ``diameter`` (``exp(a + b · log-diameter)``, mm), ``malignancy``
+        (``sigmoid(logit / T)``), each ``(I, J, K)`` float32 — the values a detection there
+        would carry.
     """
     import torch
 
@@ -296,8 +301,8 @@ def world_maps(maps: Mapping[str, torch.Tensor], temperature: float) -> dict[str
 
     return {
         "heatmap": torch.sigmoid(vol(maps["heatmap"])).numpy(),
-        "diameter": torch.exp(vol(maps["log_diameter"])).numpy(),
-        "malignancy": torch.sigmoid(vol(maps["malignancy"]) / float(temperature)).numpy(),
+        "diameter": decode.diameter_map(vol(maps["log_diameter"])).numpy(),
+        "malignancy": torch.sigmoid(vol(maps["malignancy"]) / float(decode.temperature)).numpy(),
     }
 
 
@@ -336,7 +341,7 @@ def save_maps(
     affine_pre: np.ndarray,
     affine_input: np.ndarray,
     shape_input: Sequence[int],
-    temperature: float,
+    decode: DecodeSettings,
 ) -> list[str]:
     """Write the three maps as NIfTI in the input scan's exact geometry (affine equal to the input's).
 
@@ -344,7 +349,7 @@ def save_maps(
         Paths relative to ``out_dir``.
     """
     written: list[str] = []
-    for name, vol in world_maps(maps, temperature).items():
+    for name, vol in world_maps(maps, decode).items():
         arr = resample_to_input(vol, affine_pre, affine_input, shape_input)
         rel = f"maps/{safe_name(scan_id)}_{name}.nii.gz"
         save_nifti(out_dir / rel, arr, affine_input)

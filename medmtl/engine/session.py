@@ -1,7 +1,7 @@
 """One training run, epoch by epoch (used by :func:`medmtl.engine.trainer.run_training`).
 
 Set-up (data, model, weighting, strategy, optimizer), the epoch loop (train, validate, early
-stopping, ``last/`` and best ``checkpoint/``), and the finish (temperature calibration on the
+stopping, ``last/`` and best ``checkpoint/``), and the finish (temperature and size calibration on the
 validation lesions, final model card; :func:`medmtl.api.train` then adds the reference statistics).
 """
 
@@ -197,8 +197,12 @@ class TrainingSession:
         return make
 
     # ------------------------------------------------------------------ checkpoints
-    def _card(self, *, epoch: int, metrics: dict[str, Any], temperature: float) -> ModelCard:
-        """The card of the weights in memory (reference statistics are added by ``medmtl.api.train``)."""
+    def _card(self, *, epoch: int, metrics: dict[str, Any], calibration: dict[str, float] | None = None) -> ModelCard:
+        """The card of the weights in memory (reference statistics are added by ``medmtl.api.train``).
+
+        ``calibration`` holds the fitted decode values (``temperature``, ``size_log_offset``,
+        ``size_log_slope``); without it the decode settings are uncalibrated (identity).
+        """
         from medmtl.engine.card import TrainingInfo, card_for
 
         c = self.cfg
@@ -206,7 +210,7 @@ class TrainingSession:
                                 train_ids=tuple(self.data.train_ids), val_ids=tuple(self.data.val_ids),
                                 monitor=c.validation.monitor)
         return card_for(self.model, input_spec=self.data.spec, patch_size=c.train.patch_size,
-                        decode=self.decode.replace(temperature=float(temperature)), train_config=c,
+                        decode=self.decode.replace(**(calibration or {})), train_config=c,
                         training=training)
 
     def _save_last(self, epoch: int, step: int, meta: dict[str, Any]) -> None:
@@ -218,7 +222,7 @@ class TrainingSession:
                 weighting=self.weighting, meta=meta,
             )
 
-        card = self._card(epoch=epoch, metrics=meta.get("last_metrics", {}), temperature=1.0)
+        card = self._card(epoch=epoch, metrics=meta.get("last_metrics", {}))
         save_checkpoint(self.out / "last", self.model, card, extra=extra)
 
     def _resume(self) -> dict[str, Any]:
@@ -305,7 +309,7 @@ class TrainingSession:
                         meta["conflict"] = self.tracker.state()
                         self.tracker.write(self.out)
                     if row["best"]:
-                        card = self._card(epoch=epoch, metrics=row, temperature=1.0)
+                        card = self._card(epoch=epoch, metrics=row)
                         save_checkpoint(self.out / "checkpoint", self.model, card)
                     self._save_last(epoch, step, meta)
                 ddp.barrier(self.dist)
@@ -388,10 +392,10 @@ class TrainingSession:
 
     # ------------------------------------------------------------------ finish
     def _finish(self, best_epoch: int | None) -> None:
-        """Reload the best weights (0-based ``best_epoch``), fit the temperature, save the final card."""
+        """Reload the best weights (0-based ``best_epoch``), fit the calibrations, save the final card."""
         from safetensors.torch import load_file
 
-        from medmtl.engine.validation import fit_malignancy_temperature
+        from medmtl.engine.validation import fit_malignancy_temperature, fit_size_calibration
 
         cfg = self.cfg
         best = self.out / "checkpoint"
@@ -402,7 +406,8 @@ class TrainingSession:
         )
         if not reuse and (best / WEIGHTS_FILE).is_file():
             self.model.load_state_dict(load_file(str(best / WEIGHTS_FILE), device=str(self.device)), strict=True)
-        temperature, metrics = 1.0, {}
+        calibration: dict[str, float] = {}
+        metrics: dict[str, Any] = {}
         if self.val_volumes:
             start = time.perf_counter()
             if reuse:
@@ -412,9 +417,11 @@ class TrainingSession:
                 res = self._validate(progress=False)
             metrics = dict(res.metrics)
             if cfg.validation.calibrate:
-                temperature = fit_malignancy_temperature(res)
+                offset, slope = fit_size_calibration(res)
+                calibration = {"temperature": fit_malignancy_temperature(res), "size_log_offset": offset,
+                               "size_log_slope": slope}
             logger.info("final validation in %.1f s: %s", time.perf_counter() - start, metrics)
-        card = self._card(epoch=best_epoch if best_epoch is not None else 0, metrics=metrics, temperature=temperature)
+        card = self._card(epoch=best_epoch if best_epoch is not None else 0, metrics=metrics, calibration=calibration)
         save_checkpoint(best, self.model, card)
 
 

@@ -9,7 +9,9 @@ the LUNA16 rules (:func:`medmtl.metrics.detection_metrics`): CPM (mean sensitivi
 
 Temperature scaling (Guo et al., "On Calibration of Modern Neural Networks", ICML 2017) is
 fitted on the malignancy logits read at the annotated centres of labelled validation lesions,
-so it does not depend on whether the detector found them.
+so it does not depend on whether the detector found them. The size calibration is fitted the
+same way: a least-squares line ``log d_true = a + b · log d_net`` over the validation lesions,
+with ``log d_net`` read as the decoder reads it (median over the 3×3×3 neighbourhood).
 """
 
 from __future__ import annotations
@@ -42,11 +44,15 @@ class ValidationResult:
             ``n_detections``.
         logits: malignancy logits at labelled lesion centres ``(N,)``.
         labels: their 0/1 labels ``(N,)``.
+        log_diameters: the network's log-diameter (log mm) at every lesion centre ``(M,)``.
+        true_log_diameters: the annotated ``log(diameter_mm)`` of the same lesions ``(M,)``.
     """
 
     metrics: dict[str, float | None]
     logits: np.ndarray = field(default_factory=lambda: np.zeros(0))
     labels: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    log_diameters: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    true_log_diameters: np.ndarray = field(default_factory=lambda: np.zeros(0))
 
 
 def logits_at_lesions(malignancy: torch.Tensor, affine_ras: Any, lesions: Sequence[Any]) -> tuple[list[float], list[float]]:
@@ -74,6 +80,36 @@ def logits_at_lesions(malignancy: torch.Tensor, affine_ras: Any, lesions: Sequen
         logits.append(float(vol[ijk[0], ijk[1], ijk[2]]))
         labels.append(1.0 if float(les.malignancy) >= 0.5 else 0.0)
     return logits, labels
+
+
+def log_diameters_at_lesions(
+    log_diameter: torch.Tensor, affine_ras: Any, lesions: Sequence[Any]
+) -> tuple[list[float], list[float]]:
+    """The network's log-diameter at each lesion centre, read as the decoder reads it.
+
+    Args:
+        log_diameter: log-diameter map (log mm) ``(1, 1, I, J, K)`` or ``(I, J, K)``.
+        affine_ras: 4×4 voxel → RAS affine of the map's grid.
+        lesions: lesions (LPS mm) with their annotated ``diameter_mm``.
+
+    Returns:
+        ``(predicted, annotated)`` log-diameters (log mm), lists of equal length.
+    """
+    from medmtl.engine.decode import neighbourhood_median
+    from medmtl.io import coords
+
+    vol = log_diameter.reshape(log_diameter.shape[-3:]).float()
+    aff = np.asarray(affine_ras.detach().cpu() if hasattr(affine_ras, "detach") else affine_ras, dtype=np.float64)
+    pred: list[float] = []
+    true: list[float] = []
+    for les in lesions:
+        if not les.diameter_mm or float(les.diameter_mm) <= 0:
+            continue
+        ijk = np.rint(coords.lps_to_voxel(les.center_lps, aff)[0]).astype(int)
+        ijk = np.clip(ijk, 0, np.asarray(vol.shape) - 1)
+        pred.append(neighbourhood_median(vol, ijk))
+        true.append(math.log(float(les.diameter_mm)))
+    return pred, true
 
 
 def _volume_maps(
@@ -168,6 +204,8 @@ def validate(
     losses: dict[str, list[float]] = {"det": [], "size": [], "malig": []}
     all_logits: list[float] = []
     all_labels: list[float] = []
+    pred_logd: list[float] = []
+    true_logd: list[float] = []
     try:
         for vol in bar(volumes, desc="validate", unit="scan", leave=False, enabled=progress):
             maps = _volume_maps(model, vol, patch_size=patch_size, overlap=overlap, sw_batch_size=sw_batch_size,
@@ -180,10 +218,14 @@ def validate(
             lg, lb = logits_at_lesions(maps["malignancy"], vol.image.affine, vol.lesions)
             all_logits += lg
             all_labels += lb
+            pd, td = log_diameters_at_lesions(maps["log_diameter"], vol.image.affine, vol.lesions)
+            pred_logd += pd
+            true_logd += td
     finally:
         model.train(was_training)
     metrics = _summary_metrics(losses, detections, lesions, [v.scan_id for v in volumes])
-    return ValidationResult(metrics=metrics, logits=np.asarray(all_logits), labels=np.asarray(all_labels))
+    return ValidationResult(metrics=metrics, logits=np.asarray(all_logits), labels=np.asarray(all_labels),
+                            log_diameters=np.asarray(pred_logd), true_log_diameters=np.asarray(true_logd))
 
 
 def _finite_or_none(v: Any) -> float | None:
@@ -214,4 +256,32 @@ def fit_malignancy_temperature(result: ValidationResult) -> float:
     return t
 
 
-__all__ = ["MIN_CALIBRATION_LESIONS", "ValidationResult", "fit_malignancy_temperature", "logits_at_lesions", "validate"]
+def fit_size_calibration(result: ValidationResult) -> tuple[float, float]:
+    """Size calibration ``(a, b)`` of ``log d = a + b · log d_net`` fitted on the validation lesions.
+
+    Ordinary least squares of the annotated log-diameter on the network's, i.e. the
+    conditional mean of the true size given the head's reading: it undoes the head's
+    shrinkage towards the middle of the training sizes. Returns the identity ``(0, 1)`` when
+    fewer than :data:`MIN_CALIBRATION_LESIONS` lesions are available, when the head's
+    readings do not vary, or when the fitted slope falls outside
+    :data:`medmtl.engine.decode.SIZE_SLOPE_RANGE` (a head that did not learn size is not
+    rescued by a line).
+    """
+    from medmtl.engine.decode import SIZE_SLOPE_RANGE
+
+    x, y = result.log_diameters.astype(np.float64), result.true_log_diameters.astype(np.float64)
+    n = int(x.size)
+    if n < MIN_CALIBRATION_LESIONS or float(np.std(x)) < 1e-3:
+        logger.warning("size calibration kept at the identity: %d validation lesions (need >= %d with varied sizes)",
+                       n, MIN_CALIBRATION_LESIONS)
+        return 0.0, 1.0
+    slope, offset = (float(v) for v in np.polyfit(x, y, 1))
+    if not SIZE_SLOPE_RANGE[0] <= slope <= SIZE_SLOPE_RANGE[1]:
+        logger.warning("size calibration kept at the identity: fitted slope %.3f outside %s", slope, SIZE_SLOPE_RANGE)
+        return 0.0, 1.0
+    logger.info("size calibration log d = %.3f + %.3f log d_net from %d validation lesions", offset, slope, n)
+    return offset, slope
+
+
+__all__ = ["MIN_CALIBRATION_LESIONS", "ValidationResult", "fit_malignancy_temperature", "fit_size_calibration",
+           "log_diameters_at_lesions", "logits_at_lesions", "validate"]

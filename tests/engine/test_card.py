@@ -164,7 +164,9 @@ def test_v01_card_loads_through_the_migration() -> None:
     assert card.card_version == CARD_VERSION
     assert card.provenance is not None and card.provenance.weights_sha256 == raw["weights_sha256"]
     assert card.provenance.versions == raw["versions"] and card.provenance.created == raw["created"]
-    assert card.decode.to_dict() == raw["decode"] and list(card.patch_size) == raw["patch_size"]
+    # a card from before the size calibration decodes sizes with the identity
+    assert card.decode.to_dict() == {**raw["decode"], "size_log_offset": 0.0, "size_log_slope": 1.0}
+    assert list(card.patch_size) == raw["patch_size"]
     assert card.model.input_skip is True and card.model.decoder_channels == (64, 32, 16, 16, 8)
     assert card.training is not None and card.training.epoch == raw["training"]["epoch"]
     assert card.reference_stats is not None and card.reference_stats.n_scans == raw["reference_stats"]["n_scans"]

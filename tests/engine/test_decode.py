@@ -76,3 +76,49 @@ def test_empty_maps_and_bad_settings() -> None:
 def test_nms_world_keeps_the_strongest() -> None:
     pts = np.array([[0.0, 0, 0], [1.0, 0, 0], [10.0, 0, 0]])
     assert nms_world(pts, np.array([0.5, 0.9, 0.4]), 2.0) == [1, 2]
+
+
+def test_size_calibration_is_applied_to_detections_and_maps() -> None:
+    from medmtl.engine.predict_io import world_maps
+
+    heat = gaussian_logits([(12.0, 20.0, 9.0)], [0.9])
+    settings = DecodeSettings(threshold=0.5, size_log_offset=0.5, size_log_slope=1.3)
+    (det,) = decode_lesions(maps_for(heat, diameter_mm=7.0), AFFINE, seriesuid="s", settings=settings)
+    expected = math.exp(0.5 + 1.3 * math.log(7.0))
+    assert det.diameter_mm == pytest.approx(expected, rel=1e-5)
+    # the saved diameter map carries the value a detection there would carry
+    dmap = world_maps(maps_for(heat, diameter_mm=7.0), settings)["diameter"]
+    assert float(dmap[12, 20, 9]) == pytest.approx(expected, rel=1e-5)
+    with pytest.raises(ConfigError, match=r"decode.size_log_slope = 5.0 is out of range; allowed: \[0.25, 4\]"):
+        DecodeSettings(threshold=0.5, size_log_slope=5.0)
+
+
+def _result(pred_mm: list[float], true_mm: list[float]):  # type: ignore[no-untyped-def]
+    from medmtl.engine.validation import ValidationResult
+
+    return ValidationResult(metrics={}, log_diameters=np.log(pred_mm), true_log_diameters=np.log(true_mm))
+
+
+def test_size_calibration_undoes_a_shrinking_head() -> None:
+    from medmtl.engine.validation import fit_size_calibration
+
+    rng = np.random.default_rng(0)
+    true = rng.uniform(3.0, 25.0, 30)
+    # a head that shrinks sizes towards 8 mm in log space: log p = 0.5 log t + 0.5 log 8 (+ noise)
+    pred = np.exp(0.5 * np.log(true) + 0.5 * math.log(8.0) + rng.normal(0, 0.02, true.size))
+    offset, slope = fit_size_calibration(_result(list(pred), list(true)))
+    assert slope == pytest.approx(2.0, rel=0.1) and offset == pytest.approx(-math.log(8.0), abs=0.25)
+    settings = DecodeSettings(threshold=0.5, size_log_offset=offset, size_log_slope=slope)
+    raw_mae = float(np.mean(np.abs(pred - true)))
+    cal_mae = float(np.mean(np.abs([settings.diameter_mm(math.log(p)) - t for p, t in zip(pred, true)])))
+    assert raw_mae > 3.0 and cal_mae < 0.5
+
+
+def test_size_calibration_keeps_the_identity_when_it_cannot_fit() -> None:
+    from medmtl.engine.validation import fit_size_calibration
+
+    assert fit_size_calibration(_result([5.0] * 3, [4.0, 6.0, 9.0])) == (0.0, 1.0)  # too few lesions
+    assert fit_size_calibration(_result([6.0] * 12, list(np.linspace(3, 20, 12)))) == (0.0, 1.0)  # no spread
+    # a head whose reading is anti-correlated with size did not learn it: no line rescues it
+    true = list(np.linspace(3, 20, 12))
+    assert fit_size_calibration(_result(true[::-1], true)) == (0.0, 1.0)
