@@ -105,6 +105,33 @@ def test_expected_calibration_error_hand_computed() -> None:
     assert ece2 == pytest.approx(0.45)
 
 
+def _ece_float64(p: np.ndarray, y: np.ndarray, n_bins: int) -> float:
+    """The float64 reference: bins (left, right], 0 in the first, 1 in the last."""
+    idx = np.clip(np.digitize(p, np.linspace(0.0, 1.0, n_bins + 1)[1:-1], right=True), 0, n_bins - 1)
+    return float(sum(abs(y[idx == b].mean() - p[idx == b].mean()) * (idx == b).sum()
+                     for b in range(n_bins) if (idx == b).any()) / p.size)
+
+
+@pytest.mark.parametrize("kind", ["uniform", "edges", "half_edges", "extremes"])
+def test_expected_calibration_error_matches_the_float64_reference(kind: str) -> None:
+    """MONAI's ECE (float32) equals the float64 one: exactly 0, 1, bin edges and empty bins included."""
+    rng = np.random.default_rng(7)
+    for _ in range(50):
+        n = int(rng.integers(1, 40))
+        if kind == "uniform":
+            p = rng.random(n)
+        elif kind == "extremes":  # mass near 0 and 1: most bins empty
+            p = rng.beta(0.2, 0.2, n)
+        else:  # exactly on the 10-bin edges (0, 0.1, …, 1) or on the half-bin points
+            p = rng.choice(np.linspace(0, 1, 11 if kind == "edges" else 21), n)
+        y = (rng.random(n) < p).astype(float)
+        assert metrics.expected_calibration_error(p, y) == pytest.approx(_ece_float64(p, y, 10), abs=1e-6)
+    bins = metrics.reliability_bins([0.0, 0.1, 0.3, 1.0], [0, 0, 1, 1])
+    assert bins["count"] == [2.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0]
+    assert math.isnan(bins["accuracy"][1]) and bins["confidence"][0] == pytest.approx(0.05)
+    assert metrics.expected_calibration_error([np.nan], [1]) is None
+
+
 def test_fit_temperature_recovers_the_scale() -> None:
     rng = np.random.default_rng(0)
     z = rng.normal(0.0, 2.0, 4000)
