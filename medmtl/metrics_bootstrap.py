@@ -103,6 +103,7 @@ def bootstrap_metrics(
     for m in matches:
         by_group.setdefault(groups.get(m.scan_id, m.scan_id) if groups else m.scan_id, []).append(m)
     keys = sorted(by_group)
+    # Not scipy.stats.bootstrap: a metric undefined in one replicate (AUC of a one-class draw) makes its whole interval NaN; here it drops out (n_valid).
     rng = np.random.default_rng(seed)
     samples: dict[str, list[float]] = {k: [] for k in point}
     from medmtl.progress import bar

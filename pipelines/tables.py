@@ -95,13 +95,14 @@ def gap_closed(value: float | None, baseline: float | None, reference: float | N
 def bootstrap_mean_ci(
     values: Sequence[float | None], *, n_boot: int = 2000, seed: int = 0, level: float = 0.95
 ) -> tuple[float | None, tuple[float, float] | None]:
-    """Mean of ``values`` (NaN/None dropped) and its percentile-bootstrap interval.
+    """Mean of ``values`` (NaN/None dropped) and its percentile-bootstrap interval (``scipy.stats.bootstrap``).
 
     Returns:
         ``(mean, (lo, hi))``; the interval is ``None`` with fewer than two values, the mean
         ``None`` with none.
     """
     import numpy as np
+    from scipy.stats import bootstrap
 
     arr = np.asarray([v for v in values if v is not None and not math.isnan(float(v))], dtype=float)
     if arr.size == 0:
@@ -109,11 +110,9 @@ def bootstrap_mean_ci(
     mean = float(arr.mean())
     if arr.size < 2:
         return mean, None
-    rng = np.random.default_rng(seed)
-    idx = rng.integers(0, arr.size, size=(n_boot, arr.size))
-    means = arr[idx].mean(axis=1)
-    alpha = (1.0 - level) / 2.0
-    return mean, (float(np.quantile(means, alpha)), float(np.quantile(means, 1.0 - alpha)))
+    res = bootstrap((arr,), np.mean, n_resamples=n_boot, confidence_level=level, method="percentile",
+                    rng=np.random.default_rng(seed))
+    return mean, (float(res.confidence_interval.low), float(res.confidence_interval.high))
 
 
 __all__ = [

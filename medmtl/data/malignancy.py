@@ -169,6 +169,7 @@ def bayes_auc_interval(
     s, y = np.asarray(scores), np.asarray(labels)
     if len(set(labels)) < 2:
         return float("nan"), float("nan")
+    # Not scipy.stats.bootstrap: its interval is NaN when any replicate draws one class (AUC undefined); those drop out here.
     rng = np.random.default_rng(seed)
     vals = [auc(s[i].tolist(), y[i].tolist()) for i in (rng.integers(0, len(s), len(s)) for _ in range(n_boot))]
     finite = np.asarray([v for v in vals if v == v])

@@ -122,6 +122,7 @@ def mmd_test(
     labels = np.zeros(len(z), dtype=bool)
     labels[len(x):] = True
     observed = mmd2_unbiased(k, labels)
+    # Not scipy.stats.permutation_test: it permutes the samples, not this label vector over the precomputed pooled kernel; wrapped, it would re-index the kernel per draw and be no shorter.
     rng = np.random.default_rng(seed)
     count = 0
     for _ in range(n_permutations):
@@ -256,6 +257,7 @@ def classifier_test(
     else:
         folds = _cv_folds(labels, max(2, min(n_folds or 5, len(x), len(y))), rng)
 
+    # Not scipy.stats.permutation_test: all relabellings are refitted in one batched IRLS solve over (P, n) label sets (fit_logistic), which its per-sample resampling cannot feed.
     label_sets = np.stack([labels] + [rng.permutation(labels) for _ in range(n_permutations)])
     probs = _oof_probabilities(z, label_sets, folds, c)
     accs = ((probs >= 0.5).astype(int) == label_sets).mean(axis=1)

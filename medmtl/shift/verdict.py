@@ -116,6 +116,7 @@ def label_sets(n_source: int, n_target: int, n_permutations: int, seed: int) -> 
             if not np.array_equal(lab, observed):
                 sets.append(lab)
         return np.stack(sets), True
+    # Not scipy.stats.permutation_test: the min-P combination needs the *same* relabellings for every test, which it cannot share.
     rng = np.random.default_rng(seed)
     return np.stack([observed] + [rng.permutation(observed) for _ in range(n_permutations)]), False
 
