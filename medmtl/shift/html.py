@@ -6,6 +6,11 @@ access: no external URLs, scripts or fonts. Text written with markdown code span
 is rendered as ``<code>``; fingerprint and prediction rows are labelled descriptive, with
 Holm-adjusted permutation p-values (:mod:`medmtl.shift.descriptive`), never coloured as
 decisions.
+
+Not a Jinja2 template: every value already goes through one of three escaping helpers
+(:func:`inline`, ``_fmt``, :func:`table`) and most sections are computed sentences and tables,
+so a template would need the same helpers as filters plus ``Markup`` for the figures and code
+spans — no shorter, and one more dependency and package-data file.
 """
 
 from __future__ import annotations
