@@ -5,7 +5,8 @@ committed result. Every notebook reads its settings from environment variables w
 defaults, so ``tests/test_notebooks.py`` can execute them quickly:
 
 - ``MEDMTL_NB_FAST=1``: tiny training / bootstrap / permutation settings (numbers meaningless);
-- ``MEDMTL_NB_CHECKPOINT``: a checkpoint folder to use instead of training one (01, 02);
+- ``MEDMTL_NB_CHECKPOINT``: a checkpoint folder to use (01, 02); without it the model of ``make demo``
+  (``demo_out/train/checkpoint``) when present, else a short training run;
 - ``MEDMTL_NB_OUT``: where outputs go (default: ``nb_out/`` in the working directory);
 - ``MEDMTL_REPO``: the repository (default: found from the installed ``medmtl`` package).
 """
@@ -46,13 +47,21 @@ FAST_OVERRIDES = ["train.epochs=1", "train.steps_per_epoch=2", "train.patch_size
 print(f"medmtl {medmtl.__version__}  repo={REPO}  fast={FAST}  out={OUT}")'''
 
 GET_CHECKPOINT = '''\
+DEMO_CHECKPOINT = REPO / "demo_out" / "train" / "checkpoint"  # written by `make demo`
+
+
 def get_checkpoint(name: str = "run") -> Path:
-    """The checkpoint to use: MEDMTL_NB_CHECKPOINT, else a short training run on site A."""
+    """The checkpoint to use, best first: MEDMTL_NB_CHECKPOINT; the model `make demo` trained
+    (on generated phantoms, so every sample scan is held out); else a short run on site A,
+    which detects little — run `make demo` first to see real findings."""
     if CHECKPOINT:
         return Path(CHECKPOINT)
+    if not FAST and (DEMO_CHECKPOINT / "model_card.json").is_file():
+        return DEMO_CHECKPOINT
     run = OUT / name
     if (run / "checkpoint" / "model_card.json").is_file():
         return run / "checkpoint"
+    print("no demo checkpoint: training a short model (run `make demo` first for one that detects)")
     return api.train(config=CONFIG, out_dir=run, overrides=[f"data.root={SITE_A}", *FAST_OVERRIDES])
 
 ckpt = get_checkpoint()
@@ -67,7 +76,9 @@ def quickstart() -> nbformat.NotebookNode:
             "(`medmtl.api`). Lesion tables use **LPS world millimetres**; `medmtl.io.coords.lps_to_voxel` "
             "converts them to voxel indices of a loaded scan (whose affine maps voxels to RAS mm).\n\n"
             "Settings come from environment variables (see the first cell): set `MEDMTL_NB_CHECKPOINT` to "
-            "use your own checkpoint instead of training a small one."
+            "use your own checkpoint; without it the notebook uses the model `make demo` trained "
+            "(`demo_out/train/checkpoint`, trained on generated phantoms so every sample scan is held out), "
+            "and only without that one trains a small model that detects little."
         ),
         new_code_cell(SETUP),
         new_markdown_cell("## 1. Load a scan folder\n\n`api.load_scans` finds NIfTI / MHA / NRRD files and "
@@ -135,7 +146,9 @@ def quickstart() -> nbformat.NotebookNode:
             'summary = api.predict_folder(checkpoint=ckpt, input_dir=SITE_A, out_dir=OUT / "predictions_01",\n'
             '                             scan_ids=ids, progress=False)\n'
             'pred = pd.read_csv(OUT / "predictions_01" / "predictions.csv")\n'
-            'print({k: summary[k] for k in ("n_scans", "n_done", "n_failed")})\n'
+            'print({k: summary[k] for k in ("n_scans", "n_done", "n_failed")}, len(pred), "detections")\n'
+            'if pred.empty:\n'
+            '    print("no detection above the threshold: this checkpoint does not detect; run `make demo` first")\n'
             'pred.sort_values("probability", ascending=False).head(10)'
         ),
         new_markdown_cell("The top predictions of the scan above, on the same slices (yellow +: predicted "
