@@ -9,9 +9,9 @@ simulated scanner, 8 scans) and the public API (:mod:`medmtl.api`):
    EfficientNet-Lite0 inflated to 3D on site A's training scans (:func:`medmtl.api.train`
    with ``configs/demo.yaml``) → ``train/`` (``checkpoint/``, ``metrics.csv``,
    ``gradient_conflict.csv``);
-3. **adapt** the checkpoint to site B without site-B labels (:func:`medmtl.api.adapt`: AdaBN,
-   histogram matching and re-simulation — the labelled site-A scans re-rendered at site B's
-   measured acquisition — by default) → ``adapted/<method>/``;
+3. **adapt** the checkpoint to site B without site-B labels (:func:`medmtl.api.adapt`: AdaBN and
+   histogram matching by default; ``--methods adabn,histmatch,resim`` adds re-simulation — the
+   labelled site-A scans re-rendered at site B's measured acquisition) → ``adapted/<method>/``;
 4. **predict** (:func:`medmtl.api.predict_folder`) on site A's held-out scans (in-domain
    reference), on site B without adaptation and on site B with each adaptation →
    ``predictions/<condition>/``;
