@@ -300,8 +300,10 @@ def decide(
                        "Label-free adaptation cannot bridge another body region or field of view: retrain or "
                        "fine-tune with labelled scans of this domain; do not adapt.")
     return Verdict("shift", p, tuple(reasons),
-                   "Same modality and field of view: `medmtl adapt --method histmatch` (intensities) or "
-                   "`--method adabn` (BN statistics) are label-free options, as is `medmtl predict --adapt auto`.")
+                   "Same modality and field of view: label-free adaptation (`medmtl adapt`, or "
+                   "`medmtl predict --adapt auto`) may help; the report's reading names the method that fits "
+                   "this shift. Check it on a few labelled target scans before trusting it: on the project's "
+                   "phantoms the measured gain depends on the method and the model, and is sometimes a loss.")
 
 
 __all__ = [
