@@ -53,7 +53,11 @@ def test_the_five_committed_site_a_scans_are_too_few_to_split(sample_data: Path,
 def test_site_a_against_site_b_is_a_shift_adaptation_can_address(sample_data: Path, tmp_path: Path) -> None:
     report = _diagnose(sample_data / "ct_site_a", sample_data / "ct_site_b", tmp_path / "r")
     assert report["verdict"]["kind"] == "shift", report["verdict"]
-    assert report["shift_test"]["p_value"] <= 0.05 and "adabn" in report["verdict"]["advice"]
+    assert report["shift_test"]["p_value"] <= 0.05 and "medmtl adapt" in report["verdict"]["advice"]
+    # one method, named by the reading: site B is a coarser, noisier acquisition -> re-simulation
+    from medmtl.shift.reading import recommend_method
+
+    assert recommend_method(report)[0] == "resim" and "--method resim" in report["reading"]
 
 
 def test_a_small_field_of_view_is_outside_the_training_domain(sample_data: Path, tmp_path: Path) -> None:
