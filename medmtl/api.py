@@ -483,24 +483,29 @@ def diagnose(
     n_permutations: int = 1000,
     seed: int = 0,
     progress: bool = False,
+    device: str = "auto",
 ) -> dict[str, Any]:
     """Measure domain shift between a source (scan folder or file, or a checkpoint) and a target
     folder (or file).
 
     Writes ``report.json``, a self-contained ``report.html`` and ``report.md`` (both open with a
     plain-language reading, ``report["reading"]``); returns the report dict (fingerprints, tests
-    with p-values, BN shift, verdict). ``progress``: a bar over the stages.
+    with p-values, BN shift, verdict). ``progress``: a bar over the stages. ``device``: where the
+    feature network runs (``auto``: the first GPU if there is one, else the CPU; ``cpu``,
+    ``cuda``, ``cuda:N``).
 
     Example:
         >>> rep = diagnose(source="sample_data/ct_site_a", target="sample_data/ct_site_b",
         ...                out_dir="shift")  # doctest: +SKIP
         >>> rep["verdict"]  # doctest: +SKIP
     """
+    from medmtl.engine.inference import resolve_device
     from medmtl.io.outputs import check_outputs, record_outputs
     from medmtl.shift.report import run_diagnose
 
     report_files = ("report.json", "report.html", "report.md")
     check_outputs(Path(out_dir), report_files)  # before any work: never replace the user's files
+    dev = str(resolve_device(device))
     report = run_diagnose(
         source=Path(source),
         target=Path(target),
@@ -510,6 +515,7 @@ def diagnose(
         n_permutations=n_permutations,
         seed=seed,
         progress=progress,
+        device=dev,
     )
     record_outputs(Path(out_dir), report_files)  # (written at the very end of run_diagnose)
     return report

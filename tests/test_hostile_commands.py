@@ -226,6 +226,12 @@ CASES: dict[str, Case] = {
     "diagnose: target folder without scans": Case(
         lambda e: ["diagnose", "--source", SITE_A, "--target", e.file("docs/readme.txt", "x").parent, "-o", e.out], 1,
         ["no scans found", "expected .nii/.nii.gz/.mha/.mhd/.nrrd"]),
+    "diagnose: --device cuda:7 without a GPU": Case(
+        lambda e: ["diagnose", "--source", SITE_A, "--target", SITE_B, "-o", e.out, "--device", "cuda:7"], 1,
+        ["--device cuda:7", "use --device cpu or auto"]),
+    "diagnose: --device tpu": Case(
+        lambda e: ["diagnose", "--source", SITE_A, "--target", SITE_B, "-o", e.out, "--device", "tpu"], 2,
+        ["'tpu' is not allowed", "auto, cpu, cuda or cuda:N"]),
     "diagnose: -o under a file": Case(
         lambda e: ["diagnose", "--source", SITE_A, "--target", SITE_B, "-o", _under_a_file(e)], 2,
         ["is a file, so no folder can be created under it"]),

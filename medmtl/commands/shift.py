@@ -37,11 +37,12 @@ _METHODS = tuple(api.list_adaptations())
 @click.option("--n-permutations", type=click.IntRange(min=1), default=1000, show_default=True,
               help="Permutations per test (>= 200 to reach p < 0.01).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Random seed.")
+@device_option
 @progress_options
 @json_option
 @handle_errors
 def diagnose_cmd(source: Path, target: Path, out_dir: Path, checkpoint: Path | None, rank_encoders: bool,
-                 n_permutations: int, seed: int, progress: bool, as_json: bool) -> None:
+                 n_permutations: int, seed: int, device: str, progress: bool, as_json: bool) -> None:
     """Measure domain shift between a source and a target cohort.
 
     \b
@@ -56,7 +57,8 @@ def diagnose_cmd(source: Path, target: Path, out_dir: Path, checkpoint: Path | N
     from medmtl import api
 
     rep = api.diagnose(source=source, target=target, out_dir=out_dir, checkpoint=checkpoint,
-                       rank_encoders=rank_encoders, n_permutations=n_permutations, seed=seed, progress=progress)
+                       rank_encoders=rank_encoders, n_permutations=n_permutations, seed=seed, progress=progress,
+                       device=device)
     verdict = rep["verdict"]
     if as_json:
         echo_json({"verdict": verdict, "reading": rep.get("reading"), "shift_test": rep.get("shift_test"),

@@ -213,7 +213,8 @@ def reference_extractor(ref: ReferenceStats, model: nn.Module, input_spec: Input
     ident = ref.extractor
     if ident.get("kind") == "pretrained":
         return default_extractor(InputSpec.from_dict(ident["input_spec"]), encoder_name=ident["encoder"],
-                                 adapter=ident["adapter"], max_shape=ident["max_shape"])
+                                 adapter=ident["adapter"], max_shape=ident["max_shape"],
+                                 device=str(next(model.parameters()).device))
     spec = InputSpec.from_dict(ident["input_spec"]) if "input_spec" in ident else input_spec
     return model_extractor(model, spec, max_shape=ident.get("max_shape", (128, 128, 128)),
                            device=str(next(model.parameters()).device))

@@ -250,22 +250,23 @@ def _load_sides(source: Path, target: Path) -> _Sides:
     return _Sides(tgt_scans, src_scans, ref, kind, modality, src_modality)
 
 
-def _extractor(sides: _Sides, ckpt_path: Path | None, notes: list[str]) -> tuple[FeatureExtractor, Any, InputSpec]:
-    """The feature extractor (and the network, for BN and prediction shift) of a diagnosis."""
+def _extractor(sides: _Sides, ckpt_path: Path | None, notes: list[str],
+               device: str = "cpu") -> tuple[FeatureExtractor, Any, InputSpec]:
+    """The feature extractor (and the network, for BN and prediction shift) of a diagnosis, on ``device``."""
     from medmtl.engine.checkpoint import load_checkpoint
     from medmtl.shift.features import default_extractor, model_extractor
     from medmtl.shift.reference import reference_extractor
 
     model = None
     if ckpt_path is not None:
-        model, mcard = load_checkpoint(ckpt_path, device="cpu")
+        model, mcard = load_checkpoint(ckpt_path, device=device)
         spec = mcard.input_spec
-        extractor = model_extractor(model, spec)
+        extractor = model_extractor(model, spec, device=device)
         if sides.ref is not None and sides.ref.extractor.get("kind") == "pretrained":
             extractor = reference_extractor(sides.ref, model, spec)
     else:
         spec = default_spec(sides.modality)
-        extractor = default_extractor(spec)
+        extractor = default_extractor(spec, device=device)
     if sides.ref is not None and sides.ref.extractor.get("weights_hash") != extractor.identity["weights_hash"]:
         notes.append("The checkpoint's encoder differs from the one that computed its reference features "
                      "(e.g. after adaptation); feature tests compare slightly different extractors.")
@@ -396,6 +397,7 @@ def run_diagnose(
     n_permutations: int = 1000,
     seed: int = 0,
     progress: bool = False,
+    device: str = "cpu",
 ) -> dict[str, Any]:
     """Measure domain shift between a source and a target cohort; write the report.
 
@@ -412,6 +414,8 @@ def run_diagnose(
         n_permutations: permutations per test (≥ 200 to reach p < 0.01).
         seed: random seed.
         progress: a progress bar over the stages (:data:`STAGES`) on stderr.
+        device: torch device of the feature network (``cpu``, ``cuda``, ``cuda:N``; resolved by
+            the caller). The encoder ranking (LogME) runs on the CPU.
 
     Returns:
         The report dict (``verdict``, ``tests``, fingerprints, effect sizes, BN shift, ...).
@@ -443,7 +447,7 @@ def run_diagnose(
             report = fingerprint_only_report(sides, source, target, n_permutations, seed, refusal)
         else:
             report = _feature_report(sides, source, target, checkpoint, rank_encoders, n_permutations, seed, notes,
-                                     stage)
+                                     stage, device=device)
         stage("report")
         from medmtl.shift.reading import plain_reading
 
@@ -498,7 +502,7 @@ def _geometry_rows(src_fps: list[dict[str, Any]], tgt_fps: list[dict[str, Any]],
 
 def _feature_report(sides: _Sides, source: Path, target: Path, checkpoint: Path | None, rank_encoders: bool,
                     n_permutations: int, seed: int, notes: list[str],
-                    stage: Callable[[str], None] = lambda name: None) -> dict[str, Any]:
+                    stage: Callable[[str], None] = lambda name: None, device: str = "cpu") -> dict[str, Any]:
     """Same modality: fingerprints, the combined feature test and its verdict, BN and prediction shift
     (``stage`` is told each of :data:`STAGES` as it starts)."""
     from medmtl.shift.descriptive import describe_fingerprints, prediction_rows
@@ -507,7 +511,7 @@ def _feature_report(sides: _Sides, source: Path, target: Path, checkpoint: Path 
     tgt_scans, src_scans = sides.tgt_scans, sides.src_scans
     stage("network")
     extractor, model, spec = _extractor(sides, checkpoint if checkpoint is not None else
-                                        (source if sides.ref is not None else None), notes)
+                                        (source if sides.ref is not None else None), notes, device)
     stage("fingerprints")
     tgt_fps, src_fps, hists = _fingerprints(sides)
     effects, fp_table, fp_note = describe_fingerprints(src_fps, tgt_fps, sides.modality, n_permutations, seed)
