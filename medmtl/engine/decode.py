@@ -16,10 +16,10 @@ Steps (CenterNet-style decoding, Zhou et al., "Objects as Points", 2019, in 3D):
    with the temperature ``T`` fitted the same way (Guo et al., "On Calibration of Modern
    Neural Networks", ICML 2017).
 
-The size calibration exists because a regression head trained on a few hundred lesions
-shrinks towards the middle of their range (measured: nodules under 5 mm called +2.2 mm too
-large, 12 mm and above −3.7 mm too small); a least-squares line in log space on held-out
-validation lesions undoes that linear shrinkage without touching the test scans.
+The size calibration corrects a linear shrinkage of the size head towards the middle of its
+training sizes, fitted on held-out validation lesions only. Measured on the CPU config
+(bench/RESULTS.md) it fitted the identity (a = 0.05, b = 0.97): the remaining size error there
+is the head's floor at small nodules, which a line cannot undo.
 """
 
 from __future__ import annotations
@@ -91,6 +91,10 @@ class DecodeSettings:
     def diameter_map(self, log_diameter: torch.Tensor) -> torch.Tensor:
         """:meth:`diameter_mm` on a whole map (any shape, mm)."""
         return torch.exp(self.size_log_offset + self.size_log_slope * log_diameter)
+
+    def malignancy_map(self, logit: torch.Tensor) -> torch.Tensor:
+        """Calibrated malignancy probabilities ``sigmoid(logit / T)`` of a whole map (any shape)."""
+        return torch.sigmoid(logit / self.temperature)
 
     def malignancy_prob(self, logit: float) -> float:
         """Calibrated malignancy probability ``sigmoid(logit / T)`` (overflow-safe)."""

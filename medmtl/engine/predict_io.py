@@ -302,7 +302,7 @@ def world_maps(maps: Mapping[str, torch.Tensor], decode: DecodeSettings) -> dict
     return {
         "heatmap": torch.sigmoid(vol(maps["heatmap"])).numpy(),
         "diameter": decode.diameter_map(vol(maps["log_diameter"])).numpy(),
-        "malignancy": torch.sigmoid(vol(maps["malignancy"]) / float(decode.temperature)).numpy(),
+        "malignancy": decode.malignancy_map(vol(maps["malignancy"])).numpy(),
     }
 
 

@@ -55,6 +55,19 @@ class ValidationResult:
     true_log_diameters: np.ndarray = field(default_factory=lambda: np.zeros(0))
 
 
+def _centre_voxels(
+    vol_map: torch.Tensor, affine_ras: Any, lesions: Sequence[Any]
+) -> tuple[torch.Tensor, list[tuple[Any, np.ndarray]]]:
+    """The map as ``(I, J, K)`` and each lesion's nearest voxel ``(i, j, k)`` (clipped to the grid)."""
+    from medmtl.io import coords
+
+    vol = vol_map.reshape(vol_map.shape[-3:]).float()
+    aff = np.asarray(affine_ras.detach().cpu() if hasattr(affine_ras, "detach") else affine_ras, dtype=np.float64)
+    hi = np.asarray(vol.shape) - 1
+    return vol, [(les, np.clip(np.rint(coords.lps_to_voxel(les.center_lps, aff)[0]).astype(int), 0, hi))
+                 for les in lesions]
+
+
 def logits_at_lesions(malignancy: torch.Tensor, affine_ras: Any, lesions: Sequence[Any]) -> tuple[list[float], list[float]]:
     """Malignancy logits at the voxels nearest to labelled lesion centres.
 
@@ -66,19 +79,9 @@ def logits_at_lesions(malignancy: torch.Tensor, affine_ras: Any, lesions: Sequen
     Returns:
         ``(logits, labels)`` lists of equal length.
     """
-    from medmtl.io import coords
-
-    vol = malignancy.reshape(malignancy.shape[-3:]).float()
-    aff = np.asarray(affine_ras.detach().cpu() if hasattr(affine_ras, "detach") else affine_ras, dtype=np.float64)
-    logits: list[float] = []
-    labels: list[float] = []
-    for les in lesions:
-        if les.malignancy is None:
-            continue
-        ijk = np.rint(coords.lps_to_voxel(les.center_lps, aff)[0]).astype(int)
-        ijk = np.clip(ijk, 0, np.asarray(vol.shape) - 1)
-        logits.append(float(vol[ijk[0], ijk[1], ijk[2]]))
-        labels.append(1.0 if float(les.malignancy) >= 0.5 else 0.0)
+    vol, at = _centre_voxels(malignancy, affine_ras, [les for les in lesions if les.malignancy is not None])
+    logits = [float(vol[ijk[0], ijk[1], ijk[2]]) for _, ijk in at]
+    labels = [1.0 if float(les.malignancy) >= 0.5 else 0.0 for les, _ in at]
     return logits, labels
 
 
@@ -96,20 +99,9 @@ def log_diameters_at_lesions(
         ``(predicted, annotated)`` log-diameters (log mm), lists of equal length.
     """
     from medmtl.engine.decode import neighbourhood_median
-    from medmtl.io import coords
 
-    vol = log_diameter.reshape(log_diameter.shape[-3:]).float()
-    aff = np.asarray(affine_ras.detach().cpu() if hasattr(affine_ras, "detach") else affine_ras, dtype=np.float64)
-    pred: list[float] = []
-    true: list[float] = []
-    for les in lesions:
-        if not les.diameter_mm or float(les.diameter_mm) <= 0:
-            continue
-        ijk = np.rint(coords.lps_to_voxel(les.center_lps, aff)[0]).astype(int)
-        ijk = np.clip(ijk, 0, np.asarray(vol.shape) - 1)
-        pred.append(neighbourhood_median(vol, ijk))
-        true.append(math.log(float(les.diameter_mm)))
-    return pred, true
+    vol, at = _centre_voxels(log_diameter, affine_ras, [les for les in lesions if float(les.diameter_mm or 0) > 0])
+    return [neighbourhood_median(vol, ijk) for _, ijk in at], [math.log(float(les.diameter_mm)) for les, _ in at]
 
 
 def _volume_maps(
