@@ -44,6 +44,7 @@ def test_help_lists_options() -> None:
         ("data.root=/no/such/scans", r"data.root '/no/such/scans' .* does not exist"),
         ("train.lerning_rate=0.1", r"unknown key 'train.lerning_rate' .*did you mean 'train.learning_rate'\?"),
         ("strategy.name=fulll", r"unknown strategy .*'fulll'.*Did you mean 'full'"),
+        ("decode.malignancy=feature", r"decode.malignancy = 'feature' .*allowed: auto, features, head.*'features'"),
     ],
 )
 def test_bad_config_values(tmp_path: Path, override: str, pattern: str) -> None:
@@ -68,6 +69,18 @@ def test_patch_larger_than_scans(tmp_path: Path) -> None:
     )
     _assert_one_error(code, out, r"train.patch_size \[128, 128, 128\] is larger than scan '.*' after preprocessing")
     assert not (tmp_path / "run" / "checkpoint").exists()
+
+
+def test_malignancy_readout_without_enough_labels(tmp_path: Path) -> None:
+    """``decode.malignancy features`` fails at set-up (before any step) when the labels cannot fit it."""
+    code, out = _run(["train", "--config", str(TINY), "--out", str(tmp_path / "run"), "--set", "data.max_scans=3",
+                      "--set", "decode.malignancy=features"])
+    _assert_one_error(code, out, r"readout needs >= 10 labelled malignant and benign training lesions, got 0 "
+                                 r"malignant and 4 benign; .*decode.malignancy: head")
+    assert not (tmp_path / "run").exists()
+    code, out = _run(["train", "--config", str(REPO / "configs" / "mri_lite0.yaml"), "--out", str(tmp_path / "run_mr"),
+                      "--set", "decode.malignancy=features"])
+    _assert_one_error(code, out, r"decode.malignancy 'features' .* needs preprocess.modality CT, got MR")
 
 
 def test_non_empty_out_and_bad_resume(tmp_path: Path) -> None:

@@ -232,11 +232,18 @@ class DecodeConfig:
         threshold: minimum detection probability.
         nms_radius_mm: peaks closer than this (mm) are merged.
         max_lesions: at most this many lesions per scan.
+        malignancy: how a lesion's malignancy is read: ``head`` (the network's malignancy
+            logit, temperature-scaled), ``features`` (a logistic model on nine HU descriptors
+            of the lesion, fitted on the labelled training lesions at the end of training:
+            :mod:`medmtl.engine.malignancy_readout`; CT only; needs >= 10 malignant and 10
+            benign labelled training lesions) or ``auto`` (``features`` for CT when there are
+            enough labels, else ``head``, with a log line saying which).
     """
 
     threshold: float = 0.1
     nms_radius_mm: float = 8.0
     max_lesions: int = 50
+    malignancy: str = "auto"
 
 
 @dataclass
@@ -265,8 +272,12 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
 
+#: Allowed ``decode.malignancy`` readouts.
+MALIGNANCY_READOUTS: tuple[str, ...] = ("auto", "features", "head")
+
 __all__ = [
     "AMP_MODES",
+    "MALIGNANCY_READOUTS",
     "AUGMENT_STRENGTHS",
     "DataConfig",
     "DecodeConfig",

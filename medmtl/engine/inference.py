@@ -443,11 +443,21 @@ class Predictor:
         return maps, time.perf_counter() - t0
 
     def decode_maps(self, prepared: PreparedScan, maps: dict[str, torch.Tensor], infer_s: float) -> ScanPrediction:
-        """Lesions (LPS mm) from the maps of :meth:`run_network` (the CPU part of :meth:`infer`)."""
+        """Lesions (LPS mm) from the maps of :meth:`run_network` (the CPU part of :meth:`infer`).
+
+        Malignancy: the card's per-lesion readout on the scan's HU when it has one, else the head.
+        """
         from medmtl.engine.decode import decode_lesions
 
         t1 = time.perf_counter()
         detections = decode_lesions(maps, prepared.affine_ras, seriesuid=prepared.scan.scan_id, settings=self.decode)
+        readout = self.card.malignancy_readout
+        if readout is not None and detections:  # the card's per-lesion readout replaces the head's malignancy
+            from medmtl.engine.malignancy_readout import score_detections
+
+            image = prepared.scan.image
+            detections = score_detections(readout, image.detach().cpu().numpy(), np.asarray(image.affine),
+                                          detections)
         timings = dict(prepared.timings)
         timings.update({"infer": infer_s, "decode": time.perf_counter() - t1})
         return ScanPrediction(prepared.scan.scan_id, detections, maps, prepared.affine_ras, prepared, timings)
