@@ -233,17 +233,21 @@ class DecodeConfig:
         nms_radius_mm: peaks closer than this (mm) are merged.
         max_lesions: at most this many lesions per scan.
         malignancy: how a lesion's malignancy is read: ``head`` (the network's malignancy
-            logit, temperature-scaled), ``features`` (a logistic model on nine HU descriptors
-            of the lesion, fitted on the labelled training lesions at the end of training:
-            :mod:`medmtl.engine.malignancy_readout`; CT only; needs >= 10 malignant and 10
+            logit, temperature-scaled), ``features`` (a logistic model on twelve HU descriptors
+            of the lesion, fitted on the labelled training lesions at set-up:
+            :mod:`medmtl.engine.lesion_readout`; CT only; needs >= 10 malignant and 10
             benign labelled training lesions) or ``auto`` (``features`` for CT when there are
             enough labels, else ``head``, with a log line saying which).
+        size: how a lesion's diameter is read: ``head`` (the size head at the peak), ``features``
+            (a robust linear regression on the same descriptors read around the head's diameter,
+            fitted on the training lesions at set-up; CT only; >= 10 lesions) or ``auto``.
     """
 
     threshold: float = 0.1
     nms_radius_mm: float = 8.0
     max_lesions: int = 50
     malignancy: str = "auto"
+    size: str = "auto"
 
 
 @dataclass
@@ -272,7 +276,7 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
 
-#: Allowed ``decode.malignancy`` readouts.
+#: Allowed ``decode.malignancy`` and ``decode.size`` readouts.
 MALIGNANCY_READOUTS: tuple[str, ...] = ("auto", "features", "head")
 
 __all__ = [

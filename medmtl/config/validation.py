@@ -103,10 +103,12 @@ def check_values(cfg: TrainConfig, *, source: str = "<config>") -> None:
     _check_range(0.0 < cfg.decode.threshold < 1.0, "decode.threshold", cfg.decode.threshold, "(0, 1)", source)
     _check_range(cfg.decode.nms_radius_mm > 0, "decode.nms_radius_mm", cfg.decode.nms_radius_mm, "> 0 mm", source)
     _check_range(cfg.decode.max_lesions >= 1, "decode.max_lesions", cfg.decode.max_lesions, ">= 1", source)
-    _check_choice(cfg.decode.malignancy, "decode.malignancy", MALIGNANCY_READOUTS, source)
-    if cfg.decode.malignancy == "features" and cfg.preprocess.modality != "CT":
-        raise ConfigError(f"decode.malignancy 'features' in {source} reads HU and needs preprocess.modality CT, got "
-                          f"{cfg.preprocess.modality}; use decode.malignancy: head (or auto) for MR")
+    for key in ("malignancy", "size"):
+        value = getattr(cfg.decode, key)
+        _check_choice(value, f"decode.{key}", MALIGNANCY_READOUTS, source)
+        if value == "features" and cfg.preprocess.modality != "CT":
+            raise ConfigError(f"decode.{key} 'features' in {source} reads HU and needs preprocess.modality CT, got "
+                              f"{cfg.preprocess.modality}; use decode.{key}: head (or auto) for MR")
     _check_choice(cfg.preprocess.modality, "preprocess.modality", MODALITIES, source)
     if cfg.preprocess.spacing_mm is not None:
         _check_range(

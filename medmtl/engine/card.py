@@ -32,7 +32,7 @@ import numpy as np
 
 from medmtl.config.schema import TrainConfig
 from medmtl.engine.decode import DecodeSettings
-from medmtl.engine.malignancy_readout import MalignancyReadout
+from medmtl.engine.lesion_readout import LesionReadout
 from medmtl.errors import CheckpointError, MedmtlError
 from medmtl.models.registry import EncoderConfig
 from medmtl.models.spec import ModelSpec
@@ -326,9 +326,9 @@ class ModelCard:
         train_config: the resolved training config, or ``None`` (hand-made checkpoints).
         training: epoch, metrics and split of the saved weights, or ``None``.
         provenance: versions, weights SHA-256 and time; ``None`` until saved.
-        malignancy_readout: the per-lesion logistic malignancy model on HU features that
-            replaces the head's malignancy at prediction (CT only), or ``None`` (the head's
-            ``sigmoid(logit / T)``); cards written before it existed have none.
+        lesion_readout: the per-lesion size and malignancy models on HU descriptors that
+            re-measure each detection at prediction (CT only), or ``None`` (the heads' values);
+            cards written before it existed have none.
         card_version: layout version (:data:`CARD_VERSION`).
     """
 
@@ -343,7 +343,7 @@ class ModelCard:
     train_config: TrainConfig | None = None
     training: TrainingInfo | None = None
     provenance: Provenance | None = None
-    malignancy_readout: MalignancyReadout | None = None
+    lesion_readout: LesionReadout | None = None
     card_version: int = CARD_VERSION
 
     def __post_init__(self) -> None:
@@ -359,8 +359,8 @@ class ModelCard:
         if ref is not None and ref.modality != self.input_spec.modality:
             raise _E(f"key 'reference_stats.modality' = {ref.modality!r} differs from 'input_spec.modality' = "
                      f"{self.input_spec.modality!r}")
-        if self.malignancy_readout is not None and self.input_spec.modality != "CT":
-            raise _E(f"key 'malignancy_readout' is set but 'input_spec.modality' is {self.input_spec.modality!r}; "
+        if self.lesion_readout is not None and self.input_spec.modality != "CT":
+            raise _E(f"key 'lesion_readout' is set but 'input_spec.modality' is {self.input_spec.modality!r}; "
                      "the readout reads HU and exists for CT only")
 
     @property
@@ -391,7 +391,7 @@ class ModelCard:
             "train_config": self.train_config.to_dict() if self.train_config is not None else None,
             "training": self.training.to_dict() if self.training is not None else None,
             "provenance": self.provenance.to_dict() if self.provenance is not None else None,
-            "malignancy_readout": self.malignancy_readout.to_dict() if self.malignancy_readout is not None else None,
+            "lesion_readout": self.lesion_readout.to_dict() if self.lesion_readout is not None else None,
         }
 
     @classmethod
@@ -436,7 +436,7 @@ class ModelCard:
             train_config=opt("train_config", _train_config),
             training=opt("training", TrainingInfo.from_dict),
             provenance=opt("provenance", Provenance.from_dict),
-            malignancy_readout=opt("malignancy_readout", MalignancyReadout.from_dict),
+            lesion_readout=opt("lesion_readout", LesionReadout.from_dict),
         )
 
 

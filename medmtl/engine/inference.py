@@ -445,15 +445,15 @@ class Predictor:
     def decode_maps(self, prepared: PreparedScan, maps: dict[str, torch.Tensor], infer_s: float) -> ScanPrediction:
         """Lesions (LPS mm) from the maps of :meth:`run_network` (the CPU part of :meth:`infer`).
 
-        Malignancy: the card's per-lesion readout on the scan's HU when it has one, else the head.
+        Size and malignancy: the card's per-lesion readout on the scan's HU where it has one, else the heads.
         """
         from medmtl.engine.decode import decode_lesions
 
         t1 = time.perf_counter()
         detections = decode_lesions(maps, prepared.affine_ras, seriesuid=prepared.scan.scan_id, settings=self.decode)
-        readout = self.card.malignancy_readout
-        if readout is not None and detections:  # the card's per-lesion readout replaces the head's malignancy
-            from medmtl.engine.malignancy_readout import score_detections
+        readout = self.card.lesion_readout
+        if readout is not None and detections:  # the card's per-lesion readout re-measures size / malignancy
+            from medmtl.engine.lesion_readout import score_detections
 
             image = prepared.scan.image
             detections = score_detections(readout, image.detach().cpu().numpy(), np.asarray(image.affine),

@@ -55,8 +55,9 @@ METRIC_COLUMNS = (
 STEP_COLUMNS = ("step", "loss_total", "loss_det", "loss_size", "loss_malig", "grad_norm")
 
 #: Config keys that may differ between a run and its ``--resume``: none alters a training step
-#: (``decode.malignancy`` only picks the readout written into the final card).
-RESUMABLE_CHANGES = ("train.epochs", "train.progress", "data.num_workers", "validation.patience", "decode.malignancy")
+#: (``decode.malignancy`` / ``decode.size`` only pick the readout written into the card).
+RESUMABLE_CHANGES = ("train.epochs", "train.progress", "data.num_workers", "validation.patience", "decode.malignancy",
+                     "decode.size")
 
 
 def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:

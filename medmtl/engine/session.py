@@ -2,7 +2,7 @@
 
 Set-up (data, model, weighting, strategy, optimizer), the epoch loop (train, validate, early
 stopping, ``last/`` and best ``checkpoint/``), and the finish (temperature and size calibration on the
-validation lesions, final model card with the malignancy readout fitted at set-up; :func:`medmtl.api.train` then adds the reference statistics).
+validation lesions, final model card with the lesion readout fitted at set-up; :func:`medmtl.api.train` then adds the reference statistics).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from medmtl.engine.card import ModelCard
 from medmtl.engine.checkpoint import WEIGHTS_FILE, save_checkpoint
 from medmtl.engine.decode import DecodeSettings
 from medmtl.engine.inference import autocast_dtype
-from medmtl.engine.malignancy_readout import MalignancyReadout
+from medmtl.engine.lesion_readout import LesionReadout
 from medmtl.engine.run_files import RunLog
 from medmtl.engine.train_loop import EpochStats, StepContext, patch_batches, train_epoch
 from medmtl.errors import CheckpointError, ConfigError
@@ -78,39 +78,17 @@ class TrainingSession:
         from medmtl.data.dataset import build_train_dataset, load_training_data, preprocess_volumes
 
         self.data = load_training_data(self.cfg, progress=self.progress)
-        self.readout = self._malignancy_readout()
+        self.readout = self._lesion_readout()
         self.train_ds = build_train_dataset(self.cfg, self.data, progress=self.progress)
         self.val_volumes = preprocess_volumes(self.data.val_items, self.data.spec) if self.dist.is_main else []
 
-    def _malignancy_readout(self) -> MalignancyReadout | None:
-        """The per-lesion malignancy readout of ``decode.malignancy`` (fitted now: it needs no network).
+    def _lesion_readout(self) -> LesionReadout | None:
+        """The per-lesion readout of ``decode.size`` / ``decode.malignancy``, fitted now (it needs no network)."""
+        from medmtl.engine.lesion_readout import readout_for_training
 
-        Fitted on the labelled lesions of the training split only (annotated centres and
-        diameters, the raw HU scans), so validation stays unseen. ``features`` with too few
-        labels fails here, before any step; ``auto`` then falls back to the head and says so.
-        """
-        from medmtl.engine.malignancy_readout import fit_readout
-
-        mode = self.cfg.decode.malignancy
-        if mode == "head":
-            return None
-        if self.data.spec.modality != "CT":
-            logger.info("decode.malignancy auto: %s scans, so the head's malignancy (the readout reads HU)",
-                        self.data.spec.modality)
-            return None
-        images = {it["scan_id"]: (it["image"].detach().cpu().numpy(), np.asarray(it["image"].affine))
-                  for it in self.data.train_items}
-        lesions = [les for it in self.data.train_items for les, flag in zip(it["lesions"], it["labelled"]) if flag]
-        try:
-            readout = fit_readout(images, lesions)
-        except ConfigError as exc:
-            if mode == "features":
-                raise
-            logger.warning("decode.malignancy auto: the head's malignancy (%s)", exc)
-            return None
-        logger.info("malignancy readout: logistic model on %d labelled training lesions (%d malignant)",
-                    readout.n_lesions, readout.n_malignant)
-        return readout
+        d = self.cfg.decode
+        return readout_for_training(self.data.train_items, modality=self.data.spec.modality, size=d.size,
+                                    malignancy=d.malignancy, seed=self.cfg.seed)
 
     def _build_model(self) -> None:
         """The network (checked against the patch size), decode settings, weighting and conflict tracker."""
@@ -243,7 +221,7 @@ class TrainingSession:
                                 monitor=c.validation.monitor)
         return card_for(self.model, input_spec=self.data.spec, patch_size=c.train.patch_size,
                         decode=self.decode.replace(**(calibration or {})), train_config=c,
-                        training=training, malignancy_readout=self.readout)
+                        training=training, lesion_readout=self.readout)
 
     def _save_last(self, epoch: int, step: int, meta: dict[str, Any]) -> None:
         from medmtl.engine.state import save_train_state
