@@ -170,7 +170,10 @@ def test_v01_card_loads_through_the_migration() -> None:
     assert card.model.input_skip is True and card.model.decoder_channels == (64, 32, 16, 16, 8)
     assert card.training is not None and card.training.epoch == raw["training"]["epoch"]
     assert card.reference_stats is not None and card.reference_stats.n_scans == raw["reference_stats"]["n_scans"]
-    assert card.train_config is not None and card.train_config.to_dict() == raw["train_config"]
+    # a config from before the lesion readout reads with its defaults (auto: decided at training time)
+    expected = {**raw["train_config"], "decode": {**raw["train_config"]["decode"], "malignancy": "auto", "size": "auto"}}
+    assert card.train_config is not None and card.train_config.to_dict() == expected
+    assert card.lesion_readout is None
     # the new layout round-trips exactly
     again = ModelCard.from_dict(json.loads(json.dumps(card.to_dict())))
     assert again == card and again.to_dict() == card.to_dict()
