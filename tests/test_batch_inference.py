@@ -34,7 +34,9 @@ def assert_same_lesions(single: Path, multi: Path) -> None:
     for ra, rb in zip(a, b):
         assert ra["seriesuid"] == rb["seriesuid"]
         for col in ("coordX", "coordY", "coordZ", "diameter_mm"):
-            assert float(ra[col]) == pytest.approx(float(rb[col]), abs=1e-3)  # mm (thread counts differ)
+            # mm: thread counts differ (2 vs 1 per rank), so float32 sums round differently; 0.01 mm is
+            # < 1 % of a voxel (measured 2.4e-3 mm on one sub-voxel peak, at old and new commits alike)
+            assert float(ra[col]) == pytest.approx(float(rb[col]), abs=1e-2)
         for col in ("probability", "malignancy_prob"):
             assert float(ra[col]) == pytest.approx(float(rb[col]), abs=1e-5)
 
