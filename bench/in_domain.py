@@ -28,7 +28,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from bench.learning_tables import append_results, bayes_auc, where_measured
+from bench.learning_tables import append_dated_section, bayes_auc, where_measured
 from pipelines.evaluation import predict_and_evaluate
 from pipelines.options import add_run_options, default_device, parse_list
 from pipelines.runs import REPO, is_done, mark_done, run_guarded
@@ -215,11 +215,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         text = markdown(res)
         print(text)
         if args.append_results is not None:
-            command = "python -m bench.in_domain " + " ".join(sys.argv[1:] if argv is None else argv)
-            append_results(args.append_results, "\n".join([
-                f"## In-domain headline: learned vs classical floor ({time.strftime('%Y-%m-%d')})", "",
-                f"Machine: {res['where']}. Command: `{command}`.", "", text,
-            ]))
+            append_dated_section(args.append_results, "In-domain headline: learned vs classical floor", res["where"], "bench.in_domain", argv, text)
         return 0
 
     return run_guarded(body)

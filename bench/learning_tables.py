@@ -151,6 +151,17 @@ def markdown(res: Mapping[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def append_dated_section(path: Path, title: str, where: str, module: str, argv: Sequence[str] | None,
+                         text: str) -> Path:
+    """Append ``## title (date)``, the machine, the command (``python -m module`` + its arguments) and ``text``."""
+    import sys
+    import time
+
+    command = f"python -m {module} " + " ".join(sys.argv[1:] if argv is None else argv)
+    return append_results(path, "\n".join([f"## {title} ({time.strftime('%Y-%m-%d')})", "",
+                                           f"Machine: {where}. Command: `{command}`.", "", text]))
+
+
 def append_results(path: Path, section: str) -> Path:
     """Append ``section`` to ``path`` (created when missing), re-reading it first; never rewrites it."""
     path = Path(path)

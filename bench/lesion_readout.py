@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.in_domain import COLUMNS, _overall
-from bench.learning_tables import append_results, bayes_auc, where_measured
+from bench.learning_tables import append_dated_section, bayes_auc, where_measured
 from pipelines.runs import REPO, run_guarded
 from pipelines.tables import fmt_ci, markdown_table
 
@@ -183,11 +183,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         text = markdown(res)
         print(text)
         if args.append_results is not None:
-            command = "python -m bench.lesion_readout " + " ".join(sys.argv[1:] if argv is None else argv)
-            append_results(args.append_results, "\n".join([
-                f"## Lesion readout against the heads, same detections ({time.strftime('%Y-%m-%d')})", "",
-                f"Machine: {res['where']}. Command: `{command}`.", "", text,
-            ]))
+            append_dated_section(args.append_results, "Lesion readout against the heads, same detections", res["where"], "bench.lesion_readout", argv, text)
         return 0
 
     return run_guarded(body)
