@@ -25,7 +25,6 @@ beside the Bayes-optimal AUC of the same labelled lesions. Outputs in ``--out`` 
 from __future__ import annotations
 
 import argparse
-import csv
 import sys
 import time
 from collections.abc import Mapping, Sequence
@@ -66,8 +65,8 @@ def fit_run_readout(run: Path, train_data: Path) -> Any:
                                 malignancy="features", seed=cfg.seed)
 
 
-def rescore(predictions: Path, test_data: Path, readout: Any, out: Path) -> dict[str, Path]:
-    """One ``predictions_<condition>.csv`` per condition (every scan read once)."""
+def rescore(predictions: Path, test_data: Path, readout: Any, out: Path) -> tuple[dict[str, Path], int]:
+    """One ``predictions_<condition>.csv`` per condition (every scan read once), and the scans read."""
     import dataclasses
 
     from medmtl.engine.evaluate import read_predictions_csv
@@ -75,6 +74,7 @@ def rescore(predictions: Path, test_data: Path, readout: Any, out: Path) -> dict
     from medmtl.engine.predict_io import PREDICTION_COLUMNS
     from medmtl.io.annotations import group_by_scan
     from medmtl.io.read import load_folder
+    from medmtl.io.writers import atomic_write_csv
 
     dets = read_predictions_csv(predictions)
     by_scan = group_by_scan(dets)  # works on anything with .seriesuid
@@ -101,12 +101,8 @@ def rescore(predictions: Path, test_data: Path, readout: Any, out: Path) -> dict
     paths = {}
     for name, table in rows.items():
         path = out / f"predictions_{name.replace(' ', '_')}.csv"
-        with path.open("w", newline="", encoding="utf-8") as f:
-            w = csv.DictWriter(f, fieldnames=list(PREDICTION_COLUMNS))
-            w.writeheader()
-            w.writerows(table)
-        paths[name] = path
-    return paths
+        paths[name] = atomic_write_csv(path, table, PREDICTION_COLUMNS)
+    return paths, len(scans)
 
 
 def markdown(res: Mapping[str, Any]) -> str:
@@ -132,14 +128,13 @@ def run_benchmark(*, run: Path, train_data: Path, test_data: Path, out: Path) ->
     readout = fit_run_readout(run, train_data)
     fit_s = time.perf_counter() - t0
     t1 = time.perf_counter()
-    paths = rescore(run / "predictions" / "predictions.csv", test_data, readout, out)
+    paths, n_scans = rescore(run / "predictions" / "predictions.csv", test_data, readout, out)
     rescore_s = time.perf_counter() - t1
     conditions = {}
     for name, path in paths.items():
         metrics = api.evaluate(predictions=path, annotations=test_data / "annotations.csv",
                                out_dir=out / f"metrics_{name.replace(' ', '_')}", n_bootstrap=1000)
         conditions[name] = _overall(metrics)
-    n_scans = sum(1 for _ in test_data.glob("*.nii*")) + sum(1 for _ in test_data.glob("*.mha"))
     res = {
         "run": str(run), "train_data": str(train_data), "test_data": str(test_data),
         "where": where_measured("cpu"), "conditions": conditions,

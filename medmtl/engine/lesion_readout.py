@@ -142,27 +142,32 @@ def lesion_features(hu: NDArray[Any], affine_ras: Any, centre_lps: Sequence[floa
 
 
 def self_measured_diameter(hu: NDArray[Any], affine_ras: Any, centre_lps: Sequence[float], guess_mm: float,
-                           iterations: int = SELF_MEASURE_ITERATIONS) -> float:
+                           iterations: int = SELF_MEASURE_ITERATIONS,
+                           first_features: NDArray[Any] | None = None) -> float:
     """The guess replaced ``iterations`` times by the volumetric diameter of the HU excess within 1.5 r (mm).
 
     Args:
         hu, affine_ras, centre_lps: as in :func:`lesion_features`.
-        guess_mm: starting diameter, mm.
-        iterations: re-measurements (0 returns the guess, clipped to :data:`DIAMETER_RANGE_MM`).
+        guess_mm: starting diameter, mm (clipped to :data:`DIAMETER_RANGE_MM`).
+        iterations: re-measurements (0 returns the clipped guess).
+        first_features: :func:`lesion_features` already read at the clipped guess (saves one read).
 
     Returns:
         Diameter in mm, within :data:`DIAMETER_RANGE_MM`.
     """
     d = float(np.clip(guess_mm, *DIAMETER_RANGE_MM))
     col = FEATURES.index("excess_log_diameter_150")
-    for _ in range(iterations):
-        d = float(np.clip(math.exp(lesion_features(hu, affine_ras, centre_lps, d)[col]), *DIAMETER_RANGE_MM))
+    for n in range(iterations):
+        f = first_features if n == 0 and first_features is not None else lesion_features(hu, affine_ras, centre_lps, d)
+        d = float(np.clip(math.exp(f[col]), *DIAMETER_RANGE_MM))
     return d
 
 
-def _malignancy_row(hu: NDArray[Any], affine_ras: Any, centre_lps: Sequence[float], guess_mm: float) -> NDArray[np.float64]:
+def _malignancy_row(hu: NDArray[Any], affine_ras: Any, centre_lps: Sequence[float], guess_mm: float,
+                    first_features: NDArray[Any] | None = None) -> NDArray[np.float64]:
     """Descriptors read around the self-measured size (what the malignancy model sees)."""
-    return lesion_features(hu, affine_ras, centre_lps, self_measured_diameter(hu, affine_ras, centre_lps, guess_mm))
+    d = self_measured_diameter(hu, affine_ras, centre_lps, guess_mm, first_features=first_features)
+    return lesion_features(hu, affine_ras, centre_lps, d)
 
 
 def _floats(values: Any, where: str, n: int) -> tuple[float, ...]:
@@ -347,8 +352,8 @@ def fit_readout(
     rng = np.random.default_rng(seed)
     exact = _rows(images, usable, [1.0] * len(usable))
     guessed = [_rows(images, usable, np.exp(rng.normal(0.0, SIZE_GUESS_NOISE, len(usable))).tolist())
-               for _ in range(SIZE_DRAWS)]
-    stacked = np.concatenate([exact, *guessed]) if size else exact
+               for _ in range(SIZE_DRAWS)] if size else []
+    stacked = np.concatenate([exact, *guessed])
     mean = stacked.mean(axis=0)
     scale = stacked.std(axis=0)
     scale[scale < 1e-8] = 1.0
@@ -439,11 +444,13 @@ def score_detections(readout: LesionReadout, hu: NDArray[Any], affine_ras: Any, 
     out = list(detections)
     if not out:
         return []
+    # one read at each detection's (clipped) diameter serves the size model and the first
+    # self-measurement of the malignancy descriptors
+    guesses = [float(np.clip(d.diameter_mm, *DIAMETER_RANGE_MM)) for d in out]
+    first = [lesion_features(hu, affine_ras, d.center_lps, g) for d, g in zip(out, guesses)]
     if readout.malignancy is not None:
-        x = np.stack([_malignancy_row(hu, affine_ras, d.center_lps, d.diameter_mm) for d in out])
-        probs = readout.malignancy_prob(x)
-        out = [dataclasses.replace(d, malignancy_prob=float(p)) for d, p in zip(out, probs)]
+        x = np.stack([_malignancy_row(hu, affine_ras, d.center_lps, g, f) for d, g, f in zip(out, guesses, first)])
+        out = [dataclasses.replace(d, malignancy_prob=float(p)) for d, p in zip(out, readout.malignancy_prob(x))]
     if readout.size is not None:
-        x = np.stack([lesion_features(hu, affine_ras, d.center_lps, d.diameter_mm) for d in out])
-        out = [dataclasses.replace(d, diameter_mm=float(v)) for d, v in zip(out, readout.diameter_mm(x))]
+        out = [dataclasses.replace(d, diameter_mm=float(v)) for d, v in zip(out, readout.diameter_mm(np.stack(first)))]
     return out
