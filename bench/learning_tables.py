@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import csv
 import os
+import sys
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -154,9 +156,6 @@ def markdown(res: Mapping[str, Any]) -> str:
 def append_dated_section(path: Path, title: str, where: str, module: str, argv: Sequence[str] | None,
                          text: str) -> Path:
     """Append ``## title (date)``, the machine, the command (``python -m module`` + its arguments) and ``text``."""
-    import sys
-    import time
-
     command = f"python -m {module} " + " ".join(sys.argv[1:] if argv is None else argv)
     return append_results(path, "\n".join([f"## {title} ({time.strftime('%Y-%m-%d')})", "",
                                            f"Machine: {where}. Command: `{command}`.", "", text]))
