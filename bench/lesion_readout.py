@@ -8,13 +8,17 @@ decode.malignancy=head``). The readout is fitted exactly as ``medmtl train`` fit
 (:func:`medmtl.engine.lesion_readout.readout_for_training` on the run's own training split, from its
 card's config and seed — it needs no network), then each detection of ``predictions.csv`` is
 re-measured with :func:`~medmtl.engine.lesion_readout.score_detections` — what ``medmtl predict``
-does with a card that carries the readout — on the raw test scans. Four conditions, evaluated by
+does with a card that carries the readout — on the raw test scans. Five conditions, evaluated by
 ``api.evaluate`` on the same scans and detections (so CPM is identical by construction):
 
 * ``heads`` — the network's size and malignancy (the run as predicted);
 * ``malignancy readout`` — the head's size, the readout's malignancy;
 * ``size readout`` — the readout's size, the head's malignancy;
-* ``both`` — both readouts (``decode.size/malignancy: features``, the CPU config's default).
+* ``both, direct malignancy`` — both readouts, malignancy from the direct logistic model on the
+  twelve descriptors (the readout before the attribute stage);
+* ``both`` — both readouts with the two-stage attribute malignancy model
+  (:mod:`medmtl.engine.attribute_readout`; ``decode.size/malignancy: features``, the CPU config's
+  default, when the training annotations record margin / texture / calcification).
 
 Each row: CPM, diameter MAE (mm), malignancy AUC and ECE with their scan-level 95 % intervals,
 beside the Bayes-optimal AUC of the same labelled lesions. Outputs in ``--out`` (default
@@ -36,13 +40,29 @@ from bench.learning_tables import append_dated_section, bayes_auc, where_measure
 from pipelines.runs import REPO, run_guarded
 from pipelines.tables import fmt_ci, markdown_table
 
-#: Conditions: name → (use the size readout, use the malignancy readout).
-CONDITIONS: dict[str, tuple[bool, bool]] = {
-    "heads": (False, False),
-    "malignancy readout": (False, True),
-    "size readout": (True, False),
-    "both": (True, True),
+#: Conditions: name → (use the size readout, malignancy readout: None (head), "direct" or "attributes").
+CONDITIONS: dict[str, tuple[bool, str | None]] = {
+    "heads": (False, None),
+    "malignancy readout": (False, "attributes"),
+    "size readout": (True, None),
+    "both, direct malignancy": (True, "direct"),
+    "both": (True, "attributes"),
 }
+
+
+def condition_readout(readout: Any, size: bool, malignancy: str | None) -> Any:
+    """``readout`` reduced to one condition's models (``None`` when it keeps both heads)."""
+    import dataclasses
+
+    if not size and malignancy is None:
+        return None
+    staged = malignancy == "attributes" and readout.attribute_malignancy is not None
+    return dataclasses.replace(
+        readout, size=readout.size if size else None,
+        malignancy=readout.malignancy if malignancy is not None else None,
+        n_malignant=readout.n_malignant if malignancy is not None else 0,
+        attributes=readout.attributes if staged else (),
+        attribute_malignancy=readout.attribute_malignancy if staged else None)
 
 
 def fit_run_readout(run: Path, train_data: Path) -> Any:
@@ -67,8 +87,6 @@ def fit_run_readout(run: Path, train_data: Path) -> Any:
 
 def rescore(predictions: Path, test_data: Path, readout: Any, out: Path) -> tuple[dict[str, Path], int]:
     """One ``predictions_<condition>.csv`` per condition (every scan read once), and the scans read."""
-    import dataclasses
-
     from medmtl.engine.evaluate import read_predictions_csv
     from medmtl.engine.lesion_readout import score_detections
     from medmtl.engine.predict_io import PREDICTION_COLUMNS
@@ -85,13 +103,8 @@ def rescore(predictions: Path, test_data: Path, readout: Any, out: Path) -> tupl
         hu = scan.image.detach().cpu().numpy()
         affine = scan.image.affine.numpy()
         for name, (size, malig) in CONDITIONS.items():
-            if not (size or malig):
-                new = mine
-            else:
-                part = dataclasses.replace(readout, size=readout.size if size else None,
-                                           malignancy=readout.malignancy if malig else None,
-                                           n_malignant=readout.n_malignant if malig else 0)
-                new = score_detections(part, hu, affine, mine)
+            part = condition_readout(readout, size, malig)
+            new = mine if part is None else score_detections(part, hu, affine, mine)
             for d in new:
                 x, y, z = d.center_lps
                 rows[name].append({"seriesuid": d.seriesuid, "coordX": x, "coordY": y, "coordZ": z,
@@ -106,7 +119,7 @@ def rescore(predictions: Path, test_data: Path, readout: Any, out: Path) -> tupl
 
 
 def markdown(res: Mapping[str, Any]) -> str:
-    """The four conditions and the Bayes line."""
+    """The conditions and the Bayes line."""
     header = ["condition", *(h for _, h in COLUMNS)]
     rows = [[name, *(fmt_ci(res["conditions"][name][k]) for k, _ in COLUMNS)] for name in CONDITIONS]
     b = res["bayes_auc"]
@@ -140,7 +153,7 @@ def run_benchmark(*, run: Path, train_data: Path, test_data: Path, out: Path) ->
         "where": where_measured("cpu"), "conditions": conditions,
         "bayes_auc": bayes_auc(test_data / "annotations.csv", n_boot=2000),
         "readout": {"n_lesions": readout.size.n_lesions if readout.size else 0, "n_malignant": readout.n_malignant,
-                    "fit_s": fit_s, "card": readout.to_dict()},
+                    "attributes": [m.name for m in readout.attributes], "fit_s": fit_s, "card": readout.to_dict()},
         "n_scans": n_scans, "rescore_s": rescore_s,
     }
     api.write_json(path=out / "results.json", obj=res)

@@ -1,4 +1,4 @@
-"""bench/lesion_readout: four conditions rescored from one predictions table, on the same detections."""
+"""bench/lesion_readout: five conditions rescored from one predictions table, on the same detections."""
 
 from __future__ import annotations
 
@@ -25,8 +25,9 @@ def _rows(path: Path) -> list[dict[str, str]]:
 
 
 def test_rescore_keeps_detections_and_changes_only_what_each_condition_reads(sample_data: Path, tmp_path: Path) -> None:
-    images, lesions = _helpers.cohort(20, 44)
+    images, lesions, _ = _helpers.attribute_cohort(20, 44)
     readout = fit_readout(images, lesions)
+    assert readout.attribute_malignancy is not None
     site = sample_data / "ct_site_a"
     truth = read_annotations(site / "annotations.csv")
     pred = tmp_path / "predictions.csv"
@@ -51,6 +52,9 @@ def test_rescore_keeps_detections_and_changes_only_what_each_condition_reads(sam
     assert [r["diameter_mm"] for r in tables["malignancy readout"]] == [r["diameter_mm"] for r in heads]
     assert all(float(r["malignancy_prob"]) != 0.5 for r in tables["malignancy readout"])
     assert [r["diameter_mm"] for r in tables["both"]] == [r["diameter_mm"] for r in tables["size readout"]]
+    direct = tables["both, direct malignancy"]
+    assert [r["diameter_mm"] for r in direct] == [r["diameter_mm"] for r in tables["both"]]
+    assert [r["malignancy_prob"] for r in direct] != [r["malignancy_prob"] for r in tables["both"]]
 
 
 def test_a_run_without_predictions_is_one_error_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -236,8 +236,11 @@ class DecodeConfig:
             logit, temperature-scaled), ``features`` (a logistic model on twelve HU descriptors
             of the lesion, fitted on the labelled training lesions at set-up:
             :mod:`medmtl.engine.lesion_readout`; CT only; needs >= 10 malignant and 10
-            benign labelled training lesions) or ``auto`` (``features`` for CT when there are
-            enough labels, else ``head``, with a log line saying which).
+            benign labelled training lesions; when ``annotations.csv`` records ``margin`` /
+            ``texture`` / ``calcification``, a two-stage model — attribute classifiers, then
+            malignancy from size and attribute probabilities, :mod:`medmtl.engine.attribute_readout`)
+            or ``auto`` (``features`` for CT when there are enough labels, else ``head``, with a log
+            line saying which).
         size: how a lesion's diameter is read: ``head`` (the size head at the peak), ``features``
             (a robust linear regression on the same descriptors read around the head's diameter,
             fitted on the training lesions at set-up; CT only; >= 10 lesions) or ``auto``.

@@ -51,3 +51,26 @@ def cohort(seed: int, n: int) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]],
         images[sid] = (vol, aff)
         lesions.append(Lesion(seriesuid=sid, center_lps=centre, diameter_mm=d, malignancy=float(kind == 0)))
     return images, lesions
+
+
+def attribute_cohort(seed: int, n: int) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], list[Lesion], np.ndarray]:
+    """Lesions with recorded attributes and a *noisy* label: Bernoulli(p) with p set by the attributes.
+
+    Returns the images, the lesions (``extra`` holds margin / texture / calcification) and the
+    clean probability ``p`` of each lesion (what a perfect readout would rank by).
+    """
+    rng = np.random.default_rng(seed)
+    images, lesions, probs = {}, [], []
+    for i in range(n):
+        kind = i % 4  # 0 spiculated solid, 1 smooth solid, 2 calcified, 3 ground-glass
+        d = float(rng.uniform(6.0, 14.0))
+        vol, aff, centre = nodule_scan(rng, d, calcified=kind == 2, spiculated=kind == 0, ground_glass=kind == 3)
+        p = {0: 0.75, 1: 0.3, 2: 0.05, 3: 0.2}[kind]
+        sid = f"a{seed}_{i}"
+        images[sid] = (vol, aff)
+        extra = {"margin": "spiculated" if kind == 0 else "smooth", "texture": "ground-glass" if kind == 3 else "solid",
+                 "calcification": "calcified" if kind == 2 else "none"}
+        lesions.append(Lesion(seriesuid=sid, center_lps=centre, diameter_mm=d, malignancy=float(rng.random() < p),
+                              extra=extra))
+        probs.append(p)
+    return images, lesions, np.asarray(probs)

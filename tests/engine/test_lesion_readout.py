@@ -3,6 +3,7 @@ measure unseen lesions, a card record that round-trips and fails clearly, and pr
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 from pathlib import Path
 
@@ -176,3 +177,65 @@ def test_card_carries_the_readout_and_prediction_uses_it(tiny_checkpoint, sample
     mr["reference_stats"] = None
     with pytest.raises(CheckpointError, match=r"lesion_readout' is set but 'input_spec.modality' is 'MR'"):
         ModelCard.from_dict(mr)
+
+
+_attribute_cohort = _helpers.attribute_cohort
+
+
+@pytest.fixture(scope="module")
+def attribute_fit() -> tuple[LesionReadout, dict[str, tuple[np.ndarray, np.ndarray]], list[Lesion]]:
+    """One readout fitted on 64 lesions with recorded attributes and noisy labels (shared: the fit takes seconds)."""
+    images, lesions, _ = _attribute_cohort(20, 64)
+    return fit_readout(images, lesions), images, lesions
+
+
+def test_attribute_stage_learns_the_attributes_and_ranks_by_them(attribute_fit) -> None:  # type: ignore[no-untyped-def]
+    """Noisy labels, deterministic attributes: stage 1 reads the attributes, stage 2 ranks by them."""
+    readout, _, _ = attribute_fit
+    te_images, te_lesions, te_p = _attribute_cohort(21, 32)
+    assert [m.name for m in readout.attributes] == ["margin", "texture", "calcification"]
+    assert readout.attribute_malignancy is not None and readout.attribute_malignancy.n_lesions == 64
+    assert readout.attribute_malignancy.inputs == ("log_diameter", "margin=spiculated", "texture=solid",
+                                                   "calcification=none")
+    x = np.stack([lesion_features(*te_images[les.seriesuid], les.center_lps, les.diameter_mm) for les in te_lesions])
+    probs = readout.attribute_probabilities(x)
+    margin = readout.attributes[0]
+    called = [margin.classes[k] for k in probs["margin"].argmax(axis=1)]
+    assert np.mean([c == les.extra["margin"] for c, les in zip(called, te_lesions)]) >= 0.9
+    scored = np.array([score_detections(readout, *te_images[les.seriesuid], [_detection(les, 1.2)])[0].malignancy_prob
+                       for les in te_lesions])
+    # ranked like the clean probability that drew the labels (4 levels, so ties within a level)
+    assert roc_auc_score(te_p >= 0.75, scored) > 0.95
+    assert roc_auc_score(te_p <= 0.05, -scored) > 0.9
+
+
+def test_score_detections_uses_the_attribute_stage_at_the_readout_size(attribute_fit) -> None:  # type: ignore[no-untyped-def]
+    readout, images, lesions = attribute_fit
+    les = lesions[0]
+    hu, aff = images[les.seriesuid]
+    det = _detection(les, 1.3)
+    (out,) = score_detections(readout, hu, aff, [det])
+    d_read = float(readout.diameter_mm(lesion_features(hu, aff, det.center_lps, det.diameter_mm))[0])
+    expected = readout.attribute_malignancy_prob(lesion_features(hu, aff, det.center_lps, d_read), np.array([d_read]))
+    assert out.malignancy_prob == pytest.approx(float(expected[0]))
+    assert out.diameter_mm == pytest.approx(d_read)
+    sub = {k: images[k] for k in list(images)[:44]}
+    direct = fit_readout(sub, [x for x in lesions if x.seriesuid in sub], attributes=())
+    assert direct.attributes == () and direct.attribute_malignancy is None
+    with pytest.raises(ValueError, match="no attribute malignancy model"):
+        direct.attribute_malignancy_prob(lesion_features(hu, aff, det.center_lps, 9.0), np.array([9.0]))
+
+
+def test_attribute_record_round_trips_and_names_bad_values(attribute_fit) -> None:  # type: ignore[no-untyped-def]
+    readout, _, _ = attribute_fit
+    d = readout.to_dict()
+    assert LesionReadout.from_dict(d) == readout
+    old = {k: v for k, v in d.items() if k not in ("attributes", "attribute_malignancy")}
+    assert LesionReadout.from_dict(old).attribute_malignancy is None  # a readout written before the attribute stage
+    bad_rows = dict(d["attributes"][0], coef=d["attributes"][0]["coef"][:1])
+    with pytest.raises(CheckpointError, match=r"lesion_readout.attributes\[0\].coef has 1 rows; expected 2"):
+        LesionReadout.from_dict(d | {"attributes": [bad_rows, *d["attributes"][1:]]})
+    with pytest.raises(CheckpointError, match=r"attribute_malignancy.inputs .* do not match"):
+        LesionReadout.from_dict(d | {"attributes": d["attributes"][:2]})
+    with pytest.raises(CheckpointError, match=r"attribute_malignancy is set but lesion_readout.attributes is empty"):
+        dataclasses.replace(readout, attributes=())
