@@ -90,12 +90,13 @@ def rescore(predictions: Path, test_data: Path, readout: Any, out: Path) -> tupl
     from medmtl.engine.evaluate import read_predictions_csv
     from medmtl.engine.lesion_readout import score_detections
     from medmtl.engine.predict_io import PREDICTION_COLUMNS
-    from medmtl.io.annotations import group_by_scan
     from medmtl.io.read import load_folder
+    from medmtl.io.types import Detection
     from medmtl.io.writers import atomic_write_csv
 
-    dets = read_predictions_csv(predictions)
-    by_scan = group_by_scan(dets)  # works on anything with .seriesuid
+    by_scan: dict[str, list[Detection]] = {}
+    for det in read_predictions_csv(predictions):
+        by_scan.setdefault(det.seriesuid, []).append(det)
     scans, _ = load_folder(test_data, progress=False)
     rows: dict[str, list[dict[str, Any]]] = {name: [] for name in CONDITIONS}
     for scan in sorted(scans, key=lambda s: s.scan_id):
