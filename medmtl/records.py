@@ -93,6 +93,27 @@ def number_in(
     return v
 
 
+def number_list(values: Any, where: str, n: int, *, error: type[MedmtlError], hint: str = "",
+                low: float = -1e9, high: float = 1e9) -> tuple[float, ...]:
+    """``values`` as a tuple of ``n`` finite numbers in ``[low, high]``.
+
+    Args:
+        values: the parsed list.
+        where: its name for the message.
+        n: the required length.
+        error: the exception type raised.
+        hint: appended to the length message (e.g. ``" (one per feature)"``).
+        low, high: bounds of every value.
+
+    Raises:
+        error: not a list, wrong length, or a value of the wrong type or out of range.
+    """
+    expect_type(values, (list, tuple), where, error=error)
+    if len(values) != n:
+        raise error(f"{where} has {len(values)} values; expected {n}{hint}")
+    return tuple(number_in(v, f"{where}[{i}]", low=low, high=high, error=error) for i, v in enumerate(values))
+
+
 def one_of(value: Any, allowed: Iterable[str], where: str, *, error: type[MedmtlError]) -> str:
     """``value`` if it is one of the ``allowed`` strings (did-you-mean otherwise)."""
     names = list(allowed)
@@ -101,4 +122,4 @@ def one_of(value: Any, allowed: Iterable[str], where: str, *, error: type[Medmtl
     return value
 
 
-__all__ = ["check_keys", "expect_type", "number_in", "one_of"]
+__all__ = ["check_keys", "expect_type", "number_in", "number_list", "one_of"]

@@ -33,7 +33,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from medmtl.errors import CheckpointError
-from medmtl.records import check_keys, expect_type, number_in
+from medmtl.records import check_keys, expect_type, number_in, number_list
 
 __all__ = ["ATTRIBUTE_COLUMNS", "MIN_CLASS_LESIONS", "AttributeMalignancy", "AttributeModel", "attribute_inputs",
            "fit_attribute_malignancy", "fit_attribute_models", "input_names"]
@@ -48,10 +48,7 @@ _E = CheckpointError
 
 
 def _floats(values: Any, where: str, n: int) -> tuple[float, ...]:
-    expect_type(values, (list, tuple), where, error=_E)
-    if len(values) != n:
-        raise _E(f"{where} has {len(values)} values; expected {n}")
-    return tuple(float(number_in(v, f"{where}[{i}]", low=-1e9, high=1e9, error=_E)) for i, v in enumerate(values))
+    return number_list(values, where, n, error=_E)
 
 
 @dataclass(frozen=True)

@@ -70,7 +70,7 @@ from medmtl.engine.attribute_readout import (
 )
 from medmtl.errors import CheckpointError, ConfigError
 from medmtl.io import coords
-from medmtl.records import check_keys, expect_type, number_in
+from medmtl.records import check_keys, expect_type, number_in, number_list
 
 __all__ = ["FEATURES", "MIN_LESIONS", "LesionReadout", "LinearModel", "fit_readout", "lesion_features",
            "readout_for_training", "score_detections", "self_measured_diameter"]
@@ -186,12 +186,7 @@ def _malignancy_row(hu: NDArray[Any], affine_ras: Any, centre_lps: Sequence[floa
 
 
 def _floats(values: Any, where: str, n: int) -> tuple[float, ...]:
-    expect_type(values, (list, tuple), where, error=_E)
-    if len(values) != n:
-        raise _E(f"{where} has {len(values)} values; expected {n} (one per feature)")
-    for i, v in enumerate(values):
-        number_in(v, f"{where}[{i}]", low=-1e9, high=1e9, error=_E)
-    return tuple(float(v) for v in values)
+    return number_list(values, where, n, error=_E, hint=" (one per feature)")
 
 
 @dataclass(frozen=True)
@@ -289,9 +284,7 @@ class LesionReadout:
         object.__setattr__(self, "c", float(self.c))
 
     def _linear(self, model: LinearModel, features: NDArray[Any]) -> NDArray[np.float64]:
-        x = np.atleast_2d(np.asarray(features, dtype=np.float64))
-        z = (x - np.asarray(self.mean)) / np.asarray(self.scale)
-        return np.asarray(model.intercept + z @ np.asarray(model.coef), dtype=np.float64)
+        return np.asarray(model.intercept + self.standardise(features) @ np.asarray(model.coef), dtype=np.float64)
 
     def diameter_mm(self, features: NDArray[Any]) -> NDArray[np.float64]:
         """Measured diameters (mm, clipped to :data:`DIAMETER_RANGE_MM`) of ``(N, 12)`` descriptor rows.
@@ -449,9 +442,10 @@ def fit_readout(
         return readout
     # Stage 1 + 2 on the descriptors read where prediction will read them: around the size the
     # readout reports for a perturbed guess (a network-like size error), one row per draw.
-    measured = [_reported_diameters(readout, images, usable, f, g) for f, g in zip(factors, guessed)]
-    at_measured = np.concatenate([_rows(images, usable, (m / np.array([les.diameter_mm for les in usable])).tolist())
-                                  for m in measured])
+    reads = [(*images[les.seriesuid], les.center_lps) for les in usable]
+    true_d = np.array([les.diameter_mm for les in usable])
+    measured = [_readout_diameters(readout, reads, (f * true_d).tolist(), g) for f, g in zip(factors, guessed)]
+    at_measured = np.concatenate([_rows(images, usable, (m / true_d).tolist()) for m in measured])
     index = np.tile(np.arange(len(usable)), SIZE_DRAWS)
     labels = {i: int(float(les.malignancy) >= 0.5) for i, les in enumerate(usable) if les.malignancy is not None}
     models, stage2 = fit_attribute_malignancy(readout.standardise(at_measured), np.log(np.concatenate(measured)),
@@ -463,21 +457,20 @@ def fit_readout(
     return dataclasses.replace(readout, attributes=models, attribute_malignancy=stage2)
 
 
-def _reported_diameters(readout: LesionReadout, images: Mapping[str, tuple[NDArray[Any], Any]], lesions: Sequence[Any],
-                        factors: NDArray[Any], first: NDArray[Any]) -> NDArray[np.float64]:
-    """Diameters (mm) the readout reports for guesses ``factor × true diameter`` (``first``: features at the guesses)."""
+def _readout_diameters(readout: LesionReadout, reads: Sequence[tuple[NDArray[Any], Any, Sequence[float]]],
+                       guesses_mm: Sequence[float], first: NDArray[Any]) -> NDArray[np.float64]:
+    """Diameters (mm) the readout reports: its size model on ``first``, else the self-measured size.
+
+    Args:
+        readout: the readout.
+        reads: one ``(hu, affine_ras, centre_lps)`` per lesion.
+        guesses_mm: the size guesses (mm), one per lesion.
+        first: ``(N, 12)`` descriptors already read at those guesses.
+    """
     if readout.size is not None:
         return readout.diameter_mm(first)
-    return np.array([self_measured_diameter(*images[les.seriesuid], les.center_lps, f * les.diameter_mm,
-                                            first_features=row) for les, f, row in zip(lesions, factors, first)])
-
-
-def _read_diameter(readout: LesionReadout, hu: NDArray[Any], affine_ras: Any, centre_lps: Sequence[float],
-                   guess_mm: float, first: NDArray[Any]) -> float:
-    """The diameter the readout reports for one detection (mm): its size model, else the self-measured size."""
-    if readout.size is not None:
-        return float(readout.diameter_mm(first)[0])
-    return self_measured_diameter(hu, affine_ras, centre_lps, guess_mm, first_features=first)
+    return np.array([self_measured_diameter(hu, aff, c, g, first_features=row)
+                     for (hu, aff, c), g, row in zip(reads, guesses_mm, first)])
 
 
 def readout_for_training(
@@ -560,15 +553,16 @@ def score_detections(readout: LesionReadout, hu: NDArray[Any], affine_ras: Any, 
     # self-measurement of the malignancy descriptors
     guesses = [float(np.clip(d.diameter_mm, *DIAMETER_RANGE_MM)) for d in out]
     first = [lesion_features(hu, affine_ras, d.center_lps, g) for d, g in zip(out, guesses)]
+    sizes = readout.diameter_mm(np.stack(first)) if readout.size is not None else None
     if readout.attribute_malignancy is not None:
-        diam = np.array([_read_diameter(readout, hu, affine_ras, d.center_lps, g, f)
-                         for d, g, f in zip(out, guesses, first)])
+        diam = sizes if sizes is not None else _readout_diameters(
+            readout, [(hu, affine_ras, d.center_lps) for d in out], guesses, np.stack(first))
         x = np.stack([lesion_features(hu, affine_ras, d.center_lps, float(v)) for d, v in zip(out, diam)])
         probs = readout.attribute_malignancy_prob(x, diam)
         out = [dataclasses.replace(d, malignancy_prob=float(p)) for d, p in zip(out, probs)]
     elif readout.malignancy is not None:
         x = np.stack([_malignancy_row(hu, affine_ras, d.center_lps, g, f) for d, g, f in zip(out, guesses, first)])
         out = [dataclasses.replace(d, malignancy_prob=float(p)) for d, p in zip(out, readout.malignancy_prob(x))]
-    if readout.size is not None:
-        out = [dataclasses.replace(d, diameter_mm=float(v)) for d, v in zip(out, readout.diameter_mm(np.stack(first)))]
+    if sizes is not None:
+        out = [dataclasses.replace(d, diameter_mm=float(v)) for d, v in zip(out, sizes)]
     return out
