@@ -451,10 +451,8 @@ def fit_readout(
     models, stage2 = fit_attribute_malignancy(readout.standardise(at_measured), np.log(np.concatenate(measured)),
                                               index, attr_values, labels, c=c, seed=seed)
     if stage2 is None:
-        logger.info("lesion readout: no attribute of %s has two classes with enough lesions; direct malignancy model",
-                    list(attr_values))
-        return readout
-    return dataclasses.replace(readout, attributes=models, attribute_malignancy=stage2)
+        logger.info("lesion readout: no attribute of %s has enough lesions per class; direct model", list(attr_values))
+    return readout if stage2 is None else dataclasses.replace(readout, attributes=models, attribute_malignancy=stage2)
 
 
 def _readout_diameters(readout: LesionReadout, reads: Sequence[tuple[NDArray[Any], Any, Sequence[float]]],
