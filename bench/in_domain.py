@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.learning_tables import append_dated_section, bayes_auc, where_measured
-from pipelines.evaluation import predict_and_evaluate
+from pipelines.evaluation import classical_and_evaluate, predict_and_evaluate
 from pipelines.options import add_run_options, default_device, parse_list
 from pipelines.runs import REPO, is_done, mark_done, run_guarded
 from pipelines.tables import bootstrap_mean_ci, fmt_ci, markdown_table
@@ -120,14 +120,10 @@ def training_curves(steps_csv: Path, dst: Path) -> Path:
 
 def run_classical(*, out: Path, test_data: Path) -> dict[str, Any]:
     """The training-free floor on the same test scans."""
-    from medmtl import api
-
     run = out / "classical"
     if is_done(run):
         return dict(json.loads((run / "done.json").read_text(encoding="utf-8")))
-    api.detect_classical(input_dir=test_data, out_dir=run / "predictions")
-    metrics = api.evaluate(predictions=run / "predictions" / "predictions.csv",
-                           annotations=test_data / "annotations.csv", out_dir=run / "metrics", n_bootstrap=1000)
+    metrics = classical_and_evaluate(input_dir=test_data, annotations=test_data / "annotations.csv", out_dir=run)
     info = {"metrics": _overall(metrics)}
     mark_done(run, info)
     return info

@@ -101,9 +101,10 @@ from bench.learning_tables import (
 )
 from medmtl import api
 from pipelines import transfer_study as T
+from pipelines.evaluation import classical_and_evaluate
 from pipelines.options import add_run_options, default_device, parse_list
-from pipelines.runs import REPO, is_done, run_guarded, setup_logging, write_run_records
-from pipelines.splits import split_ids
+from pipelines.runs import REPO, is_done, mark_done, run_guarded, setup_logging, write_run_records
+from pipelines.splits import filter_annotations, split_ids
 from pipelines.tables import METRICS
 
 logger = logging.getLogger("bench.learning")
@@ -138,6 +139,25 @@ def run_condition(cond: Condition, seed: int, *, out: Path, config: Path, data: 
     rec.update(key=cond.key, tasks="+".join(cond.tasks), where=info["where"], wall_s=info.get("wall_s"),
                reused=reused)
     return rec
+
+
+def classical_floor(*, out: Path, data: Path, test_ids: Sequence[str], n_bootstrap: int) -> dict[str, dict[str, Any]]:
+    """The training-free classical detector on the test scans: the floor row of every table.
+
+    Runs once per output folder (``out/classical``, reused by a rerun); returns each metric of
+    :data:`pipelines.tables.METRICS` as ``{"value", "ci95"}`` (scan-level bootstrap).
+    """
+    run = out / "classical"
+    if is_done(run):
+        return dict(json.loads((run / "done.json").read_text(encoding="utf-8"))["metrics"])
+    run.mkdir(parents=True, exist_ok=True)
+    ann = filter_annotations(data / "annotations.csv", run / "test_annotations.csv", test_ids)
+    overall = classical_and_evaluate(input_dir=data, annotations=ann, out_dir=run, scan_ids=test_ids,
+                                     n_bootstrap=n_bootstrap).get("overall", {})
+    floor = {k: {"value": (overall.get(k) or {}).get("value"), "ci95": (overall.get(k) or {}).get("ci95")}
+             for k, _, _ in METRICS}
+    mark_done(run, {"metrics": floor})
+    return floor
 
 
 def _worker_init(threads: int) -> None:
@@ -252,6 +272,7 @@ def run_benchmark(
     kw = {"out": out, "config": config, "data": data, "split": split, "base_overrides": base, "device": device,
           "n_bootstrap": n_boot, "where": where, "overwrite": overwrite}
     deadline = None if time_budget_s is None else t_start + time_budget_s
+    floor = classical_floor(out=out, data=data, test_ids=split[2], n_bootstrap=n_boot)
     records, missing = collect_records(todo, run_all(todo, kw, jobs=jobs, deadline=deadline))
     pairs = [(b, c) for b, c in pairs if c in records]
     ann = data / "annotations.csv"
@@ -261,7 +282,7 @@ def run_benchmark(
         "device": dev, "where": where, "torch_threads": _torch_threads(), "python": platform.python_version(),
         "split": {"train": split[0], "val": split[1], "test": split[2]},
         "bayes_auc_test": bayes_auc(ann, split[2]), "bayes_auc_all": bayes_auc(ann),
-        "rows": [asdict(make_row(b, c, records[c])) for b, c in pairs],
+        "rows": [asdict(make_row(b, c, records[c])) for b, c in pairs], "floor": floor,
         "delta_m": delta_m_table(records, single_task_conditions(single_task), Condition()) if "mtl" in blocks else None,
         "runs": [r for recs in records.values() for r in recs],
         "n_runs": len(todo) - len(missing), "n_planned": len(todo), "missing": missing, "jobs": jobs,

@@ -139,10 +139,14 @@ def markdown(res: Mapping[str, Any]) -> str:
              f"{', '.join(str(s) for s in res['seeds'])}.", "",
              bayes_line(res["bayes_auc_test"], "test scans") + " "
              + bayes_line(res["bayes_auc_all"], "whole set"), ""]
+    floor = res.get("floor")
     for block in BLOCKS:
         br = [r for r in rows if r.block == block]
         if not br:
             continue
+        if floor:  # the training-free floor on the same test scans heads every table
+            br = [Row(block=block, condition="classical floor (no training)", metrics=dict(floor), n_seeds=0,
+                      ci_over="test scans", where=res.get("where", "")), *br]
         lines += [f"**{block}** — {BLOCK_TITLES[block]}", "", results_table(br), ""]
         if block == "mtl" and res.get("delta_m"):
             lines += [delta_table(res["delta_m"]), ""]

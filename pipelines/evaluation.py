@@ -47,4 +47,30 @@ def predict_and_evaluate(
                         out_dir=out_dir / "metrics", n_bootstrap=n_bootstrap, seed=seed)
 
 
-__all__ = ["predict_and_evaluate"]
+def classical_and_evaluate(
+    *,
+    input_dir: Path,
+    annotations: Path,
+    out_dir: Path,
+    scan_ids: Sequence[str] | None = None,
+    n_bootstrap: int = 1000,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """The training-free classical detector (the floor) on ``input_dir``, then ``api.evaluate``.
+
+    Same layout and arguments as :func:`predict_and_evaluate`, without a checkpoint:
+    ``out_dir/predictions`` and ``out_dir/metrics``; a rerun skips the finished scans.
+
+    Returns:
+        The ``metrics.json`` dict; raises when detection failed for any scan.
+    """
+    pred_dir = out_dir / "predictions"
+    summary = api.detect_classical(input_dir=input_dir, out_dir=pred_dir,
+                                   scan_ids=list(scan_ids) if scan_ids is not None else None)
+    if summary.get("n_failed"):
+        raise MedmtlError(f"classical detection failed for {summary['n_failed']} scan(s) in {pred_dir}; see failures.json")
+    return api.evaluate(predictions=pred_dir / "predictions.csv", annotations=annotations,
+                        out_dir=out_dir / "metrics", n_bootstrap=n_bootstrap, seed=seed)
+
+
+__all__ = ["classical_and_evaluate", "predict_and_evaluate"]

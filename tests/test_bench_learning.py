@@ -150,7 +150,12 @@ def test_pool_and_markdown() -> None:
            "bayes_auc_test": {"value": 0.9, "ci95": [0.8, 1.0], "n_lesions": 5, "n_positive": 2},
            "bayes_auc_all": {"value": None, "ci95": None, "n_lesions": 0, "n_positive": 0}}
     md = L.markdown(res)
-    assert "**mtl**" in md and "**init**" not in md
+    assert "**mtl**" in md and "**init**" not in md and "classical floor" not in md
+    res["floor"] = {"cpm": {"value": 0.7, "ci95": [0.6, 0.8]}, "diameter_mae_mm": {"value": 1.9, "ci95": [1.5, 2.4]},
+                    "malignancy_auc": {"value": 0.66, "ci95": [0.5, 0.8]}}
+    table = L.markdown(res).split("**mtl**")[1].splitlines()
+    first = next(line for line in table if line.startswith("| mtl "))  # the floor heads the block's table
+    assert "classical floor (no training)" in first and "0.700 [0.600, 0.800]" in first and "test scans" in first
     assert "Δm = +20.0 %" in md
     assert "+20.0 % [+10.0, +30.0]" in md
     assert "Bayes-optimal malignancy AUC of the test scans: 0.900 [0.800, 1.000]" in md
@@ -219,3 +224,17 @@ def test_run_all_order_deadline_and_jobs(tmp_path: Path, monkeypatch: pytest.Mon
     assert calls == [(b.key, 1)] and [c for c, _ in done] == [b]
     with pytest.raises(ValueError, match="--jobs must be at least 1, got 0"):
         L.run_all(todo, kw, jobs=0)
+
+
+def test_classical_floor_runs_once_on_the_test_scans(sample_data: Path, tmp_path: Path) -> None:
+    data = sample_data / "ct_site_a"
+    with open(data / "annotations.csv", newline="", encoding="utf-8") as fh:
+        test_ids = [next(csv.DictReader(fh))["seriesuid"]]  # a scan with a lesion
+    floor = L.classical_floor(out=tmp_path, data=data, test_ids=test_ids, n_bootstrap=20)
+    assert set(floor) == {"cpm", "diameter_mae_mm", "malignancy_auc"}
+    assert 0.0 <= floor["cpm"]["value"] <= 1.0
+    scored = (tmp_path / "classical" / "predictions" / "predictions.csv").read_text(encoding="utf-8")
+    others = {p.name.removesuffix(".nii.gz") for p in data.glob("*.nii.gz")} - set(test_ids)
+    assert test_ids[0] in scored and len(others) == 4 and all(i not in scored for i in others)
+    (tmp_path / "classical" / "predictions" / "predictions.csv").unlink()
+    assert L.classical_floor(out=tmp_path, data=data, test_ids=test_ids, n_bootstrap=20) == floor  # reused, not rerun
