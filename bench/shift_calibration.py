@@ -67,22 +67,29 @@ def summarise_pool(folder: Path, modality: str, cache: Path) -> dict[str, Any]:
 
 
 def _verdict(src: dict[str, Any], tgt: dict[str, Any], i_s: np.ndarray, i_t: np.ndarray, modality: str,
-             n_permutations: int, seed: int) -> str:
+             n_permutations: int, seed: int) -> tuple[str, dict[str, float]]:
+    """The verdict of the rule, and the combined p-value under every rule of the comparison."""
     from medmtl.shift.verdict import decide, shift_test
 
     test = shift_test(src["features"][i_s], tgt["features"][i_t], n_permutations=n_permutations, seed=seed)
     v = decide(test, source_fps=[src["fingerprints"][i] for i in i_s], target_fps=[tgt["fingerprints"][i] for i in i_t],
                source_modality=modality, target_modality=modality)
-    return v.kind
+    return v.kind, dict(test["p_by_rule"])
 
 
-def rate_row(kinds: Sequence[str], **info: Any) -> dict[str, Any]:
-    """Share of splits flagged (verdict not ``no_shift``) and called ``outside_domain``, with intervals."""
+def rate_row(results: Sequence[tuple[str, dict[str, float]]], alpha: float = 0.05, **info: Any) -> dict[str, Any]:
+    """Share of splits flagged (verdict not ``no_shift``) and called ``outside_domain``, with intervals;
+    ``by_rule``: the share whose combined p-value is at most ``alpha`` under each rule compared."""
+    kinds = [k for k, _ in results]
     n = len(kinds)
     flagged = sum(k != "no_shift" for k in kinds)
     outside = sum(k == "outside_domain" for k in kinds)
+    by_rule = {}
+    for how in results[0][1]:
+        hits = sum(p[how] <= alpha for _, p in results)
+        by_rule[how] = {"flagged": hits, "rate": hits / n, "ci95": list(clopper_pearson(hits, n))}
     return {**info, "n_splits": n, "flagged": flagged, "rate": flagged / n, "ci95": list(clopper_pearson(flagged, n)),
-            "outside_domain": outside}
+            "outside_domain": outside, "by_rule": by_rule}
 
 
 def run_size(pools: dict[str, dict[str, Any]], k: int, splits: int, n_permutations: int, seed: int,
@@ -94,26 +101,34 @@ def run_size(pools: dict[str, dict[str, Any]], k: int, splits: int, n_permutatio
     for name, modality in (("ct_a", "CT"), ("ct_b", "CT"), ("mri", "MR")):
         pool = pools[name]
         n = len(pool["features"])
-        kinds = []
+        results = []
         for s in range(splits):
             idx = rng.choice(n, size=2 * k, replace=False)
-            kinds.append(_verdict(pool, pool, idx[:k], idx[k:], modality, n_permutations, seed + s))
-        rows.append(rate_row(kinds, kind="false_alarm", pool=name, k=k))
+            results.append(_verdict(pool, pool, idx[:k], idx[k:], modality, n_permutations, seed + s))
+        rows.append(rate_row(results, kind="false_alarm", pool=name, k=k))
     a, b = pools["ct_a"], pools["ct_b"]
-    kinds = [_verdict(a, b, rng.choice(len(a["features"]), k, replace=False),
+    results = [_verdict(a, b, rng.choice(len(a["features"]), k, replace=False),
                       rng.choice(len(b["features"]), k, replace=False), "CT", n_permutations, seed + s)
              for s in range(power_splits)]
-    rows.append(rate_row(kinds, kind="power", pool="ct_a vs ct_b", k=k))
+    rows.append(rate_row(results, kind="power", pool="ct_a vs ct_b", k=k))
     return rows
 
 
 def markdown(res: dict[str, Any]) -> str:
-    """The results table."""
+    """The results table of the rule, then the rules compared on the same splits."""
     lines = ["| size per side | kind | pools | verdict rate | 95 % CI | outside_domain | splits |",
              "|---|---|---|---|---|---|---|"]
     for r in res["rows"]:
         lines.append(f"| {r['k']} | {r['kind']} | {r['pool']} | {r['rate']:.3f} | [{r['ci95'][0]:.3f}, {r['ci95'][1]:.3f}] "
                      f"| {r['outside_domain']} | {r['n_splits']} |")
+    rules = list(res["rows"][0].get("by_rule", {}))
+    if rules:
+        lines += ["", "Combined p ≤ α on the same splits, by combination rule (rate [95 % CI]):", "",
+                  "| size per side | kind | pools | " + " | ".join(rules) + " |", "|---|---|---|" + "---|" * len(rules)]
+        for r in res["rows"]:
+            cells = [f"{r['by_rule'][h]['rate']:.3f} [{r['by_rule'][h]['ci95'][0]:.3f}, {r['by_rule'][h]['ci95'][1]:.3f}]"
+                     for h in rules]
+            lines.append(f"| {r['k']} | {r['kind']} | {r['pool']} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 

@@ -30,3 +30,9 @@ def test_run_size_counts_false_alarms_and_power() -> None:
     assert rows[3]["n_splits"] == 10 and rows[3]["rate"] >= 0.7  # a 3-sd shift: mostly found, even at 4 vs 4
     assert all(r["rate"] <= 0.2 for r in rows[:3])
     assert f"| 4 | power | ct_a vs ct_b | {rows[3]['rate']:.3f} |" in S.markdown({"rows": rows})
+    # the rules compared on the same splits: at 4 vs 4 (35 distinct exact p-values, smallest 2/70) the
+    # Holm global p is at least 2 x 0.029 > alpha, so Holm can never flag; the rule flags no more than min-P
+    by_rule = rows[3]["by_rule"]
+    assert set(by_rule) == {"intersection-union", "min-p", "holm"} and by_rule["holm"]["flagged"] == 0
+    assert by_rule["intersection-union"]["rate"] == rows[3]["rate"] <= by_rule["min-p"]["rate"]
+    assert "| 4 | power | ct_a vs ct_b | " in S.markdown({"rows": rows}).split("by combination rule")[1]

@@ -1,9 +1,9 @@
 """Drift-gated adaptation for ``medmtl predict --adapt auto``.
 
 The batch of scans to predict is compared with the checkpoint's stored reference features by
-the same rule as ``medmtl diagnose`` (:mod:`medmtl.shift.verdict`: the min-P combination of the
-kernel-MMD and domain-classifier permutation tests, family-wise error ≤ α, then the domain
-checks). Only the verdict ``shift`` re-estimates the BN statistics on the batch with AdaBN
+the same rule as ``medmtl diagnose`` (:mod:`medmtl.shift.verdict`: shift only when both the
+kernel-MMD and the domain-classifier permutation tests reject at α — an intersection-union test,
+false-alarm rate ≤ α — then the domain checks). Only the verdict ``shift`` re-estimates the BN statistics on the batch with AdaBN
 (Li et al. 2016, :mod:`medmtl.shift.adabn`): ``no_shift`` leaves the model as it is, so a small,
 unrepresentative in-distribution batch does not degrade it, and ``outside_domain`` leaves it too
 — no label-free adaptation bridges another modality, body region or field of view.
@@ -73,7 +73,7 @@ def maybe_adapt(
     from medmtl.shift.fingerprint import scan_fingerprint
     from medmtl.shift.verdict import ALPHA, decide, shift_test
 
-    info: dict[str, Any] = {"method": "min-P(MMD, classifier)", "alpha": ALPHA, "n_scans": len(scans),
+    info: dict[str, Any] = {"method": "intersection-union(MMD, classifier)", "alpha": ALPHA, "n_scans": len(scans),
                             "action": "skipped", "verdict": None, "p_value": None}
     ref = card.reference_stats
     if ref is None:

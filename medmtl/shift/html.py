@@ -59,7 +59,7 @@ def _fmt(v: Any, digits: int = 3) -> str:
 
 
 def table(rows: Sequence[Mapping[str, Any]], columns: Sequence[tuple[str, str]], *,
-          alpha: float | None = None, red: Sequence[str] = ("adjusted_p",)) -> str:
+          alpha: float | None = None, red: Sequence[str] = ("p_value",)) -> str:
     """An HTML table of ``rows`` with ``(key, header)`` columns; with ``alpha``, values of the
     ``red`` columns (decision p-values) at most alpha in bold red."""
     head = "".join(f'<th class="{"l" if i == 0 else ""}">{html.escape(h)}</th>' for i, (_, h) in enumerate(columns))
@@ -102,8 +102,8 @@ def _test_note(report: Mapping[str, Any], alpha: float) -> str:
     how = (f"all {st['n_label_sets']} relabellings (exact)" if st.get("exact")
            else f"{st['n_label_sets'] - 1} random relabellings")
     return (f"<p class='muted'>Permutation p-values over {how}; smallest reachable p = {_fmt(st.get('smallest_p'))}; "
-            f"combined (min-P) p = {_fmt(st.get('p_value'))}; family-wise level α = {alpha} "
-            "(adjusted p ≤ α in red).</p>")
+            f"combined p = {_fmt(st.get('p_value'))} (the larger of the two: shift only when both tests reject); "
+            f"level α = {alpha} (p ≤ α in red).</p>")
 
 
 def _header(report: Mapping[str, Any]) -> list[str]:
@@ -225,7 +225,7 @@ def render_report(report: Mapping[str, Any]) -> str:
     if decision or report.get("shift_test"):
         parts += ["<h2>Decision: feature-level tests</h2>",
                   table(decision, [("name", "test"), ("statistic", "statistic"), ("p_value", "p-value"),
-                                   ("adjusted_p", "min-P adjusted p"), ("detail", "detail")], alpha=alpha)]
+                                   ("detail", "detail")], alpha=alpha)]
     parts.append(_test_note(report, alpha))
     if "embedding" in figs:
         parts += ["<h2>Feature embedding</h2>", figs["embedding"]]

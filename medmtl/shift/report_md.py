@@ -45,8 +45,7 @@ def render_markdown(report: Mapping[str, Any]) -> str:
     decision = [t for t in report.get("tests") or [] if not t.get("descriptive")]
     if decision:
         lines += ["## Decision: feature-level tests", ""]
-        lines += md_table(decision, [("name", "test"), ("statistic", "statistic"), ("p_value", "p-value"),
-                                     ("adjusted_p", "min-P adjusted p")])
+        lines += md_table(decision, [("name", "test"), ("statistic", "statistic"), ("p_value", "p-value")])
     rows = report.get("fingerprint_table") or []
     if rows:
         lines += ["## Fingerprints (descriptive, not part of the decision)", ""]

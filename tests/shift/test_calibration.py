@@ -58,7 +58,7 @@ def test_site_a_vs_b_eight_per_side(site_features: tuple[np.ndarray, np.ndarray]
 
 
 def test_verdict_false_alarms_on_same_site_splits(site_features: tuple[np.ndarray, np.ndarray]) -> None:
-    """The combined rule (min-P over both tests) on the same 6-vs-6 splits: at most alpha, plus noise."""
+    """The combined rule (both tests must reject) on the same 6-vs-6 splits: at most alpha, plus noise."""
     xa, _ = site_features
     rng = np.random.default_rng(0)
     alarms = 0

@@ -52,10 +52,13 @@ def test_a_shift_is_found_and_the_report_is_complete() -> None:
     res = shift_test(rng.normal(size=(8, 6)), rng.normal(size=(8, 6)) + 1.5, n_permutations=300)
     assert res["shift"] and res["p_value"] <= ALPHA and not res["exact"] and res["n_label_sets"] == 301
     for name in ("mmd", "classifier"):
-        t = res[name]
-        assert t["adjusted_p"] >= t["p_value"]  # min-P adjustment never lowers a p-value
-        assert t["n_source"] == 8 and t["n_target"] == 8
-    assert res["p_value"] == pytest.approx(min(res["mmd"]["adjusted_p"], res["classifier"]["adjusted_p"]))
+        assert res[name]["n_source"] == 8 and res[name]["n_target"] == 8
+    # intersection-union: shift needs both tests; the combined p is the larger one
+    assert res["p_value"] == pytest.approx(max(res["mmd"]["p_value"], res["classifier"]["p_value"]))
+    by_rule = res["p_by_rule"]
+    assert set(by_rule) == {"intersection-union", "min-p", "holm"} and by_rule["intersection-union"] == res["p_value"]
+    assert by_rule["holm"] == pytest.approx(min(1.0, 2 * min(res["mmd"]["p_value"], res["classifier"]["p_value"])))
+    assert min(res["mmd"]["p_value"], res["classifier"]["p_value"]) <= by_rule["min-p"] <= by_rule["holm"] + 1e-12
     assert res["classifier"]["auc"] > 0.9 and len(res["classifier"]["target_score_target"]) == 8
 
 
