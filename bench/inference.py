@@ -34,6 +34,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import nibabel as nib
 import numpy as np
 import torch
 
@@ -208,6 +209,12 @@ def cuda_section(checkpoint: Path, work: Path, overlap: float) -> dict[str, Any]
     return res
 
 
+def _shape(path: Path) -> str:
+    """``"176×144×120"``: the voxel grid of a NIfTI file (header only)."""
+    img: Any = nib.load(str(path))
+    return "×".join(str(d) for d in img.shape)
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     p = argparse.ArgumentParser(prog="python -m bench.inference")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
@@ -247,6 +254,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             naive_s = naive_loop(ckpt, fls, work / f"naive_{name}", args.device, args.overlap)
             res[name] = {
                 "n_scans": len(fls),
+                "shape": _shape(fls[0]),
                 "medmtl_scans_per_s": o["n_done"] / o["wall_incl_model_load_s"],
                 "medmtl_wall_s": o["wall_incl_model_load_s"],
                 "medmtl_stage_s": {k: round(v, 3) for k, v in o["timings"].items()},
@@ -282,15 +290,17 @@ def record(res: dict[str, Any], slices: int) -> None:
         "",
         "| set | scans | medmtl scans/s | medmtl wall s | naive MONAI loop wall s | speed-up |",
         "|---|---|---|---|---|---|",
-        f"| sample_data/ct_site_a (64×64×48) | {s['n_scans']} | {s['medmtl_scans_per_s']:.3f} | "
+        f"| sample_data/ct_site_a ({s.get('shape', '?')}) | {s['n_scans']} | {s['medmtl_scans_per_s']:.3f} | "
         f"{s['medmtl_wall_s']:.1f} | {s['naive_wall_s']:.1f} | {s['speedup_vs_naive']:.2f}× |",
         f"| generated 512×512×{slices} | {big['n_scans']} | {big['medmtl_scans_per_s']:.3f} | "
         f"{big['medmtl_wall_s']:.1f} | {big['naive_wall_s']:.1f} | {big['speedup_vs_naive']:.2f}× |",
         "",
     ]
     if "load_avg_1min_start" in res:
+        busy = max(res["load_avg_1min_start"], res.get("load_avg_1min_end", 0.0)) > (os.cpu_count() or 1) + 0.5
         lines.append(f"Machine load average during the run: {res['load_avg_1min_start']:.1f} → "
-                     f"{res.get('load_avg_1min_end', float('nan')):.1f} (other jobs shared the CPU; timings are noisy).")
+                     f"{res.get('load_avg_1min_end', float('nan')):.1f}"
+                     + (" (other jobs shared the CPU; timings are noisy)." if busy else "."))
     if slices != 300:
         lines.append(f"The 512×512 scan has {slices} slices instead of 300 on this device (CPU time).")
     cuda = res["cuda"]
