@@ -9,7 +9,7 @@ the false-alarm rate of the verdict is at most α whatever the dependence betwee
 — and in practice below it, because two tests must err together. This is deliberately more
 conservative than the single-step min-P combination (Westfall & Young 1993), which an
 earlier version used: min-P is exact at α, so its measured false-alarm rate sat on α
-(0.047–0.055 at 6 and 8 scans per side, ``bench/RESULTS.md``), and a site acting on a
+(0.038–0.059 at 6 and 8 scans per side in two calibration runs, ``bench/RESULTS.md``), and a site acting on a
 verdict wants the stated α to be a ceiling, not the expected value. The price is power when
 only one test sees a shift; on the project's site-B phantoms both tests see it (see the
 calibration in ``bench/RESULTS.md``, which reports min-P and Holm beside this rule on the same
