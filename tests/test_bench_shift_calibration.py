@@ -27,7 +27,8 @@ def test_run_size_counts_false_alarms_and_power() -> None:
     rows = S.run_size(pools, 4, splits=20, n_permutations=100, seed=0, power_splits=10)
     kinds = [(r["kind"], r["pool"]) for r in rows]
     assert kinds == [("false_alarm", "ct_a"), ("false_alarm", "ct_b"), ("false_alarm", "mri"), ("power", "ct_a vs ct_b")]
-    assert rows[3]["n_splits"] == 10 and rows[3]["rate"] >= 0.7  # a 3-sd shift: mostly found, even at 4 vs 4
+    # a 3-sd shift at 4 vs 4: the rule needs the domain classifier too, the weaker test with 8 scans
+    assert rows[3]["n_splits"] == 10 and rows[3]["rate"] >= 0.5
     assert all(r["rate"] <= 0.2 for r in rows[:3])
     assert f"| 4 | power | ct_a vs ct_b | {rows[3]['rate']:.3f} |" in S.markdown({"rows": rows})
     # the rules compared on the same splits: at 4 vs 4 (35 distinct exact p-values, smallest 2/70) the
@@ -36,3 +37,6 @@ def test_run_size_counts_false_alarms_and_power() -> None:
     assert set(by_rule) == {"intersection-union", "min-p", "holm"} and by_rule["holm"]["flagged"] == 0
     assert by_rule["intersection-union"]["rate"] == rows[3]["rate"] <= by_rule["min-p"]["rate"]
     assert "| 4 | power | ct_a vs ct_b | " in S.markdown({"rows": rows}).split("by combination rule")[1]
+    # from 6 per side both tests see it: always flagged, and same-site splits stay quiet
+    six = S.run_size(pools, 6, splits=20, n_permutations=100, seed=0, power_splits=10)
+    assert six[3]["rate"] == 1.0 and all(r["rate"] <= 0.1 for r in six[:3])
