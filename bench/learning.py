@@ -105,7 +105,7 @@ from pipelines.evaluation import classical_and_evaluate
 from pipelines.options import add_run_options, default_device, parse_list
 from pipelines.runs import REPO, is_done, mark_done, run_guarded, setup_logging, write_run_records
 from pipelines.splits import filter_annotations, split_ids
-from pipelines.tables import METRICS
+from pipelines.tables import METRICS, read_overall
 
 logger = logging.getLogger("bench.learning")
 
@@ -152,10 +152,8 @@ def classical_floor(*, out: Path, data: Path, test_ids: Sequence[str], n_bootstr
         return dict(json.loads((run / "done.json").read_text(encoding="utf-8"))["metrics"])
     run.mkdir(parents=True, exist_ok=True)
     ann = filter_annotations(data / "annotations.csv", run / "test_annotations.csv", test_ids)
-    overall = classical_and_evaluate(input_dir=data, annotations=ann, out_dir=run, scan_ids=test_ids,
-                                     n_bootstrap=n_bootstrap).get("overall", {})
-    floor = {k: {"value": (overall.get(k) or {}).get("value"), "ci95": (overall.get(k) or {}).get("ci95")}
-             for k, _, _ in METRICS}
+    classical_and_evaluate(input_dir=data, annotations=ann, out_dir=run, scan_ids=test_ids, n_bootstrap=n_bootstrap)
+    floor = read_overall(run / "metrics" / "metrics.json")
     mark_done(run, {"metrics": floor})
     return floor
 

@@ -156,8 +156,9 @@ def _classifier_stats(z: NDArray[np.float64], labels: NDArray[np.bool_], seed: i
 
     The statistic is the AUC of the out-of-fold P(target), not the accuracy of Lopez-Paz & Oquab:
     with 8–16 scans the accuracy takes a handful of values, so many relabellings tie with the
-    observed one and the test loses power (a 3-SD shift at 4 vs 4 was found in 3 of 10 draws with
-    accuracy, against 10 of 10 for the MMD). The AUC ranks the scores and rarely ties.
+    observed one and the test loses power (a 3-SD synthetic shift at 4 vs 4: the rule, which needs
+    both tests, flagged 3 of 10 draws with the accuracy and 6 of 10 with the AUC; the MMD alone
+    10 of 10). The AUC ranks the scores and rarely ties.
     """
     from medmtl.shift.two_sample import _cv_folds, _oof_probabilities, pca_reduce, standardise
 
