@@ -150,6 +150,7 @@ class TrainSection:
         deterministic: ``torch.use_deterministic_algorithms(True, warn_only=True)``.
         freeze_bn: keep the encoder's BatchNorm layers in eval mode while training (the
             pretrained running statistics normalise; their affine parameters still train).
+            Ignored when ``model.pretrained`` is false (random statistics are not worth keeping).
             Avoids the train/eval mismatch of batch statistics from 2–4 small 3D patches.
         conflict_every: measure gradient conflict every N steps (0 = off).
         progress: show tqdm progress bars.

@@ -94,3 +94,20 @@ def test_tiny_config_overfits_four_scans(tmp_path: Path) -> None:
                 misses.append((les.lesion_id, les.diameter_mm, round(d, 2)))
     assert checked >= 6
     assert not misses, misses
+
+
+def test_freeze_bn_leaves_a_scratch_encoder_normalising(tmp_path: Path) -> None:
+    """``train.freeze_bn`` keeps pretrained statistics; a random encoder has none to keep, so its
+    BatchNorm must train (frozen at mean 0 / variance 1 it would not normalise at all)."""
+    import torch
+    from torch.nn.modules.batchnorm import _BatchNorm
+
+    from medmtl.config import load_config
+    from medmtl.engine.checkpoint import load_checkpoint
+    from medmtl.engine.trainer import run_training
+
+    quick = [o for o in OVERFIT if not o.startswith(("train.epochs", "train.steps_per_epoch"))]
+    cfg = load_config(TINY, [*quick, "train.epochs=1", "train.steps_per_epoch=2", "model.pretrained=false"])
+    model, _ = load_checkpoint(run_training(cfg, tmp_path / "run"))
+    bns = [m for m in model.encoder.modules() if isinstance(m, _BatchNorm)]
+    assert bns and any(not torch.allclose(m.running_mean, torch.zeros_like(m.running_mean)) for m in bns)
