@@ -56,7 +56,7 @@ def summarize(
     n_bootstrap: int,
     checkpoint: Path,
     trained: bool,
-    train_phantoms: dict[str, int] | None = None,
+    train_phantoms: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Write ``results.csv``, ``results.json`` and ``README.md``; return the results dict."""
     records = condition_records(out, conditions)
@@ -126,7 +126,8 @@ def readme_text(out: Path, conditions: Sequence[Condition], results: dict[str, A
         training = f"**Training skipped**: the given checkpoint `{results['checkpoint']}` was used."
     if results.get("train_phantoms"):
         tp = results["train_phantoms"]
-        heldout = (f"Trained on {tp['n']} freshly generated site A phantoms (seed {tp['seed']}; the config's validation "
+        shape = f", {'×'.join(str(v) for v in tp['shape'])} voxels like the held-out scans" if tp.get("shape") else ""
+        heldout = (f"Trained on {tp['n']} freshly generated site A phantoms (seed {tp['seed']}{shape}; the config's validation "
                    "split of them picks the checkpoint and fits the malignancy temperature); every site A scan of "
                    f"the table ({', '.join(results['heldout_ids'])}) is held out of training and of validation.")
     else:

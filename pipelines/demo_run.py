@@ -5,6 +5,7 @@ See :mod:`pipelines.demo` for what the demo does and its output folder policy.
 
 from __future__ import annotations
 
+import json
 import logging
 import shutil
 from collections.abc import Sequence
@@ -97,6 +98,9 @@ class DemoPlan:
         config: the resolved training config (the checkpoint's own with ``--checkpoint``).
         n_phantoms: fresh site A phantoms to generate and train on (0: none).
         train_root: where those phantoms are written.
+        phantom_shape: their ``(I, J, K)`` voxels: the held-out folder's own acquisition where its
+            ``generation.json`` records one (the committed site A set is a 164×144×80 slab), else
+            ``None`` (the generator's site default).
     """
 
     train_ids: list[str]
@@ -105,11 +109,33 @@ class DemoPlan:
     config: dict[str, Any] | None
     n_phantoms: int
     train_root: Path
+    phantom_shape: tuple[int, int, int] | None = None
 
     @property
-    def train_phantoms(self) -> dict[str, int] | None:
-        """``{"n", "seed"}`` of the generated training phantoms, ``None`` without them."""
-        return {"n": self.n_phantoms, "seed": TRAIN_PHANTOM_SEED} if self.n_phantoms else None
+    def train_phantoms(self) -> dict[str, Any] | None:
+        """``{"n", "seed", "shape"}`` of the generated training phantoms, ``None`` without them."""
+        if not self.n_phantoms:
+            return None
+        return {"n": self.n_phantoms, "seed": TRAIN_PHANTOM_SEED,
+                "shape": None if self.phantom_shape is None else list(self.phantom_shape)}
+
+
+def generated_shape(folder: Path) -> tuple[int, int, int] | None:
+    """The ``(I, J, K)`` shape a phantom folder was generated at (its ``generation.json``), else ``None``.
+
+    Only a shape recorded for the whole set counts; a folder not made by the generator, or made at
+    the site default, gives ``None``.
+    """
+    meta_path = folder / "generation.json"
+    if not meta_path.is_file():
+        return None
+    try:
+        shape = json.loads(meta_path.read_text(encoding="utf-8")).get("shape")
+    except (OSError, ValueError, AttributeError):
+        return None
+    if isinstance(shape, list) and len(shape) == 3 and all(isinstance(v, int) for v in shape):
+        return (shape[0], shape[1], shape[2])
+    return None
 
 
 def clear_outputs(out: Path) -> None:
@@ -170,7 +196,7 @@ def plan_demo(*, out: Path, source: Path, target: Path, config: Path, checkpoint
                              + [f"data.root={source}"])
     cfg["data"]["root"] = str(train_root)
     cfg["data"]["annotations"] = str(train_root / "annotations.csv")
-    return DemoPlan([], list(ids), all_overrides, cfg, n_gen, train_root)
+    return DemoPlan([], list(ids), all_overrides, cfg, n_gen, train_root, generated_shape(source))
 
 
 def build_conditions(timer: StepTimer, *, ckpt: Path, out: Path, source: Path, target: Path, heldout_ann: Path,
@@ -270,7 +296,7 @@ def run_demo(
     if ckpt is None:
         if plan.n_phantoms:
             timer.run("generate_train_phantoms", api.generate_sample_data, out=plan.train_root, kind="ct", site="a",
-                      n=plan.n_phantoms, seed=TRAIN_PHANTOM_SEED)
+                      n=plan.n_phantoms, seed=TRAIN_PHANTOM_SEED, shape=plan.phantom_shape)
         ckpt = Path(timer.run("train", api.train, config=config, out_dir=out / "train", overrides=plan.overrides))
     conditions = build_conditions(timer, ckpt=ckpt, out=out, source=source, target=target, heldout_ann=heldout_ann,
                                   heldout_ids=plan.heldout_ids, methods=methods, fast=fast)
@@ -291,6 +317,7 @@ __all__ = [
     "DemoPlan",
     "build_conditions",
     "clear_outputs",
+    "generated_shape",
     "plan_demo",
     "predict_and_evaluate_all",
     "run_demo",

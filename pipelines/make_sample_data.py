@@ -4,7 +4,7 @@ Usage::
 
     python -m pipelines.make_sample_data --out sample_data
 
-Writes ``ct_site_a/`` (5 CT scans, site a), ``ct_site_b/`` (8 CT scans, site b), ``mri/``
+Writes ``ct_site_a/`` (8 CT scans, site a), ``ct_site_b/`` (8 CT scans, site b), ``mri/``
 (6 MRI scans), ``dicom_example/`` (one CT site-a scan as a DICOM series) with its NIfTI twin
 ``dicom_example_nifti/``, and ``README.md`` with the seeds and the Bayes-optimal malignancy
 AUC of every set, recomputed from the written ``annotations.csv`` files. A set folder is
@@ -25,9 +25,12 @@ from medmtl.errors import MedmtlError
 #: (folder, kind, site, n, seed, dicom, description) of every committed set.
 #: ``(folder, kind, site, n, seed, dicom, shape or None for the site's default, description)``.
 SETS: tuple[tuple[str, str, str, int, int, bool, tuple[int, int, int] | None, str], ...] = (
-    ("ct_site_a", "ct", "a", 5, 1002, False, None,
-     "CT chest, site a (thin-slice nodule CT): 0.9×0.9×1.25 mm voxels, 176×144×120 (thorax), sharp "
-     "kernel, noise σ 20 HU, RAS axis order"),
+    # 8 scans so even/odd halves (4 vs 4) can be tested for shift; a 164×144×80 slab through the
+    # mid-thorax (148×130×100 mm, the site's 150 mm coverage / 1.5: still inside the training
+    # domain's field-of-view range) keeps the folder under the 30 MB cap
+    ("ct_site_a", "ct", "a", 8, 1002, False, (164, 144, 80),
+     "CT chest, site a (thin-slice nodule CT): 0.9×0.9×1.25 mm voxels, a 164×144×80 mid-thorax slab "
+     "(the site's default is 176×144×120), sharp kernel, noise σ 20 HU, RAS axis order"),
     ("ct_site_b", "ct", "b", 8, 2000, False, None,
      "CT chest, site b (older scanner): 1.4×1.4×5.0 mm voxels, 128×104×32, smooth kernel, noise σ 30 HU, "
      "+40 HU offset, LPS axis order"),
@@ -99,7 +102,7 @@ def readme(out: Path) -> str:
         "`dicom_example_nifti/` is the NIfTI twin of `dicom_example/` (same voxels, same geometry,",
         "same `annotations.csv`), so readers and predictions can be compared scan by scan.",
         "",
-        "Equivalent CLI for one set: `medmtl sample-data OUT --kind ct --site a --n 5 --seed 1002`.",
+        "Equivalent CLI for one set: `medmtl sample-data OUT --kind ct --site a --n 8 --seed 1002 --shape 164 144 80`.",
         "",
     ]
     return "\n".join(lines)

@@ -50,11 +50,14 @@ ALPHA = 0.05
 TOTAL_SEPARATION_AUC = 0.99
 #: Fingerprint fields that describe the imaged domain (not the acquisition), and how far
 #: outside the source's [min, max] a target value may lie: a factor for extents (mm), an
-#: absolute margin for fractions.
+#: absolute margin for fractions. The coverage along the body axis (k) varies by protocol
+#: within one body region (a 100 mm slab and a 160 mm whole-chest series of the same
+#: thorax), so it gets a factor 2; the in-plane extents, which tell a head from a chest,
+#: keep 1.5.
 DOMAIN_FIELDS: dict[str, tuple[str, float]] = {
     "fov_i_mm": ("factor", 1.5),
     "fov_j_mm": ("factor", 1.5),
-    "fov_k_mm": ("factor", 1.5),
+    "fov_k_mm": ("factor", 2.0),
     "body_fraction": ("margin", 0.2),
 }
 #: Share of target scans outside the source's domain range that makes the cohort "outside".

@@ -38,10 +38,21 @@ def test_halves_of_one_site_give_no_shift(site_a_many: Path, tmp_path: Path) -> 
     assert report["shift_test"]["p_value"] > 0.05 and not report["shift_test"]["exact"]
 
 
-def test_the_five_committed_site_a_scans_are_too_few_to_split(sample_data: Path, tmp_path: Path) -> None:
+def test_halves_of_the_committed_site_a_scans_give_no_shift(sample_data: Path, tmp_path: Path) -> None:
+    """The issue's own check: even- against odd-numbered committed site A scans (4 vs 4, exact test)."""
+    files = sorted(p.name for p in (sample_data / "ct_site_a").glob("*.nii.gz"))
+    assert len(files) == 8
+    even = _subset(sample_data / "ct_site_a", tmp_path / "even", files[0::2])
+    odd = _subset(sample_data / "ct_site_a", tmp_path / "odd", files[1::2])
+    report = _diagnose(even, odd, tmp_path / "r")
+    assert report["verdict"]["kind"] == "no_shift", report["verdict"]
+    assert report["shift_test"]["p_value"] > 0.05 and report["shift_test"]["exact"]
+
+
+def test_three_against_two_scans_are_too_few_to_test(sample_data: Path, tmp_path: Path) -> None:
     """3 vs 2 scans: the smallest attainable p-value is 0.1 > alpha, so the shift test is refused, not
     judged; the report is fingerprint-only."""
-    files = sorted(p.name for p in (sample_data / "ct_site_a").glob("*.nii.gz"))
+    files = sorted(p.name for p in (sample_data / "ct_site_a").glob("*.nii.gz"))[:5]
     even = _subset(sample_data / "ct_site_a", tmp_path / "even", files[0::2])
     odd = _subset(sample_data / "ct_site_a", tmp_path / "odd", files[1::2])
     res = CliRunner().invoke(main, ["diagnose", "--source", str(even), "--target", str(odd), "-o", str(tmp_path / "r")])
