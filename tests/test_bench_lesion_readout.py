@@ -37,7 +37,7 @@ def test_rescore_keeps_detections_and_changes_only_what_each_condition_reads(sam
         for les in truth:  # the heads' guess: 30 % too large, malignancy 0.5 everywhere
             w.writerow([les.seriesuid, *les.center_lps, 0.9, 1.3 * les.diameter_mm, 0.5])
     paths, n_scans = rescore(pred, site, readout, tmp_path / "out")
-    assert n_scans == 5
+    assert n_scans == 8
     assert set(paths) == set(CONDITIONS)
     tables = {name: _rows(path) for name, path in paths.items()}
     heads = tables["heads"]

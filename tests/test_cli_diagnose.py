@@ -146,7 +146,8 @@ def check_readable_page(page: str, report: dict) -> None:
     assert floor == report["shift_test"]["smallest_p"]
     assert all(r["holm_p"] >= floor - 1e-12 for r in rows) and all(
         t["p_value"] >= floor - 1e-12 for t in report["tests"] if t.get("descriptive"))
-    assert "99" not in " ".join(r["g_text"] for r in rows)
+    numbers = [float(r["g_text"].replace("−", "-")) for r in rows if re.fullmatch(r"[−-]?\d+(\.\d+)?", r["g_text"])]
+    assert numbers and all(abs(g) < 10 for g in numbers)  # |g| > 10 is written "> 10" / "< −10", never 99.4
     assert all(r["g_text"] in ("constant in each cohort", "> 10", "< −10") for r in rows
                if r["hedges_g"] is not None and abs(r["hedges_g"]) > 10)
     assert "descriptive effect sizes: the verdict does not use them" in seen.visible

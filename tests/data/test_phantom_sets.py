@@ -171,7 +171,7 @@ def test_committed_readme_states_each_sets_bayes_auc(sample_data):
 
 
 def test_committed_sample_data_layout(sample_data):
-    counts = {"ct_site_a": 5, "ct_site_b": 8, "mri": 6}
+    counts = {"ct_site_a": 8, "ct_site_b": 8, "mri": 6}
     for name, n in counts.items():
         assert len(list((sample_data / name).glob("*.nii.gz"))) == n
     dicom_dirs = [p for p in (sample_data / "dicom_example").iterdir() if p.is_dir() and p.name != "masks"]

@@ -6,8 +6,8 @@ true centres.
 ``configs/tiny.yaml`` with overrides that make it a pure memorisation run (120 steps of
 the 3D network, about 110 s of CPU):
 
-* the first 4 scans of ``sample_data/ct_site_a`` (9 lesions; both malignancy classes, one
-  lesion without a malignancy label), all of them training scans, no validation;
+* the first 4 scans of ``sample_data/ct_site_a`` (10 lesions; both malignancy classes, four
+  lesions without a malignancy label), all of them training scans, no validation;
 * one patch per lesion: ``train.sampling=lesions`` gives a 32³ patch around every lesion,
   its centre shifted by a seeded jitter of up to 4 voxels (without it the net learns "the
   lesion is in the middle of the patch" and misses lesions in whole volumes), ``train.augment=none`` (an epoch is one pass: 3 steps of 3 patches);
