@@ -1,12 +1,13 @@
 """The medmtl demo: site A → site B, from ImageNet weights to adapted predictions.
 
 Run by ``make demo`` (``python -m pipelines.demo --out demo_out``). Uses only
-``sample_data/ct_site_a`` (training site, 12 CT scans) and ``sample_data/ct_site_b`` (another
-simulated scanner, 8 scans) and the public API (:mod:`medmtl.api`):
+``sample_data/ct_site_a`` (training site, 8 CT scans, all held out) and ``sample_data/ct_site_b``
+(another simulated scanner, 8 scans), fresh site-A training phantoms of the held-out scans' shape
+and the public API (:mod:`medmtl.api`):
 
 1. **diagnose** site A vs site B (:func:`medmtl.api.diagnose`) → ``shift/report.html`` + ``report.json``;
 2. **train** the multi-task net (detection, size, malignancy) from the embedded ImageNet
-   EfficientNet-Lite0 inflated to 3D on site A's training scans (:func:`medmtl.api.train`
+   EfficientNet-Lite0 inflated to 3D on the generated site-A phantoms (:func:`medmtl.api.train`
    with ``configs/demo.yaml``) → ``train/`` (``checkpoint/``, ``metrics.csv``,
    ``gradient_conflict.csv``);
 3. **adapt** the checkpoint to site B without site-B labels (:func:`medmtl.api.adapt`: AdaBN and

@@ -241,6 +241,20 @@ def test_demo_fast_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     assert set(inputs["heldout_ids"]).isdisjoint(inputs["train_ids"])
     summary = (out / "README.md").read_text(encoding="utf-8")
     assert "site B + AdaBN" in summary and "site B + re-simulation" in summary
+    # trained on phantoms of the held-out scans' own acquisition (the committed 164×144×80 slab)
+    made = json.loads((out / "data" / "train_phantoms" / "generation.json").read_text(encoding="utf-8"))
+    assert made["shape"] == [164, 144, 80] == json.loads((out / "results.json").read_text())["train_phantoms"]["shape"]
+
+
+def test_demo_phantom_shape_comes_from_the_generation_record(tmp_path: Path) -> None:
+    from pipelines.demo_run import generated_shape
+
+    assert generated_shape(SITE_A) == (164, 144, 80)
+    assert generated_shape(tmp_path) is None  # not made by the generator
+    (tmp_path / "generation.json").write_text('{"shape": null}', encoding="utf-8")
+    assert generated_shape(tmp_path) is None  # made at the site default
+    (tmp_path / "generation.json").write_text("{not json", encoding="utf-8")
+    assert generated_shape(tmp_path) is None
 
 
 def test_adaptation_study_with_checkpoint(tmp_path: Path, pipeline_checkpoint: Path) -> None:
