@@ -177,7 +177,9 @@ class TrainingSession:
         BatchNorm holds no statistics to keep (mean 0, variance 1), so freezing it would switch
         normalisation off (measured: gradient norms of 10^5–10^6 from scratch, ≤ 250 pretrained)."""
         if self.cfg.train.freeze_bn and not self.cfg.model.pretrained:
-            logger.info("train.freeze_bn ignored: the encoder is not pretrained, its BatchNorm trains")
+            if not getattr(self, "_freeze_bn_noted", False):  # once per session, not every epoch
+                logger.info("train.freeze_bn ignored: the encoder is not pretrained, its BatchNorm trains")
+                self._freeze_bn_noted = True
             return False
         return bool(self.cfg.train.freeze_bn)
 
