@@ -84,6 +84,18 @@ def generate_sample_data(
     )
 
 
+def generated_shape(*, folder: str | Path) -> tuple[int, int, int] | None:
+    """The ``(I, J, K)`` voxels a phantom set was generated at (its ``generation.json``).
+
+    Returns:
+        The shape, or ``None`` for a folder not made by :func:`generate_sample_data` or made
+        at the site's default shape.
+    """
+    from medmtl.data.phantom import generated_shape as _shape
+
+    return _shape(Path(folder))
+
+
 def inspect(
     *,
     folder: str | Path,

@@ -5,7 +5,6 @@ See :mod:`pipelines.demo` for what the demo does and its output folder policy.
 
 from __future__ import annotations
 
-import json
 import logging
 import shutil
 from collections.abc import Sequence
@@ -120,24 +119,6 @@ class DemoPlan:
                 "shape": None if self.phantom_shape is None else list(self.phantom_shape)}
 
 
-def generated_shape(folder: Path) -> tuple[int, int, int] | None:
-    """The ``(I, J, K)`` shape a phantom folder was generated at (its ``generation.json``), else ``None``.
-
-    Only a shape recorded for the whole set counts; a folder not made by the generator, or made at
-    the site default, gives ``None``.
-    """
-    meta_path = folder / "generation.json"
-    if not meta_path.is_file():
-        return None
-    try:
-        shape = json.loads(meta_path.read_text(encoding="utf-8")).get("shape")
-    except (OSError, ValueError, AttributeError):
-        return None
-    if isinstance(shape, list) and len(shape) == 3 and all(isinstance(v, int) for v in shape):
-        return (shape[0], shape[1], shape[2])
-    return None
-
-
 def clear_outputs(out: Path) -> None:
     """Remove the demo's own artifacts from ``out`` (:data:`DEMO_ARTIFACTS`); keep everything else."""
     if out.exists() and not out.is_dir():
@@ -196,7 +177,7 @@ def plan_demo(*, out: Path, source: Path, target: Path, config: Path, checkpoint
                              + [f"data.root={source}"])
     cfg["data"]["root"] = str(train_root)
     cfg["data"]["annotations"] = str(train_root / "annotations.csv")
-    return DemoPlan([], list(ids), all_overrides, cfg, n_gen, train_root, generated_shape(source))
+    return DemoPlan([], list(ids), all_overrides, cfg, n_gen, train_root, api.generated_shape(folder=source))
 
 
 def build_conditions(timer: StepTimer, *, ckpt: Path, out: Path, source: Path, target: Path, heldout_ann: Path,
@@ -317,7 +298,6 @@ __all__ = [
     "DemoPlan",
     "build_conditions",
     "clear_outputs",
-    "generated_shape",
     "plan_demo",
     "predict_and_evaluate_all",
     "run_demo",

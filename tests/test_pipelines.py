@@ -247,14 +247,15 @@ def test_demo_fast_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]
 
 
 def test_demo_phantom_shape_comes_from_the_generation_record(tmp_path: Path) -> None:
-    from pipelines.demo_run import generated_shape
+    from medmtl import api
 
-    assert generated_shape(SITE_A) == (164, 144, 80)
-    assert generated_shape(tmp_path) is None  # not made by the generator
-    (tmp_path / "generation.json").write_text('{"shape": null}', encoding="utf-8")
-    assert generated_shape(tmp_path) is None  # made at the site default
+    assert api.generated_shape(folder=SITE_A) == (164, 144, 80)
+    assert api.generated_shape(folder=tmp_path) is None  # not made by the generator
+    (tmp_path / "generation.json").write_text('{"kind": "ct", "site": "a", "seed": 0, "scans": [], "shape": null}',
+                                              encoding="utf-8")
+    assert api.generated_shape(folder=tmp_path) is None  # made at the site default
     (tmp_path / "generation.json").write_text("{not json", encoding="utf-8")
-    assert generated_shape(tmp_path) is None
+    assert api.generated_shape(folder=tmp_path) is None
 
 
 def test_adaptation_study_with_checkpoint(tmp_path: Path, pipeline_checkpoint: Path) -> None:

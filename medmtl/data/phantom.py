@@ -41,7 +41,8 @@ from medmtl.progress import bar
 
 __all__ = [
     "ANNOTATION_COLUMNS", "CT_SITES", "CT_TISSUES", "MRI_TISSUES", "Phantom", "generate_ct",
-    "generate_mri", "make_uid", "phantom_rows", "validate_shape", "validate_site", "write_phantom_set",
+    "generate_mri", "generated_shape", "make_uid", "phantom_rows", "read_generation", "validate_shape",
+    "validate_site", "write_phantom_set",
 ]
 
 logger = logging.getLogger(__name__)
@@ -105,10 +106,9 @@ def phantom_rows(phantom: Phantom) -> list[dict[str, Any]]:
     return rows
 
 
-def _generated_ids(folder: Path) -> set[str] | None:
-    """The scan ids and series folder names of the set recorded in ``folder/generation.json``
-    (``None`` when it holds no generation.json written by medmtl). generation.json is the set's
-    record of what medmtl wrote (see :mod:`medmtl.io.outputs`)."""
+def read_generation(folder: Path) -> dict[str, Any] | None:
+    """The set record ``folder/generation.json`` that :func:`write_phantom_set` wrote (``kind``,
+    ``site``, ``seed``, ``shape``, ``scans`` …), ``None`` when the folder holds no valid one."""
     import json
 
     try:
@@ -116,6 +116,26 @@ def _generated_ids(folder: Path) -> set[str] | None:
     except (OSError, ValueError, RecursionError):
         return None
     if not isinstance(meta, dict) or not isinstance(meta.get("scans"), list) or not {"kind", "site", "seed"} <= set(meta):
+        return None
+    return meta
+
+
+def generated_shape(folder: Path) -> tuple[int, int, int] | None:
+    """The ``(I, J, K)`` voxels a phantom set was generated at, from its ``generation.json``;
+    ``None`` for a folder not made by the generator or made at the site's default shape."""
+    meta = read_generation(folder)
+    shape = None if meta is None else meta.get("shape")
+    if isinstance(shape, list) and len(shape) == 3 and all(isinstance(v, int) for v in shape):
+        return (shape[0], shape[1], shape[2])
+    return None
+
+
+def _generated_ids(folder: Path) -> set[str] | None:
+    """The scan ids and series folder names of the set recorded in ``folder/generation.json``
+    (``None`` when it holds no generation.json written by medmtl). generation.json is the set's
+    record of what medmtl wrote (see :mod:`medmtl.io.outputs`)."""
+    meta = read_generation(folder)
+    if meta is None:
         return None
     return {v for s in meta["scans"] if isinstance(s, dict) for v in (s.get("scan_id"), s.get("name"))
             if isinstance(v, str) and v}
