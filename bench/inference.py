@@ -1,6 +1,6 @@
 """Inference benchmark: medmtl's predict pipeline against the naive MONAI-tutorial loop.
 
-``python -m bench.inference [--device cpu|cuda] [--big-slices N] [--out bench/out_inference]``
+``python -m bench.inference [--device cpu|cuda] [--big-slices N] [--config configs/ct_phantom_cpu.yaml]``
 
 Measured in one run:
 
@@ -15,8 +15,11 @@ Measured in one run:
     wall time the GPU is busy (CUDA-event time of the network / wall time), peak GPU memory,
     and the largest scan processed without running out of memory.
 
-The model is the demo/tiny configuration (EfficientNet-Lite0, inflated 3D, patch 48×48×32)
-with random weights — speed does not depend on the weights. Results are printed as JSON and
+The model is EfficientNet-Lite0 inflated to 3D with random weights — speed does not depend on
+the weights — either on the 3 mm grid of ``default_ct_spec`` with 64×64×32 windows (the default,
+comparable with the earlier sections) or, with ``--config``, exactly the network, grid and patch
+of a training config (``configs/ct_phantom_cpu.yaml``: 1.25 mm, 32³, the input skip), which is
+what a working model costs. Results are printed as JSON and
 appended to ``bench/RESULTS.md`` with the date and the machine.
 """
 
@@ -31,6 +34,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +49,30 @@ CLINICAL_SPACING = (0.7, 0.7, 1.25)
 DECODE: dict[str, Any] = {"threshold": 0.3, "nms_radius_mm": 8.0, "max_lesions": 20, "temperature": 1.0}
 
 
-def make_checkpoint(folder: Path) -> Path:
+@dataclass(frozen=True)
+class Setup:
+    """The benchmarked network: model keys (``model:`` of a config), grid (mm) and window (voxels)."""
+
+    model: dict[str, Any]
+    spacing_mm: tuple[float, float, float]
+    patch: tuple[int, int, int]
+    source: str
+
+    @classmethod
+    def from_config(cls, path: str | None) -> Setup:
+        """The network of a training config; ``None``: the 3 mm default of the earlier sections."""
+        if path is None:
+            return cls(dict(MODEL_CFG), (3.0, 3.0, 3.0), PATCH, "default_ct_spec (3 mm), patch 64×64×32")
+        from medmtl import api
+
+        cfg = api.resolve_config(config=path)
+        model = {k: v for k, v in cfg["model"].items() if k != "pretrained"}
+        spacing = tuple(float(v) for v in cfg["preprocess"]["spacing_mm"])
+        patch = tuple(int(v) for v in cfg["train"]["patch_size"])
+        return cls(model, spacing, patch, path)  # type: ignore[arg-type]
+
+
+def make_checkpoint(folder: Path, setup: Setup) -> Path:
     from medmtl.engine.card import card_for
     from medmtl.engine.checkpoint import save_checkpoint
     from medmtl.engine.decode import DecodeSettings
@@ -54,8 +81,9 @@ def make_checkpoint(folder: Path) -> Path:
     from medmtl.transforms.presets import default_ct_spec
 
     torch.manual_seed(0)
-    model = build_model(ModelSpec.from_dict(MODEL_CFG), pretrained=False)
-    card = card_for(model, input_spec=default_ct_spec(), patch_size=PATCH, decode=DecodeSettings(**DECODE))
+    model = build_model(ModelSpec.from_dict(setup.model), pretrained=False)
+    card = card_for(model, input_spec=default_ct_spec(setup.spacing_mm), patch_size=setup.patch,
+                    decode=DecodeSettings(**DECODE))
     return save_checkpoint(folder, model, card)
 
 
@@ -100,7 +128,7 @@ def naive_loop(checkpoint: Path, files: list[Path], out: Path, device: str, over
         # LoadImage's affine is already RAS (nibabel); the HU array goes through the same preset
         x = tf({"image": img})["image"]
         with torch.no_grad():
-            y = sliding_window_inference(x[None].to(device), PATCH, 4, model, overlap=overlap)
+            y = sliding_window_inference(x[None].to(device), card.patch_size, 4, model, overlap=overlap)
         assert isinstance(y, dict)
         heat = torch.sigmoid(y["heatmap"])[0].cpu()
         save_nifti(out / f"{f.name.split('.')[0]}_heatmap.nii.gz", heat, np.asarray(x.affine.numpy()))
@@ -119,10 +147,10 @@ def ours(checkpoint: Path, folder: Path, out: Path, device: str, overlap: float,
     return s
 
 
-def window_flops(model: torch.nn.Module, device: str) -> float:
+def window_flops(model: torch.nn.Module, device: str, patch: Sequence[int]) -> float:
     from torch.utils.flop_counter import FlopCounterMode
 
-    x = torch.randn(1, 3, *PATCH, device=device)
+    x = torch.randn(1, 3, *patch, device=device)
     with torch.no_grad(), FlopCounterMode(display=False) as fc:
         model(x)
     return float(fc.get_total_flops())
@@ -156,7 +184,7 @@ def sliding_window_s_total(per_scan_s: float, n_scans: int) -> float:
     return per_scan_s * n_scans
 
 
-def cuda_section(checkpoint: Path, work: Path, overlap: float) -> dict[str, Any]:
+def cuda_section(checkpoint: Path, work: Path, overlap: float, setup: Setup) -> dict[str, Any]:
     """(c): GPU throughput, efficiency, busy share, memory and the largest scan without OOM."""
     from medmtl.engine.checkpoint import load_checkpoint
     from medmtl.engine.inference import sliding_window_maps
@@ -164,18 +192,19 @@ def cuda_section(checkpoint: Path, work: Path, overlap: float) -> dict[str, Any]
     dev = "cuda"
     model, _ = load_checkpoint(checkpoint, device=dev)
     peak = matmul_peak_tflops(dev)
-    flops = window_flops(model, dev)
+    patch = setup.patch
+    flops = window_flops(model, dev, patch)
     res: dict[str, Any] = {"gpu": torch.cuda.get_device_name(0), "matmul_peak_bf16_tflops": peak,
                            "flops_per_window": flops}
-    # the 512×512×300 CT at 0.7×0.7×1.25 mm resampled to the spec's 3 mm grid
-    pre = [int(round(n * sp / 3.0)) for n, sp in zip((512, 512, 300), CLINICAL_SPACING)]
+    # the 512×512×300 CT at 0.7×0.7×1.25 mm resampled to the spec's grid
+    pre = [int(round(n * sp / g)) for n, sp, g in zip((512, 512, 300), CLINICAL_SPACING, setup.spacing_mm)]
     x = torch.randn(1, 3, *pre)
-    n_windows = count_windows(pre, PATCH, overlap)
+    n_windows = count_windows(pre, patch, overlap)
     torch.cuda.reset_peak_memory_stats()
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
     t0 = time.perf_counter()
     start.record()
-    sliding_window_maps(model, x, roi_size=PATCH, overlap=overlap, device=dev, amp="bf16", sw_batch_size=8)
+    sliding_window_maps(model, x, roi_size=patch, overlap=overlap, device=dev, amp="bf16", sw_batch_size=8)
     end.record()
     torch.cuda.synchronize()
     wall = time.perf_counter() - t0
@@ -198,7 +227,7 @@ def cuda_section(checkpoint: Path, work: Path, overlap: float) -> dict[str, Any]
     for side in (256, 384, 512, 640, 768, 1024):
         try:
             y = torch.randn(1, 3, side, side, side // 2)
-            sliding_window_maps(model, y, roi_size=PATCH, overlap=overlap, device=dev, amp="bf16",
+            sliding_window_maps(model, y, roi_size=patch, overlap=overlap, device=dev, amp="bf16",
                                 sw_batch_size=8, stitch_device="device")
             largest = [side, side, side // 2]
         except torch.cuda.OutOfMemoryError:
@@ -224,6 +253,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                    help="copies of the 512×512 scan in the big folder (default 8 on CUDA, 1 on CPU): with one "
                         "scan, reading cannot overlap the network")
     p.add_argument("--overlap", type=float, default=0.25)
+    p.add_argument("--config", default=None,
+                   help="benchmark the network, grid and patch of this training config (e.g. "
+                        "configs/ct_phantom_cpu.yaml); default: the 3 mm grid, 64×64×32 windows")
+    p.add_argument("--amp", default="auto", choices=["auto", "bf16", "off"],
+                   help="medmtl's precision (auto: bf16 on CUDA and on CPUs with native bf16); the naive loop is fp32")
     p.add_argument("--no-record", action="store_true", help="do not append to bench/RESULTS.md")
     args = p.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
@@ -231,7 +265,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     slices = args.big_slices or (300 if args.device == "cuda" else 80)
     work = Path(tempfile.mkdtemp(prefix="medmtl_bench_inf_"))
     try:
-        ckpt = make_checkpoint(work / "ckpt")
+        setup = Setup.from_config(args.config)
+        ckpt = make_checkpoint(work / "ckpt", setup)
         sample = work / "sample"
         sample.mkdir()
         files = sorted((REPO / "sample_data" / "ct_site_a").glob("*.nii.gz"))[: args.n_sample]
@@ -243,11 +278,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         n_big = args.n_big or (8 if args.device == "cuda" else 1)
         for i in range(1, n_big):
             shutil.copy(first, big / f"big_512_{i:02d}.nii.gz")
-        amp = "auto"
+        from medmtl.engine.inference import resolve_amp
+
+        amp = resolve_amp(args.amp, torch.device(args.device), inference=True)
         res: dict[str, Any] = {"date": _dt.date.today().isoformat(), "machine": f"{platform.node()} "
                                f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads",
                                "device": args.device, "torch": torch.__version__, "overlap": args.overlap,
-                               "model": MODEL_CFG, "patch": PATCH, "load_avg_1min_start": os.getloadavg()[0]}
+                               "model": setup.model, "patch": list(setup.patch),
+                               "spacing_mm": list(setup.spacing_mm), "network_source": setup.source, "amp": amp, "load_avg_1min_start": os.getloadavg()[0]}
         for name, folder, fls in (("sample", sample, sorted(sample.glob("*.nii.gz"))),
                                   (f"512x512x{slices}", big, sorted(big.glob("*.nii.gz")))):
             o = ours(ckpt, folder, work / f"out_{name}", args.device, args.overlap, amp)
@@ -263,7 +301,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             }
         res["load_avg_1min_end"] = os.getloadavg()[0]
         if args.device == "cuda":
-            res["cuda"] = cuda_section(ckpt, work, args.overlap)
+            res["cuda"] = cuda_section(ckpt, work, args.overlap, setup)
         else:
             res["cuda"] = "not measured: no CUDA device in this run"
     finally:
@@ -281,8 +319,11 @@ def record(res: dict[str, Any], slices: int) -> None:
         "",
         f"## Inference ({res['date']}, {res['device']}, {res['machine']})",
         "",
-        f"`python -m bench.inference --device {res['device']}`; model {res['model']['encoder']} "
-        f"{res['model']['adapter']}, patch {list(res['patch'])}, overlap {res['overlap']}, random weights.",
+        f"`python -m bench.inference --device {res['device']}"
+        + (f" --config {res['network_source']}" if res.get("network_source", "").endswith(".yaml") else "")
+        + f"`; model {res['model']['encoder']} {res['model']['adapter']}, grid {res.get('spacing_mm')} mm, "
+        f"patch {list(res['patch'])}, overlap {res['overlap']}, random weights; medmtl precision "
+        f"{res.get('amp', 'auto')}, the naive loop fp32.",
         "",
         "Wall times include loading the model once per run (both sides); medmtl reads ahead with its "
         "default prefetch (1 thread on CPU, up to 8 on GPU). The naive loop has no "

@@ -68,12 +68,12 @@ def spread(values: Sequence[float]) -> dict[str, float]:
 
 def run(work: Path, *, n_scans: int, repeats: int) -> dict[str, Any]:
     """Build the checkpoint and the scan folder under ``work`` and time (a), (b) and (c)."""
-    from bench.inference import make_checkpoint
+    from bench.inference import Setup, make_checkpoint
 
     files = sorted(SCANS.glob("*.nii.gz"))[:n_scans]
     if len(files) < n_scans:
         raise SystemExit(f"Error: --n-scans {n_scans} but {SCANS} holds {len(files)} scans")
-    ckpt = make_checkpoint(work / "ckpt")
+    ckpt = make_checkpoint(work / "ckpt", Setup.from_config(None))
     scans = work / "scans"
     scans.mkdir()
     for f in files:

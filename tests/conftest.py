@@ -18,6 +18,9 @@ SAMPLE_DATA = REPO / "sample_data"
 # Deterministic, quiet, CPU-only test runs on small machines.
 os.environ.setdefault("OMP_NUM_THREADS", "2")
 os.environ.setdefault("MPLBACKEND", "Agg")
+# float32 inference whatever the CI machine's CPU (``--amp auto`` is bf16 on CPUs with native
+# bf16); tests of the bf16 path set it themselves.
+os.environ.setdefault("MEDMTL_CPU_BF16", "0")
 
 
 @pytest.fixture(scope="session")

@@ -32,3 +32,12 @@ def test_count_windows_matches_monai_sliding_window(shape: tuple[int, int, int],
 
 def test_sliding_window_total() -> None:
     assert I.sliding_window_s_total(0.25, 8) == pytest.approx(2.0)
+
+
+def test_setup_from_a_training_config_is_its_network_grid_and_patch() -> None:
+    setup = I.Setup.from_config(str(REPO / "configs" / "ct_phantom_cpu.yaml"))
+    assert setup.patch == (32, 32, 32)
+    assert setup.spacing_mm == (1.25, 1.25, 1.25)
+    assert setup.model["input_skip"] is True and "pretrained" not in setup.model
+    default = I.Setup.from_config(None)
+    assert default.patch == I.PATCH and default.spacing_mm == (3.0, 3.0, 3.0)

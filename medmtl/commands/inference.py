@@ -33,7 +33,7 @@ from medmtl.commands._common import (
               help="Output folder; scans already complete there are skipped.")
 @device_option
 @click.option("--amp", type=click.Choice(["auto", "bf16", "fp16", "off"]), default="auto", show_default=True,
-              help="Mixed precision: auto = bf16 on CUDA, off on CPU.")
+              help="Mixed precision: auto = bf16 on CUDA and on CPUs with native bf16 (AVX512-BF16/AMX; MEDMTL_CPU_BF16=0 turns it off), off on other CPUs.")
 @click.option("--overlap", type=click.FloatRange(0.0, 1.0, max_open=True), default=0.5, show_default=True,
               help="Sliding-window overlap.")
 @click.option("--sw-batch-size", type=click.IntRange(min=1), default=4, show_default=True,

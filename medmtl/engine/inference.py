@@ -67,8 +67,15 @@ def resolve_device(device: str) -> torch.device:
     raise ConfigError(f"--device '{device}' is not allowed; use auto, cpu, cuda or cuda:N")
 
 
-def resolve_amp(amp: str, device: torch.device) -> str:
-    """Turn ``auto`` into ``bf16`` on CUDA (``fp16`` if bf16 is unsupported) and ``off`` on CPU.
+def resolve_amp(amp: str, device: torch.device, *, inference: bool = False) -> str:
+    """Turn ``auto`` into a precision: ``bf16`` on CUDA (``fp16`` if bf16 is unsupported); on
+    CPU ``off`` for training, and for inference ``bf16`` where the CPU has native bfloat16
+    instructions (:func:`~medmtl.engine.cpu_caps.cpu_native_bf16`), ``off`` elsewhere.
+
+    Args:
+        amp: ``auto``, ``bf16``, ``fp16`` or ``off``.
+        device: the device that runs the network.
+        inference: resolve for prediction / validation rather than for training steps.
 
     Raises:
         ConfigError: an unknown value.
@@ -79,7 +86,9 @@ def resolve_amp(amp: str, device: torch.device) -> str:
         return amp
     if device.type == "cuda":
         return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    return "off"
+    from medmtl.engine.cpu_caps import cpu_native_bf16
+
+    return "bf16" if inference and cpu_native_bf16() else "off"
 
 
 def autocast_dtype(amp: str) -> torch.dtype | None:
@@ -361,7 +370,7 @@ class Predictor:
         from medmtl.transforms.presets import preprocess_transforms
 
         self.device = resolve_device(device)
-        self.amp = resolve_amp(amp, self.device)
+        self.amp = resolve_amp(amp, self.device, inference=True)
         if not 0.0 <= overlap < 1.0:
             raise ConfigError(f"--overlap must be in [0, 1), got {overlap}")
         if sw_batch_size < 1:

@@ -239,9 +239,14 @@ def _predict(opts: _Options, refs: Sequence[ScanRef], skipped: Sequence[Skipped]
                         t_start=t_start)
 
 
-#: :func:`medmtl.engine.inference.resolve_amp` on the CPU, without importing torch (a test holds
-#: the two together).
-CPU_AMP = {"auto": "off", "bf16": "bf16", "fp16": "fp16", "off": "off"}
+def cpu_amp(amp: str) -> str | None:
+    """:func:`medmtl.engine.inference.resolve_amp` for inference on the CPU, without importing
+    torch (a test holds the two together); ``None`` for an unknown value."""
+    from medmtl.engine.cpu_caps import cpu_native_bf16
+
+    if amp == "auto":
+        return "bf16" if cpu_native_bf16() else "off"
+    return amp if amp in ("bf16", "fp16", "off") else None
 
 
 def _window(overlap: float, tta: bool) -> dict[str, Any]:
@@ -258,14 +263,15 @@ def _device_and_amp(device: str, amp: str) -> tuple[str, str] | None:
         ConfigError: CUDA asked for where there is none (as the predictor says).
     """
     if device.strip().lower() == "cpu":
-        return ("cpu", CPU_AMP[amp]) if amp in CPU_AMP else None
+        resolved = cpu_amp(amp)
+        return None if resolved is None else ("cpu", resolved)
     # torch alone: no model, no MONAI
     from medmtl.engine.inference import AMP_CHOICES, resolve_amp, resolve_device
 
     if amp not in AMP_CHOICES:
         return None
     dev = resolve_device(device)
-    return str(dev), resolve_amp(amp, dev)
+    return str(dev), resolve_amp(amp, dev, inference=True)
 
 
 def _noop_rerun(opts: _Options, refs: Sequence[ScanRef], skipped: Sequence[Skipped],

@@ -189,11 +189,22 @@ def test_records_without_a_stamp_are_reused_through_the_model(checkpoint: Path, 
     assert loads == [str(checkpoint)]
 
 
-def test_cpu_amp_table_is_the_predictors() -> None:
+@pytest.mark.parametrize("native", ["0", "1"])
+def test_cpu_amp_without_torch_is_the_predictors(monkeypatch: pytest.MonkeyPatch, native: str) -> None:
     import torch
 
+    from medmtl.engine.cpu_caps import cpu_native_bf16
     from medmtl.engine.inference import AMP_CHOICES, resolve_amp
-    from medmtl.engine.predict import CPU_AMP
+    from medmtl.engine.predict import cpu_amp
 
-    assert set(CPU_AMP) == set(AMP_CHOICES)
-    assert all(CPU_AMP[a] == resolve_amp(a, torch.device("cpu")) for a in AMP_CHOICES)
+    monkeypatch.setenv("MEDMTL_CPU_BF16", native)
+    cpu_native_bf16.cache_clear()
+    try:
+        cpu = torch.device("cpu")
+        assert all(cpu_amp(a) == resolve_amp(a, cpu, inference=True) for a in AMP_CHOICES)
+        assert cpu_amp("auto") == ("bf16" if native == "1" else "off")
+        assert resolve_amp("auto", cpu) == "off"  # training steps stay float32 on a CPU
+        assert cpu_amp("fp8") is None
+    finally:
+        monkeypatch.delenv("MEDMTL_CPU_BF16")
+        cpu_native_bf16.cache_clear()
