@@ -111,7 +111,7 @@ def training_figure(metrics_csv: Path, dst: Path) -> Path | None:
         if pts:
             ax2.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=col)
     ax2.set_xlabel("epoch")
-    ax2.set_title("validation (site A held-out)")
+    ax2.set_title("validation scans (not the reported ones)")
     ax2.legend(fontsize=7)
     fig.tight_layout()
     return _save(fig, dst)
