@@ -75,7 +75,8 @@ def resolve_amp(amp: str, device: torch.device, *, inference: bool = False) -> s
     Args:
         amp: ``auto``, ``bf16``, ``fp16`` or ``off``.
         device: the device that runs the network.
-        inference: resolve for prediction / validation rather than for training steps.
+        inference: resolve for prediction (:class:`Predictor`) rather than for training steps
+            and their validation.
 
     Raises:
         ConfigError: an unknown value.
