@@ -56,13 +56,13 @@ class Setup:
     model: dict[str, Any]
     spacing_mm: tuple[float, float, float]
     patch: tuple[int, int, int]
-    source: str
+    config: str | None = None
 
     @classmethod
     def from_config(cls, path: str | None) -> Setup:
         """The network of a training config; ``None``: the 3 mm default of the earlier sections."""
         if path is None:
-            return cls(dict(MODEL_CFG), (3.0, 3.0, 3.0), PATCH, "default_ct_spec (3 mm), patch 64×64×32")
+            return cls(dict(MODEL_CFG), (3.0, 3.0, 3.0), PATCH)
         from medmtl import api
 
         cfg = api.resolve_config(config=path)
@@ -285,7 +285,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                                f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads",
                                "device": args.device, "torch": torch.__version__, "overlap": args.overlap,
                                "model": setup.model, "patch": list(setup.patch),
-                               "spacing_mm": list(setup.spacing_mm), "network_source": setup.source, "amp": amp, "load_avg_1min_start": os.getloadavg()[0]}
+                               "spacing_mm": list(setup.spacing_mm), "config": setup.config, "amp": amp, "load_avg_1min_start": os.getloadavg()[0]}
         for name, folder, fls in (("sample", sample, sorted(sample.glob("*.nii.gz"))),
                                   (f"512x512x{slices}", big, sorted(big.glob("*.nii.gz")))):
             o = ours(ckpt, folder, work / f"out_{name}", args.device, args.overlap, amp)
@@ -320,7 +320,7 @@ def record(res: dict[str, Any], slices: int) -> None:
         f"## Inference ({res['date']}, {res['device']}, {res['machine']})",
         "",
         f"`python -m bench.inference --device {res['device']}"
-        + (f" --config {res['network_source']}" if res.get("network_source", "").endswith(".yaml") else "")
+        + (f" --config {res['config']}" if res.get("config") else "")
         + f"`; model {res['model']['encoder']} {res['model']['adapter']}, grid {res.get('spacing_mm')} mm, "
         f"patch {list(res['patch'])}, overlap {res['overlap']}, random weights; medmtl precision "
         f"{res.get('amp', 'auto')}, the naive loop fp32.",

@@ -39,3 +39,9 @@ def cpu_native_bf16() -> bool:
         if line.startswith("flags"):
             return bool(NATIVE_BF16_FLAGS & set(line.partition(":")[2].split()))
     return False
+
+
+def cpu_auto_amp(*, inference: bool) -> str:
+    """What ``--amp auto`` means on this CPU: ``bf16`` for inference on a CPU with native bf16
+    (:func:`cpu_native_bf16`), ``off`` otherwise and for every training step."""
+    return "bf16" if inference and cpu_native_bf16() else "off"

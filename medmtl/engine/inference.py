@@ -70,7 +70,7 @@ def resolve_device(device: str) -> torch.device:
 def resolve_amp(amp: str, device: torch.device, *, inference: bool = False) -> str:
     """Turn ``auto`` into a precision: ``bf16`` on CUDA (``fp16`` if bf16 is unsupported); on
     CPU ``off`` for training, and for inference ``bf16`` where the CPU has native bfloat16
-    instructions (:func:`~medmtl.engine.cpu_caps.cpu_native_bf16`), ``off`` elsewhere.
+    instructions (:func:`~medmtl.engine.cpu_caps.cpu_auto_amp`), ``off`` elsewhere.
 
     Args:
         amp: ``auto``, ``bf16``, ``fp16`` or ``off``.
@@ -87,9 +87,9 @@ def resolve_amp(amp: str, device: torch.device, *, inference: bool = False) -> s
         return amp
     if device.type == "cuda":
         return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    from medmtl.engine.cpu_caps import cpu_native_bf16
+    from medmtl.engine.cpu_caps import cpu_auto_amp
 
-    return "bf16" if inference and cpu_native_bf16() else "off"
+    return cpu_auto_amp(inference=inference)
 
 
 def autocast_dtype(amp: str) -> torch.dtype | None:

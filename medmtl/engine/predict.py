@@ -242,10 +242,10 @@ def _predict(opts: _Options, refs: Sequence[ScanRef], skipped: Sequence[Skipped]
 def cpu_amp(amp: str) -> str | None:
     """:func:`medmtl.engine.inference.resolve_amp` for inference on the CPU, without importing
     torch (a test holds the two together); ``None`` for an unknown value."""
-    from medmtl.engine.cpu_caps import cpu_native_bf16
+    from medmtl.engine.cpu_caps import cpu_auto_amp
 
     if amp == "auto":
-        return "bf16" if cpu_native_bf16() else "off"
+        return cpu_auto_amp(inference=True)
     return amp if amp in ("bf16", "fp16", "off") else None
 
 
