@@ -1,6 +1,6 @@
 """Two-stage malignancy readout: the lesion's semantic attributes first, malignancy from them and its size.
 
-Why (bench/RESULTS.md, issue #17): a logistic model of malignancy straight on the twelve HU
+Why (bench/RESULTS.md, issue #17): a logistic model of malignancy straight on the HU
 descriptors of :mod:`medmtl.engine.lesion_readout` learns from Bernoulli labels of a few hundred
 training lesions (p mostly 0.2–0.8), so it sees the attributes that drive malignancy — margin,
 texture, calcification — only through a coin flip, and stopped at AUC ≈ 0.66 against a Bayes AUC of

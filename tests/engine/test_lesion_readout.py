@@ -91,13 +91,17 @@ def test_record_round_trips_and_names_bad_values() -> None:
     assert again == readout
     d = readout.to_dict()
     with pytest.raises(CheckpointError, match=r"lesion_readout.scale must be > 0"):
-        LesionReadout.from_dict(d | {"scale": [1.0] * 11 + [0.0]})
+        LesionReadout.from_dict(d | {"scale": [1.0] * (len(FEATURES) - 1) + [0.0]})
     with pytest.raises(CheckpointError, match=r"lesion_readout.features .* differ"):
         LesionReadout.from_dict(d | {"features": ["log_diameter"]})
-    with pytest.raises(CheckpointError, match=r"lesion_readout.malignancy.coef has 3 values; expected 12"):
+    with pytest.raises(CheckpointError, match=r"lesion_readout.malignancy.coef has 3 values; expected 16"):
         LesionReadout.from_dict(d | {"malignancy": d["malignancy"] | {"coef": [0.0, 1.0, 2.0]}})
     with pytest.raises(CheckpointError, match=r"neither a size nor a malignancy model"):
         LesionReadout.from_dict(d | {"size": None, "malignancy": None})
+    with pytest.raises(CheckpointError, match=r"lesion_readout.size_iterations .*0"):
+        LesionReadout.from_dict(d | {"size_iterations": 0})
+    with pytest.raises(CheckpointError, match=r"lesion_readout.features .* differ .* refit the readout"):
+        LesionReadout.from_dict(d | {"features": list(FEATURES[:12])})  # a card of the 12-descriptor readout
 
 
 def test_size_readout_measures_better_than_a_biased_guess() -> None:
@@ -115,6 +119,22 @@ def test_size_readout_measures_better_than_a_biased_guess() -> None:
         readout.malignancy_prob(x)
 
 
+def test_iterated_size_readout_recovers_large_nodules_from_a_low_guess() -> None:
+    """A guess far below the size (the network calls large phantom nodules 0.6x theirs; these clean spheres
+    need 0.4x to be truncated) is measured within 1 % by three reads, not by one (4 % here)."""
+    tr_images, tr_lesions = _cohort(16, 48)
+    te_images, te_lesions = _cohort(17, 16)
+    once = fit_readout(tr_images, tr_lesions, malignancy=False, size_iterations=1)
+    thrice = dataclasses.replace(once, size_iterations=3)
+    truth = np.array([les.diameter_mm for les in te_lesions])
+
+    def error(readout: LesionReadout) -> float:
+        dets = [score_detections(readout, *te_images[les.seriesuid], [_detection(les, 0.4)])[0] for les in te_lesions]
+        return float(np.median(np.abs(np.array([d.diameter_mm for d in dets]) / truth - 1.0)))
+
+    assert error(thrice) < 0.01 < 0.02 < error(once)
+
+
 def test_malignancy_does_not_follow_the_size_guess() -> None:
     """Read at the self-measured size, the same lesion scores alike from a guess 0.7x or 1.4x its size."""
     images, lesions = _cohort(18, 44)
@@ -129,6 +149,15 @@ def test_malignancy_does_not_follow_the_size_guess() -> None:
     assert np.median(spread) < 0.1, probs
 
 
+def _read_size(readout: LesionReadout, vol: np.ndarray, aff: np.ndarray, centre: tuple[float, float, float],
+               guess_mm: float) -> float:
+    """The size readout by hand: read around the guess, measure, read around the measurement, ... (mm)."""
+    d = guess_mm
+    for _ in range(readout.size_iterations):
+        d = float(readout.diameter_mm(lesion_features(vol, aff, centre, d))[0])
+    return d
+
+
 def test_score_detections_changes_only_size_and_malignancy() -> None:
     images, lesions = _cohort(14, 44)
     readout = fit_readout(images, lesions)
@@ -137,7 +166,8 @@ def test_score_detections_changes_only_size_and_malignancy() -> None:
                     malignancy_prob=0.123)
     (out,) = score_detections(readout, vol[None], aff, [det])
     assert (out.center_lps, out.probability) == (det.center_lps, det.probability)
-    d1 = float(readout.diameter_mm(lesion_features(vol, aff, det.center_lps, 9.0))[0])
+    assert readout.size_iterations == 3
+    d1 = _read_size(readout, vol, aff, det.center_lps, 9.0)
     assert out.diameter_mm == pytest.approx(d1) and abs(d1 - lesions[0].diameter_mm) < 0.2 * lesions[0].diameter_mm
     d_self = self_measured_diameter(vol, aff, det.center_lps, 9.0)
     assert abs(d_self - lesions[0].diameter_mm) < 0.25 * lesions[0].diameter_mm
@@ -215,7 +245,7 @@ def test_score_detections_uses_the_attribute_stage_at_the_readout_size(attribute
     hu, aff = images[les.seriesuid]
     det = _detection(les, 1.3)
     (out,) = score_detections(readout, hu, aff, [det])
-    d_read = float(readout.diameter_mm(lesion_features(hu, aff, det.center_lps, det.diameter_mm))[0])
+    d_read = _read_size(readout, hu, aff, det.center_lps, det.diameter_mm)
     expected = readout.attribute_malignancy_prob(lesion_features(hu, aff, det.center_lps, d_read), np.array([d_read]))
     assert out.malignancy_prob == pytest.approx(float(expected[0]))
     assert out.diameter_mm == pytest.approx(d_read)
