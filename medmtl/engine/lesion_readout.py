@@ -514,9 +514,8 @@ def _with_attribute_stage(readout: LesionReadout, images: Mapping[str, tuple[NDA
     for f in factors:
         reads = [(*images[les.seriesuid], tuple(np.asarray(les.center_lps) + rng.normal(0.0, CENTRE_JITTER_MM, 3)))
                  for les in usable]
-        first = np.stack([lesion_features(hu, aff, ctr, g) for (hu, aff, ctr), g in zip(reads, f * true_d)])
-        measured.append(_readout_diameters(readout, reads, (f * true_d).tolist(), first))
-        at_measured.append(np.stack([lesion_features(hu, aff, ctr, float(v)) for (hu, aff, ctr), v in zip(reads, measured[-1])]))
+        measured.append(_readout_diameters(readout, reads, (f * true_d).tolist(), _read_rows(reads, f * true_d)))
+        at_measured.append(_read_rows(reads, measured[-1]))
     index = np.tile(np.arange(len(usable)), SIZE_DRAWS)
     labels = {i: int(float(les.malignancy) >= 0.5) for i, les in enumerate(usable) if les.malignancy is not None}
     models, stage2 = fit_attribute_malignancy(readout.standardise(np.concatenate(at_measured)), np.log(np.concatenate(measured)),
@@ -556,9 +555,13 @@ def measured_diameters(readout: LesionReadout, reads: Sequence[tuple[NDArray[Any
     """
     sizes = readout.diameter_mm(first)
     for _ in range(readout.size_iterations - 1):
-        rows = np.stack([lesion_features(hu, aff, c, float(v)) for (hu, aff, c), v in zip(reads, sizes)])
-        sizes = readout.diameter_mm(rows)
+        sizes = readout.diameter_mm(_read_rows(reads, sizes))
     return sizes
+
+
+def _read_rows(reads: Sequence[tuple[NDArray[Any], Any, Sequence[float]]], diameters_mm: Any) -> NDArray[np.float64]:
+    """``(N, 16)`` descriptors, one row per ``(hu, affine_ras, centre_lps)`` read around its diameter (mm)."""
+    return np.stack([lesion_features(hu, aff, c, float(d)) for (hu, aff, c), d in zip(reads, diameters_mm)])
 
 
 def readout_for_training(
