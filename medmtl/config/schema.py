@@ -135,6 +135,9 @@ class TrainSection:
             (one patch centred on every lesion of the scan, shifted to fit inside the volume,
             no jitter; a lesion-free scan gives its central patch). ``lesions`` is a fixed
             set of patches, e.g. to check that the network can overfit a few scans.
+        small_lesion_power: ``random`` sampling only: a positive patch picks lesion ``i`` with
+            probability ``∝ d_i^-γ`` (``γ`` this value, ``d`` the diameter in mm; ``0`` = uniform),
+            so the small nodules a short training learns last are seen more often.
         patch_jitter: ``lesions`` sampling only: random shift of each patch centre, up to
             this many voxels per axis (``0`` = exactly centred).
         learning_rate: peak learning rate (> 0).
@@ -163,6 +166,7 @@ class TrainSection:
     samples_per_scan: int = 2
     pos_fraction: float = 0.5
     sampling: str = "random"
+    small_lesion_power: float = 0.0
     patch_jitter: int = 0
     learning_rate: float = 1e-3
     weight_decay: float = 1e-4

@@ -133,6 +133,7 @@ def _check_train(t: TrainSection, source: str) -> None:
     )
     _check_range(t.samples_per_scan >= 1, "train.samples_per_scan", t.samples_per_scan, ">= 1", source)
     _check_range(0.0 <= t.pos_fraction <= 1.0, "train.pos_fraction", t.pos_fraction, "[0, 1]", source)
+    _check_range(0.0 <= t.small_lesion_power <= 4.0, "train.small_lesion_power", t.small_lesion_power, "[0, 4]", source)
     _check_range(t.grad_clip >= 0, "train.grad_clip", t.grad_clip, ">= 0 (0 = off)", source)
     _check_range(t.warmup_steps >= 0, "train.warmup_steps", t.warmup_steps, ">= 0", source)
     _check_range(t.conflict_every >= 0, "train.conflict_every", t.conflict_every, ">= 0 (0 = off)", source)

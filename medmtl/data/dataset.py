@@ -208,7 +208,7 @@ def random_transforms(cfg: TrainConfig, spec: InputSpec) -> Compose:
     elif t.sampling == "random":
         crop = LesionAnywhereCropd(
             keys=list(PATCH_KEYS), spatial_size=list(t.patch_size), num_samples=t.samples_per_scan,
-            pos_fraction=t.pos_fraction,
+            pos_fraction=t.pos_fraction, small_lesion_power=t.small_lesion_power,
         )
     else:
         crop = RandCropByPosNegLabeld(

@@ -194,30 +194,45 @@ class LesionAnywhereCrop(Randomizable, Transform):
         hard_fraction: share of negatives centred on hard negatives, in [0, 1].
         margin: minimum distance (voxels) of a positive's lesion centre from the patch faces;
             capped at a quarter of the patch.
+        small_lesion_power: ``γ ≥ 0``: a positive patch picks lesion ``i`` with probability
+            ``∝ d_i^-γ`` (``d`` its diameter, read from the ``log_diameter`` target at the peak),
+            so small nodules, which a short training learns last, are seen more often; ``0``
+            (default) picks lesions uniformly, as does a call without the size map.
     """
 
     def __init__(
         self, spatial_size: Sequence[int], *, num_samples: int, pos_fraction: float, hard_fraction: float = 0.5,
-        margin: int = 4,
+        margin: int = 4, small_lesion_power: float = 0.0,
     ) -> None:
         self.spatial_size = np.asarray([int(v) for v in spatial_size], dtype=int)
         self.num_samples = int(num_samples)
         self.pos_fraction = float(pos_fraction)
         self.hard_fraction = float(hard_fraction)
         self.margin = np.minimum(int(margin), self.spatial_size // 4)
+        self.small_lesion_power = float(small_lesion_power)
         self.starts = np.zeros((0, 3), dtype=int)
 
-    def randomize(self, data: Any, hard: Any = None) -> None:
-        """Draw ``num_samples`` patch starts from a ``(1, I, J, K)`` heatmap ``data`` and ``hard`` map."""
+    def _lesion_weights(self, peaks: np.ndarray, log_diameter: Any) -> np.ndarray | None:
+        """Selection probabilities ``∝ d^-γ`` of the ``(N, 3)`` peaks, ``None`` for uniform."""
+        if self.small_lesion_power == 0.0 or log_diameter is None or not len(peaks):
+            return None
+        logd = torch.as_tensor(log_diameter)[0][tuple(torch.as_tensor(peaks).T)].double().cpu().numpy()
+        w = np.exp(-self.small_lesion_power * (logd - logd.max()))
+        return w / w.sum()
+
+    def randomize(self, data: Any, hard: Any = None, log_diameter: Any = None) -> None:
+        """Draw ``num_samples`` patch starts from a ``(1, I, J, K)`` heatmap ``data``, ``hard`` map and
+        ``(1, I, J, K)`` ``log_diameter`` target (ln mm; only read when ``small_lesion_power > 0``)."""
         heat = torch.as_tensor(data)[0]
         shape = np.asarray(heat.shape, dtype=int)
         peaks = torch.nonzero(heat >= 1.0 - 1e-6).cpu().numpy()
+        weights = self._lesion_weights(peaks, log_diameter)
         hard_idx = torch.nonzero(torch.as_tensor(hard)[0]).cpu().numpy() if hard is not None else np.zeros((0, 3))
         p = self.spatial_size
         out = []
         for _ in range(self.num_samples):
             if len(peaks) and self.R.rand() < self.pos_fraction:
-                peak = peaks[self.R.randint(len(peaks))]
+                peak = peaks[self.R.randint(len(peaks)) if weights is None else self.R.choice(len(peaks), p=weights)]
                 offset = np.array([self.R.randint(m, s - m) for m, s in zip(self.margin, p)])
                 start = peak - offset
             elif len(hard_idx) and self.R.rand() < self.hard_fraction:
@@ -246,6 +261,7 @@ class LesionAnywhereCropd(Randomizable, MapTransform):
         pos_fraction: probability that a patch is positive, in [0, 1].
         hard_fraction: share of negatives centred on hard negatives, in [0, 1].
         margin: minimum distance (voxels) of a positive's lesion centre from the patch faces.
+        small_lesion_power: ``γ``: lesions picked ``∝ d^-γ`` (:class:`LesionAnywhereCrop`).
         peak_key: the heatmap key (its exact peaks are the lesion centres).
         hard_key: the hard-negative map key (:class:`HardNegativeMapd`; optional in the item).
         allow_missing_keys: skip keys the item lacks.
@@ -253,14 +269,14 @@ class LesionAnywhereCropd(Randomizable, MapTransform):
 
     def __init__(
         self, keys: Sequence[str], spatial_size: Sequence[int], *, num_samples: int, pos_fraction: float,
-        hard_fraction: float = 0.5, margin: int = 4, peak_key: str = "heatmap", hard_key: str = "hard",
-        allow_missing_keys: bool = False,
+        hard_fraction: float = 0.5, margin: int = 4, small_lesion_power: float = 0.0, peak_key: str = "heatmap",
+        hard_key: str = "hard", size_key: str = "log_diameter", allow_missing_keys: bool = False,
     ) -> None:
         MapTransform.__init__(self, keys=list(keys), allow_missing_keys=allow_missing_keys)
-        self.peak_key, self.hard_key = peak_key, hard_key
+        self.peak_key, self.hard_key, self.size_key = peak_key, hard_key, size_key
         self.cropper = LesionAnywhereCrop(
             spatial_size, num_samples=num_samples, pos_fraction=pos_fraction, hard_fraction=hard_fraction,
-            margin=margin,
+            margin=margin, small_lesion_power=small_lesion_power,
         )
 
     @property
@@ -274,7 +290,7 @@ class LesionAnywhereCropd(Randomizable, MapTransform):
 
     def randomize(self, data: Mapping[Hashable, Any]) -> None:
         """Draw the patch starts of one item (see :meth:`LesionAnywhereCrop.randomize`)."""
-        self.cropper.randomize(data[self.peak_key], data.get(self.hard_key))
+        self.cropper.randomize(data[self.peak_key], data.get(self.hard_key), data.get(self.size_key))
 
     def starts(self, data: Mapping[Hashable, Any]) -> np.ndarray:
         """Draw and return the ``(num_samples, 3)`` patch start voxels of one item."""

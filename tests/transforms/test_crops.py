@@ -106,3 +106,34 @@ def test_build_targets_dict_form_wraps_the_array_form() -> None:
     # the unlabelled lesion shapes the heatmap but not the size map
     assert arrays["heatmap"][0, 20, 20, 20] == 1.0 and arrays["size_mask"][0, 20, 20, 20] == 0.0
     assert arrays["size_mask"][0, 8, 9, 10] == 1.0 and int(arrays["pos"].sum()) > 2
+
+
+@pytest.mark.parametrize("power", [0.0, 2.0])
+def test_small_lesion_power_picks_lesions_by_inverse_diameter(power: float) -> None:
+    """γ = 0 picks the three lesions uniformly; γ = 2 picks them ∝ d^-2 (diameters 3, 6, 12 mm)."""
+    item = _item()
+    logd = torch.zeros((1, *SHAPE))
+    for p, d in zip(PEAKS, (3.0, 6.0, 12.0)):
+        logd[(0, *p)] = float(np.log(d))
+    item["log_diameter"] = logd
+    crop = LesionAnywhereCropd(["image", "heatmap"], PATCH, num_samples=3000, pos_fraction=1.0, small_lesion_power=power)
+    crop.set_random_state(seed=1)
+    starts = crop.starts(item)
+    counts = np.zeros(len(PEAKS))
+    for s in starts:  # which lesion each (positive) patch holds
+        inside = [bool(np.all((np.asarray(p) >= s) & (np.asarray(p) < s + 8))) for p in PEAKS]
+        counts[int(np.argmax(inside))] += 1
+    share = counts / counts.sum()
+    w = np.array([3.0, 6.0, 12.0]) ** -power
+    assert np.allclose(share, w / w.sum(), atol=0.03), share
+
+
+def test_small_lesion_power_without_a_size_map_is_uniform() -> None:
+    a = LesionAnywhereCrop(PATCH, num_samples=10, pos_fraction=1.0, small_lesion_power=2.0)
+    b = LesionAnywhereCrop(PATCH, num_samples=10, pos_fraction=1.0)
+    a.set_random_state(seed=4)
+    b.set_random_state(seed=4)
+    item = _item()
+    a.randomize(item["heatmap"])
+    b.randomize(item["heatmap"])
+    assert np.array_equal(a.starts, b.starts)
