@@ -373,6 +373,42 @@ def detect_classical(
                          scan_ids=list(scan_ids) if scan_ids is not None else None)
 
 
+def fuse_predictions(
+    *,
+    inputs: Sequence[str | Path],
+    out_dir: str | Path,
+    radius_mm: float = 5.0,
+    overwrite: bool = False,
+) -> dict[str, Any]:
+    """Combine two or more detectors' prediction folders by noisy-OR (see :mod:`medmtl.engine.fusion`).
+
+    Detections of different systems within ``radius_mm`` are one candidate scored
+    ``1 - Π (1 - p_k)``; its centre, diameter and malignancy are the first input's where it has
+    one (give the learned model first). No parameter is fitted to labels. Writes the same
+    ``predictions.csv`` / ``.json`` / ``failures.json`` as :func:`predict_folder` (provenance
+    ``method: fusion`` with each input's folder and hash), so :func:`evaluate` scores it unchanged.
+
+    Args:
+        inputs: prediction folders (``medmtl predict`` / ``classical`` / ``fuse`` outputs) of the
+            same scans, the primary first.
+        out_dir: output folder (not one of the inputs); a folder holding other predictions is
+            refused unless ``overwrite``.
+        radius_mm: matching distance, mm, in (0, 50].
+        overwrite: replace earlier predictions in ``out_dir``.
+
+    Returns:
+        Summary dict: ``n_scans``, ``n_done``, ``n_failed``, ``failures`` (scans some input lacks),
+        ``outputs`` (paths), ``method``, ``run_key``.
+
+    Example:
+        >>> fuse_predictions(inputs=["preds/model", "preds/classical"], out_dir="preds/fused")  # doctest: +SKIP
+    """
+    from medmtl.engine.fusion import fuse_folders
+
+    return fuse_folders(inputs=[Path(p) for p in inputs], out_dir=Path(out_dir), radius_mm=radius_mm,
+                        overwrite=overwrite)
+
+
 def load_predictor(*, checkpoint: str | Path, device: str = "cpu", overlap: float = 0.5) -> Any:
     """Build the predictor of a checkpoint folder (its model card alone decides preprocessing).
 

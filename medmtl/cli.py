@@ -37,9 +37,9 @@ def main(verbose: int) -> None:
 
 def _register_commands() -> None:
     """Attach the command groups (each module keeps its heavy imports inside its commands)."""
-    from medmtl.commands import classical, data, export, inference, models, shift, training
+    from medmtl.commands import classical, data, export, fusion, inference, models, shift, training
 
-    for module in (data, models, training, inference, classical, shift, export):
+    for module in (data, models, training, inference, classical, fusion, shift, export):
         for cmd in module.COMMANDS:
             main.add_command(cmd)
 

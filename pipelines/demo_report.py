@@ -149,6 +149,12 @@ What ran (`python -m pipelines.demo`, device `{results['device']}`, {results['to
 4. **Prediction and evaluation** of each condition (LUNA16 CPM = mean sensitivity at 1/8…8 false
    positives per scan; diameter MAE in mm over detected lesions; malignancy AUC over detected,
    labelled lesions; 95% scan-level bootstrap intervals, {results['n_bootstrap']} replicates).
+   The classical floor is the training-free Hessian detector (`medmtl classical`) on the same
+   scans; *model + classical (noisy-OR)* combines the two prediction tables without fitting
+   anything to labels (`medmtl fuse`; detections within 5 mm are one candidate scored
+   1 − (1 − p_model)(1 − p_classical), the model's diameter and malignancy kept). Read the model's
+   own row against the floor to judge what training learned; the fused row is what the two
+   together find.
 
 ## Results
 

@@ -79,10 +79,11 @@ class Condition:
 
     key: str
     title: str
-    checkpoint: Path | None  # None: the classical, training-free detector
+    checkpoint: Path | None  # None: the classical, training-free detector (or a fusion, below)
     input_dir: Path
     annotations: Path
     scan_ids: list[str] | None = None
+    fuse_of: tuple[str, ...] = ()  # keys of conditions whose predictions are fused (noisy-OR), the model first
     timings: dict[str, float] = field(default_factory=dict)
 
 
@@ -189,6 +190,10 @@ def build_conditions(timer: StepTimer, *, ckpt: Path, out: Path, source: Path, t
         Condition("site_a_classical", "classical floor, site A held-out", None, source, heldout_ann,
                   list(heldout_ids)),
         Condition("site_b_classical", "classical floor, site B", None, target, target / "annotations.csv"),
+        Condition("site_a_fused", "model + classical (noisy-OR), site A held-out", None, source, heldout_ann,
+                  list(heldout_ids), fuse_of=("site_a_heldout", "site_a_classical")),
+        Condition("site_b_fused", "model + classical (noisy-OR), site B", None, target, target / "annotations.csv",
+                  fuse_of=("site_b_none", "site_b_classical")),
     ]
     for method in methods:
         adapted = Path(timer.run(f"adapt_{method}", api.adapt, checkpoint=ckpt, target=target, method=method,
@@ -204,7 +209,10 @@ def predict_and_evaluate_all(timer: StepTimer, conditions: Sequence[Condition], 
     """Predict (learned model or classical floor) and evaluate every condition into ``out``."""
     for cond in conditions:
         pred_dir = out / "predictions" / cond.key
-        if cond.checkpoint is None:
+        if cond.fuse_of:  # after the conditions it fuses (listed before it)
+            timer.run(f"predict_{cond.key}", api.fuse_predictions,
+                      inputs=[out / "predictions" / k for k in cond.fuse_of], out_dir=pred_dir)
+        elif cond.checkpoint is None:
             timer.run(f"predict_{cond.key}", api.detect_classical, input_dir=cond.input_dir, out_dir=pred_dir,
                       scan_ids=cond.scan_ids)
         else:

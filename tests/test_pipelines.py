@@ -200,8 +200,8 @@ def test_demo_with_checkpoint(tmp_path: Path, pipeline_checkpoint: Path, capsys:
             "--target", str(target), "--methods", "histmatch,resim", "--skip-diagnose", "--n-heldout", "2"]
     assert demo.main(args) == 0
     printed = capsys.readouterr().out
-    keys = ["site_a_heldout", "site_b_none", "site_a_classical", "site_b_classical", "site_b_histmatch",
-            "site_b_resim"]
+    keys = ["site_a_heldout", "site_b_none", "site_a_classical", "site_b_classical", "site_a_fused", "site_b_fused",
+            "site_b_histmatch", "site_b_resim"]
     for key in keys:
         assert (out / "predictions" / key / "predictions.csv").is_file()
         assert (out / "metrics" / key / "metrics.json").is_file()
@@ -220,6 +220,9 @@ def test_demo_with_checkpoint(tmp_path: Path, pipeline_checkpoint: Path, capsys:
     assert "classical floor, site A held-out" in summary  # the training-free floor on the same scans
     classical = json.loads((out / "predictions" / "site_b_classical" / "predictions.json").read_text(encoding="utf-8"))
     assert classical["run"]["method"] == "classical"
+    fused = json.loads((out / "predictions" / "site_a_fused" / "predictions.json").read_text(encoding="utf-8"))
+    assert fused["run"]["method"] == "fusion" and len(fused["run"]["inputs"]) == 2
+    assert "model + classical (noisy-OR), site A held-out" in summary
     rec = json.loads((out / "adapted" / "resim" / "model_card.json").read_text(encoding="utf-8"))["adaptation"][-1]
     assert rec["method"] == "resim" and rec["params"]["steps"] == 2  # --fast: two fine-tuning steps
 
@@ -235,7 +238,7 @@ def test_demo_fast_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]
                 "config.yaml", "versions.json", "inputs.json", "train/checkpoint/model_card.json",
                 "train/gradient_conflict.csv", "figures/results.png", "figures/froc_all.png"):
         assert (out / rel).is_file(), rel
-    _check_printed_table(out, printed, 6)  # in-domain, site B, 2 methods, classical floor on A and B
+    _check_printed_table(out, printed, 8)  # in-domain, site B, 2 methods, classical floor and fusion on A and B
     inputs = json.loads((out / "inputs.json").read_text(encoding="utf-8"))
     assert set(inputs["inputs"]) == {"source", "target", "config"}
     assert set(inputs["heldout_ids"]).isdisjoint(inputs["train_ids"])
