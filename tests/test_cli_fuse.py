@@ -102,3 +102,22 @@ def test_bad_inputs_get_one_error_line_and_no_output(systems: dict[str, Path], t
 def test_out_may_not_be_an_input(systems: dict[str, Path]) -> None:
     r = CliRunner().invoke(main, ["fuse", str(systems["model"]), str(systems["classical"]), "-o", str(systems["model"])])
     assert r.exit_code != 0 and "is one of the input folders" in r.output
+
+
+def test_bench_fusion_scores_the_three_systems_on_the_same_scans(systems: dict[str, Path], tmp_path: Path,
+                                                                  sample_data: Path) -> None:
+    """`python -m bench.fusion`: its CPMs equal `medmtl evaluate`'s, and a paired difference is a difference."""
+    from bench import fusion
+
+    ann = sample_data / "ct_site_a" / "annotations.csv"
+    assert fusion.main(["--model", str(systems["model"]), "--classical", str(systems["classical"]),
+                        "--annotations", str(ann), "--out", str(tmp_path), "--n-boot", "50"]) == 0
+    res = json.loads((tmp_path / "fusion.json").read_text(encoding="utf-8"))
+    for name, folder in (("fused", tmp_path / "fused"), ("classical", systems["classical"])):
+        ev = CliRunner().invoke(main, ["evaluate", "--predictions", str(folder / "predictions.csv"), "--annotations",
+                                       str(ann), "-o", str(tmp_path / f"ev_{name}"), "--n-bootstrap", "0", "--json"])
+        assert ev.exit_code == 0, ev.output
+        cpm = json.loads((tmp_path / f"ev_{name}" / "metrics.json").read_text(encoding="utf-8"))["overall"]["cpm"]["value"]
+        assert res["cpm"][name][0] == pytest.approx(cpm)
+    diff = res["diff"]["fused - classical"]
+    assert diff[0] == pytest.approx(res["cpm"]["fused"][0] - res["cpm"]["classical"][0]) and diff[1] <= diff[2]
