@@ -15,7 +15,9 @@ and the public API (:mod:`medmtl.api`):
    labelled site-A scans re-rendered at site B's measured acquisition) → ``adapted/<method>/``;
 4. **predict** (:func:`medmtl.api.predict_folder`) on site A's held-out scans (in-domain
    reference), on site B without adaptation and on site B with each adaptation →
-   ``predictions/<condition>/``;
+   ``predictions/<condition>/``; the classical, training-free floor (:func:`medmtl.api.detect_classical`)
+   on the same scans, and the model fused with it (:func:`medmtl.api.fuse_predictions`, noisy-OR,
+   nothing fitted to labels) on site A and on site B;
 5. **evaluate** each (:func:`medmtl.api.evaluate`) → ``metrics/<condition>/metrics.json``
    (+ FROC, Bland-Altman, reliability plots);
 6. write ``figures/`` (results bars, FROC curves of all conditions, training curves, gradient
