@@ -99,6 +99,19 @@ def test_bad_inputs_get_one_error_line_and_no_output(systems: dict[str, Path], t
     assert not out.exists()
 
 
+def test_a_broken_predictions_json_is_one_error_line(systems: dict[str, Path], tmp_path: Path) -> None:
+    broken = tmp_path / "broken"
+    shutil.copytree(systems["classical"], broken)
+    data = json.loads((broken / "predictions.json").read_text(encoding="utf-8"))
+    sid = sorted(data["scans"])[0]
+    data["scans"][sid]["lesions"] = [{"coordX": 1.0, "coordY": 2.0}]
+    (broken / "predictions.json").write_text(json.dumps(data), encoding="utf-8")
+    out = tmp_path / "fused"
+    r = CliRunner().invoke(main, ["fuse", str(systems["model"]), str(broken), "-o", str(out)])
+    assert r.exit_code == 1 and f"scan '{sid}' lesion 1 lacks" in r.output and "Traceback" not in r.output
+    assert not out.exists()
+
+
 def test_out_may_not_be_an_input(systems: dict[str, Path]) -> None:
     r = CliRunner().invoke(main, ["fuse", str(systems["model"]), str(systems["classical"]), "-o", str(systems["model"])])
     assert r.exit_code != 0 and "is one of the input folders" in r.output

@@ -85,10 +85,27 @@ def load_input(folder: Path) -> FusionInput:
                                    " give a folder written by `medmtl predict`, `medmtl classical` or `medmtl fuse`")
     run: dict[str, Any] = data["run"] if isinstance(data.get("run"), dict) else {}
     failed = {str(f.get("seriesuid")) for f in _failures(folder)}
-    scans = {str(sid): list(rec.get("lesions", [])) for sid, rec in data["scans"].items() if str(sid) not in failed}
+    scans = {str(sid): _lesions(path, str(sid), rec) for sid, rec in data["scans"].items() if str(sid) not in failed}
     return FusionInput(folder=folder, method=str(run.get("method") or "predict"),
                        sha256=hashlib.sha256(raw).hexdigest(), scans=scans,
                        missing=frozenset({str(s) for s in data.get("missing", [])} | failed))
+
+
+def _lesions(path: Path, sid: str, rec: Any) -> list[dict[str, float]]:
+    """One scan's lesions of a ``predictions.json``, checked: LPS mm centre and a probability in [0, 1]."""
+    rows = rec.get("lesions", []) if isinstance(rec, dict) else None
+    if not isinstance(rows, list):
+        raise PredictionTableError(f"{path} scan '{sid}' has no 'lesions' list; rerun the command that wrote it")
+    for n, les in enumerate(rows):
+        try:
+            ok = all(math.isfinite(float(les[k])) for k in ("coordX", "coordY", "coordZ", "probability"))
+            ok = ok and 0.0 <= float(les["probability"]) <= 1.0
+        except (KeyError, TypeError, ValueError):
+            ok = False
+        if not ok:
+            raise PredictionTableError(f"{path} scan '{sid}' lesion {n + 1} lacks a finite coordX/Y/Z or a probability"
+                                       " in [0, 1]; rerun the command that wrote it")
+    return [{k: les.get(k, float("nan")) for k in pio.PREDICTION_COLUMNS[1:]} for les in rows]
 
 
 def _failures(folder: Path) -> list[Mapping[str, Any]]:
