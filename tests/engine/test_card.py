@@ -171,7 +171,9 @@ def test_v01_card_loads_through_the_migration() -> None:
     assert card.training is not None and card.training.epoch == raw["training"]["epoch"]
     assert card.reference_stats is not None and card.reference_stats.n_scans == raw["reference_stats"]["n_scans"]
     # a config from before the lesion readout reads with its defaults (auto: decided at training time)
-    expected = {**raw["train_config"], "decode": {**raw["train_config"]["decode"], "malignancy": "auto", "size": "auto"}}
+    # (and from before small-lesion sampling, uniform: γ = 0)
+    expected = {**raw["train_config"], "decode": {**raw["train_config"]["decode"], "malignancy": "auto", "size": "auto"},
+                "train": {**raw["train_config"]["train"], "small_lesion_power": 0.0}}
     assert card.train_config is not None and card.train_config.to_dict() == expected
     assert card.lesion_readout is None
     # the new layout round-trips exactly
