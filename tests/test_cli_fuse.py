@@ -64,6 +64,9 @@ def test_fuse_keeps_every_detection_and_scores_matches_by_noisy_or(systems: dict
                                    str(sample_data / "ct_site_a" / "annotations.csv"), "-o", str(tmp_path / "ev"),
                                    "--n-bootstrap", "0", "-q"])
     assert ev.exit_code == 0, ev.output
+    # the fused folder exports like a predict folder: each scan's source is found again from the record
+    ex = CliRunner().invoke(main, ["export", str(out), "--format", "monai-json", "-o", str(tmp_path / "monai")])
+    assert ex.exit_code == 0, ex.output
     # a rerun with the same inputs is accepted; other inputs into the same folder are refused
     assert CliRunner().invoke(main, ["fuse", str(systems["model"]), str(systems["classical"]), "-o", str(out)]).exit_code == 0
     other = CliRunner().invoke(main, ["fuse", str(systems["classical"]), str(systems["model"]), "-o", str(out)])

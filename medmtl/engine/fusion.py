@@ -149,6 +149,16 @@ def fuse_scan(systems: Sequence[Sequence[Mapping[str, float]]], *, radius_mm: fl
     return sorted(out, key=lambda r: -r["probability"])
 
 
+def _source(systems: Sequence[FusionInput], sid: str) -> dict[str, Any]:
+    """The scan's ``input`` (its file) and ``geometry`` from the first input's per-scan record that has
+    them, so ``medmtl export`` finds the scan again without ``--scans``; ``geometry`` ``{}`` otherwise."""
+    for s in systems:
+        rec = pio.load_record(pio.record_path(s.folder, sid)) or {}
+        if isinstance(rec.get("input"), dict):
+            return {"input": rec["input"], "geometry": rec.get("geometry") or {}}
+    return {"geometry": {}}
+
+
 def run_key(inputs: Sequence[FusionInput], radius_mm: float) -> str:
     """``fusion-<16 hex>``: SHA-256 of the rule, the radius and the inputs' ``predictions.json``."""
     state = json.dumps({"method": METHOD, "rule": RULE, "radius_mm": radius_mm, "inputs": [i.sha256 for i in inputs]})
@@ -205,7 +215,8 @@ def fuse_folders(*, inputs: Sequence[Path], out_dir: Path, radius_mm: float = DE
             lesions = fuse_scan([s.scans[sid] for s in systems], radius_mm=float(radius_mm))
             pio.write_record(out_dir, {"format": pio.RECORD_FORMAT, "status": "complete", "seriesuid": sid,
                                        "weights_sha256": key, "lesions": lesions, "provenance": provenance,
-                                       "timings": {}, "geometry": {}, "outputs": {"maps": [], "previews": None}})
+                                       "timings": {}, **_source(systems, sid),
+                                       "outputs": {"maps": [], "previews": None}})
         done = [sid for sid in all_ids if not any(f["seriesuid"] == sid for f in failures)]
         merged = pio.merge_outputs(out_dir, done, extra_failures=failures, run_info=provenance)
     return {"n_scans": len(all_ids), "n_done": len(done), "n_failed": merged["n_failed"],
