@@ -137,12 +137,12 @@ def fuse_scan(systems: Sequence[Sequence[Mapping[str, float]]], *, radius_mm: fl
     for k, lesions in enumerate(systems):
         for les in sorted(lesions, key=lambda r: -float(r["probability"])):
             c = _xyz(les)
-            free = [(math.dist(c, _xyz(cl["row"])), i) for i, cl in enumerate(clusters) if k not in cl["members"]]
-            near = min((d, i) for d, i in free if d <= radius_mm) if any(d <= radius_mm for d, _ in free) else None
-            if near is None:
+            near = [(math.dist(c, _xyz(cl["row"])), i) for i, cl in enumerate(clusters) if k not in cl["members"]]
+            near = [(d, i) for d, i in near if d <= radius_mm]
+            if not near:
                 clusters.append({"row": dict(les), "members": {k}, "miss": 1.0 - float(les["probability"])})
             else:
-                cl = clusters[near[1]]
+                cl = clusters[min(near)[1]]
                 cl["members"].add(k)
                 cl["miss"] *= 1.0 - float(les["probability"])
     out = [{**cl["row"], "probability": 1.0 - cl["miss"]} for cl in clusters]
@@ -205,6 +205,7 @@ def fuse_folders(*, inputs: Sequence[Path], out_dir: Path, radius_mm: float = DE
     with pio.output_lock(out_dir):
         prepare_out_dir(out_dir, key, overwrite=overwrite)
         failures: list[dict[str, Any]] = []
+        done: list[str] = []
         for sid in all_ids:
             lacking = [str(s.folder) for s in systems if sid not in s.scans]
             if lacking:
@@ -217,7 +218,7 @@ def fuse_folders(*, inputs: Sequence[Path], out_dir: Path, radius_mm: float = DE
                                        "weights_sha256": key, "lesions": lesions, "provenance": provenance,
                                        "timings": {}, **_source(systems, sid),
                                        "outputs": {"maps": [], "previews": None}})
-        done = [sid for sid in all_ids if not any(f["seriesuid"] == sid for f in failures)]
+            done.append(sid)
         merged = pio.merge_outputs(out_dir, done, extra_failures=failures, run_info=provenance)
     return {"n_scans": len(all_ids), "n_done": len(done), "n_failed": merged["n_failed"],
             "failures": merged["failures"], "outputs": merged["outputs"], "method": METHOD, "run_key": key}
